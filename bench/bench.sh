@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# Performance figures for one machine, all from one run: memory bandwidth,
+# prefill and decode speed on the generated Mixtral-shaped bench model, the
+# decode roofline and peak memory. What `make bench` runs; see docs/performance.md.
+#
+# Environment: BUILD (default build), MS_BENCH_DIR (default /var/tmp/moeshard-bench,
+# outside the repository: the model is ~1.8 GB), MS_BENCH_THREADS (default: all cores).
+set -euo pipefail
+
+BUILD=${BUILD:-build}
+BIN="$BUILD/bin"
+MS_BENCH_DIR=${MS_BENCH_DIR:-/var/tmp/moeshard-bench}
+THREADS=${MS_BENCH_THREADS:-$(nproc)}
+N_PROMPT=128
+N_DECODE=64
+RSS_SLACK_MB=67.108864 # 64 MiB in MB (1e6 bytes): code, tokenizer, scratch buffers
+MODEL="$MS_BENCH_DIR/bench-mixtral-q8_0.gguf"
+GEN_ARGS=(--arch llama --shape bench --type q8_0)
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+die() {
+    echo "bench: error: $*" >&2
+    exit 1
+}
+
+say() {
+    echo "bench: $*" >&2
+}
+
+need_bin() {
+    [ -x "$BIN/$1" ] || die "$BIN/$1 is missing: build it first (make BUILD=$BUILD all)"
+}
+
+# Scratch files (logs) live outside the repository and go away on exit.
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/moeshard-bench.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+# ---- the bench model: generated once, reused while the generator is unchanged ----
+
+# A generator fingerprint: its source when the tree is at hand (a rebuild of
+# the same source makes the same file), else the binary itself.
+generator_version() {
+    local src="$REPO_DIR/tools/genmodel.c"
+    if [ -f "$src" ]; then
+        echo "src-$(sha256sum "$src" | cut -c1-16)"
+    else
+        echo "bin-$(sha256sum "$BIN/genmodel" | cut -c1-16)"
+    fi
+}
+
+ensure_model() {
+    local stamp="$MODEL.stamp" want have=""
+    want="generator=$(generator_version) args=${GEN_ARGS[*]}"
+    if [ -f "$MODEL" ] && [ -f "$stamp" ]; then
+        have=$(head -n 1 "$stamp")
+        local size_now size_then
+        size_now=$(stat -c %s "$MODEL")
+        size_then=$(sed -n 's/^bytes=//p' "$stamp")
+        if [ "$have" = "$want" ] && [ "$size_now" = "$size_then" ]; then
+            say "reusing $MODEL ($want)"
+            return 0
+        fi
+        say "the bench model is stale or incomplete; generating it again"
+    fi
+    mkdir -p "$MS_BENCH_DIR" || die "cannot create $MS_BENCH_DIR (set MS_BENCH_DIR to a writable folder)"
+    local free_kb
+    free_kb=$(df -Pk "$MS_BENCH_DIR" | awk 'NR == 2 { print $4 }')
+    [ "${free_kb:-0}" -ge 2500000 ] ||
+        die "$MS_BENCH_DIR has $((${free_kb:-0} / 1024)) MiB free; the bench model needs ~1.8 GB (set MS_BENCH_DIR elsewhere)"
+    say "generating the bench model $MODEL (once; ~1.8 GB) ..."
+    rm -f "$stamp"
+    "$BIN/genmodel" "${GEN_ARGS[@]}" --out "$MODEL.tmp" ||
+        { rm -f "$MODEL.tmp"; die "genmodel failed (see its message above)"; }
+    mv -f "$MODEL.tmp" "$MODEL"
+    # Write-back of 1.8 GB of dirty pages would otherwise share the memory
+    # bus with the bandwidth measurement that follows.
+    sync "$MODEL"
+    printf '%s\nbytes=%s\n' "$want" "$(stat -c %s "$MODEL")" >"$stamp"
+}
+
+# Reads the model once so that the run measures memory, not the disk.
+warm_model() {
+    say "reading the model into the page cache ..."
+    cat "$MODEL" >/dev/null || die "cannot read $MODEL"
+}
+
+# ---- memory bandwidth ----
+
+run_membw() {
+    say "measuring memory read bandwidth (1 and $THREADS threads) ..."
+    "$BIN/membw" --threads "$THREADS" >"$WORK/membw.out" 2>"$WORK/membw.err" ||
+        { cat "$WORK/membw.err" >&2; die "membw failed"; }
+    MEMBW_1=$(sed -n 's/^membw_threads=1 gbps=//p' "$WORK/membw.out")
+    MEMBW_N=$(sed -n "s/^membw_threads=$THREADS gbps=//p" "$WORK/membw.out")
+    if [ -z "$MEMBW_1" ] || [ -z "$MEMBW_N" ]; then
+        die "membw printed no bandwidth lines: $(cat "$WORK/membw.out")"
+    fi
+    MEMBW_ISA=$(sed -n 's/^membw_isa=//p' "$WORK/membw.out")
+}
+
+# ---- a prompt of exactly N_PROMPT tokens ----
+
+# Plain English prose, long enough for N_PROMPT tokens with room to spare.
+PROMPT_SOURCE="The old lighthouse keeper climbed the narrow stairs every evening before the sun went \
+down, carrying a small lamp and a notebook in which he wrote the weather, the ships he had seen and \
+the birds that rested on the railing. In winter the wind came from the north and the sea turned grey \
+and heavy, and he would sit by the window for hours, listening to the waves break against the rocks \
+below. His daughter lived in the town across the bay and visited him on Sundays, bringing bread, \
+apples and news of the harbour: which boats had come in, who had married, which of the fishermen had \
+finally sold his nets. She asked him every time whether he was lonely, and every time he said that a \
+man with a light to keep is never alone, because somewhere out in the dark there is always someone \
+looking for it. When the new electric beacon was installed, the engineers told him that his work was \
+no longer needed, but he kept climbing the stairs each evening all the same, writing down the wind \
+and the ships, because the habit of watching had become the shape of his days."
+
+count_tokens() {
+    local ids
+    ids=$("$BIN/moeshard" tokenize --model "$MODEL" "$1" 2>"$WORK/tokenize.err") ||
+        { cat "$WORK/tokenize.err" >&2; die "moeshard tokenize failed"; }
+    wc -w <<<"$ids" | tr -d ' '
+}
+
+# Sets PROMPT and PROMPT_TOKENS: the shortest prefix of the source text with
+# at least N_PROMPT tokens (binary search over words), trimmed inside its last
+# word to exactly N_PROMPT where a cut gives that count.
+build_prompt() {
+    # Counts go through plain assignments so that a failing tokenize stops
+    # the script (errexit does not look inside test conditions).
+    local text="$PROMPT_SOURCE" reps=1 n
+    n=$(count_tokens "$text")
+    while [ "$n" -lt "$N_PROMPT" ]; do
+        [ "$reps" -lt 16 ] || die "the built-in prompt text never reaches $N_PROMPT tokens"
+        text="$text $PROMPT_SOURCE"
+        reps=$((reps + 1))
+        n=$(count_tokens "$text")
+    done
+    local -a words
+    read -r -a words <<<"$text"
+    local lo=1 hi=${#words[@]} mid
+    while [ "$lo" -lt "$hi" ]; do
+        mid=$(((lo + hi) / 2))
+        n=$(count_tokens "${words[*]:0:mid}")
+        if [ "$n" -ge "$N_PROMPT" ]; then hi=$mid; else lo=$((mid + 1)); fi
+    done
+    PROMPT="${words[*]:0:lo}"
+    PROMPT_TOKENS=$(count_tokens "$PROMPT")
+    [ "$PROMPT_TOKENS" -eq "$N_PROMPT" ] && return 0
+    local head="${words[*]:0:lo-1}" last="${words[lo - 1]}" k cand
+    for ((k = 1; k < ${#last}; k++)); do
+        cand="$head ${last:0:k}"
+        n=$(count_tokens "$cand")
+        if [ "$n" -eq "$N_PROMPT" ]; then
+            PROMPT=$cand PROMPT_TOKENS=$n
+            return 0
+        fi
+    done
+    say "warning: no cut of the text gives exactly $N_PROMPT tokens; using $PROMPT_TOKENS"
+}
+
+# ---- prefill and decode ----
+
+# Value of "<key> <number>" in the run's summary line, e.g. field "prefill".
+summary_field() {
+    sed -n "s/.*[ ,]$1 \([0-9.][0-9.]*\) .*/\1/p" <<<"$SUMMARY" | head -n 1
+}
+
+run_model() {
+    local cmd=("$BIN/moeshard" run --model "$MODEL" --prompt "$PROMPT" -n "$N_DECODE" --temp 0 --threads "$THREADS")
+    say "running: moeshard run --model $MODEL --prompt <$PROMPT_TOKENS tokens> -n $N_DECODE --temp 0 --threads $THREADS"
+    "${cmd[@]}" >"$WORK/run.out" 2>"$WORK/run.err" ||
+        { tail -n 20 "$WORK/run.err" >&2; die "moeshard run failed"; }
+    SUMMARY=$(grep -E 'prefill [0-9.]+ tok/s' "$WORK/run.err" | tail -n 1) ||
+        die "moeshard run printed no summary line with 'prefill X tok/s'"
+    PREFILL=$(summary_field prefill)
+    DECODE=$(summary_field decode)
+    W_MB=$(summary_field 'weights\/token')
+    RSS_MB=$(summary_field peak-rss)
+    KV_MB=$(summary_field kv-cache)
+    STEPS=$(sed -n 's/.*decode [0-9.]* tok\/s (\([0-9]*\) steps.*/\1/p' <<<"$SUMMARY")
+    for v in PREFILL DECODE W_MB RSS_MB; do
+        [ -n "${!v}" ] || die "could not read $v from the summary line: $SUMMARY"
+    done
+}
+
+# ---- derived figures and the report ----
+
+calc() {
+    awk "BEGIN { printf \"%.${2:-1}f\", $1 }"
+}
+
+report() {
+    local model_bytes model_mb kv_mb budget rss_ok eff_gbps roofline
+    model_bytes=$(stat -c %s "$MODEL")
+    model_mb=$(calc "$model_bytes / 1e6")
+    kv_mb=${KV_MB:-0}
+    [ -n "$KV_MB" ] || say "warning: the run printed no kv-cache size; the memory budget leaves it out"
+    budget=$(calc "$model_mb + $kv_mb + $RSS_SLACK_MB")
+    rss_ok=$(awk "BEGIN { print ($RSS_MB <= $budget) ? \"yes\" : \"no\" }")
+    eff_gbps=$(calc "$DECODE * $W_MB / 1e3" 2)
+    roofline=$(calc "100 * $eff_gbps / $MEMBW_N")
+    local commit
+    commit=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    cat <<EOF
+bench_date=$DATE
+bench_cpu=$CPU
+bench_cores=$(nproc)
+bench_commit=$commit
+bench_threads=$THREADS
+model_file=$MODEL
+model_bytes=$model_bytes
+membw_isa=$MEMBW_ISA
+membw_1t_gbps=$MEMBW_1
+membw_${THREADS}t_gbps=$MEMBW_N
+prompt_tokens=$PROMPT_TOKENS
+prefill_tok_s=$PREFILL
+decode_tokens=$N_DECODE
+decode_steps=${STEPS:-unknown}
+decode_tok_s=$DECODE
+weights_per_token_mb=$W_MB
+decode_weight_gbps=$eff_gbps
+roofline_pct=$roofline
+peak_rss_mb=$RSS_MB
+kv_cache_mb=${KV_MB:-unknown}
+rss_budget_mb=$budget
+rss_within_budget=$rss_ok
+
+Summary ($DATE, $CPU, $THREADS threads):
+  memory read bandwidth   $MEMBW_1 GB/s on 1 thread, $MEMBW_N GB/s on $THREADS threads ($MEMBW_ISA loads)
+  prefill                 $PREFILL tok/s over a $PROMPT_TOKENS-token prompt
+  decode                  $DECODE tok/s (greedy, ${STEPS:-?} steps), reading $W_MB MB of weights per token
+  roofline                $eff_gbps GB/s of weights streamed = $roofline% of the measured $MEMBW_N GB/s
+  peak RSS                $RSS_MB MB against model $model_mb MB + KV cache $kv_mb MB + 64 MiB = $budget MB ($( [ "$rss_ok" = yes ] && echo within || echo OVER) budget)
+EOF
+    if [ -n "${STEPS:-}" ] && [ "$STEPS" -lt $((N_DECODE - 1)) ]; then
+        say "warning: decode stopped after $STEPS steps (end-of-text); its rate covers those steps only"
+    fi
+}
+
+main() {
+    for b in genmodel membw moeshard; do need_bin "$b"; done
+    [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "MS_BENCH_THREADS must be a positive integer, not '$THREADS'"
+    DATE=$(date -u '+%Y-%m-%dT%H:%M:%SZ')
+    CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+    CPU=${CPU:-unknown}
+    say "$DATE on $CPU ($(nproc) cores)"
+    ensure_model
+    run_membw
+    warm_model
+    say "building a $N_PROMPT-token prompt with moeshard tokenize ..."
+    build_prompt
+    run_model
+    report
+}
+
+main "$@"

@@ -1,0 +1,177 @@
+/* Kernel dispatch (CPU feature checks), the multi-threaded drivers over the
+ * per-ISA tables, and RoPE. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels_impl.h"
+#include "limits.h"
+
+/* Rows of one job handed to a thread at a time: 16 f32 outputs fill one
+ * cache line of y, so threads never write the same line (and 16 is a whole
+ * number of the 4-row SIMD tiles). */
+#define MS_MM_GRAIN_ROWS 16
+
+static bool cpu_has_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+}
+
+static bool cpu_has_avx512(void)
+{
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vnni");
+}
+
+const ms_kernels_t *ms_kernels_for(ms_isa_t isa)
+{
+    switch (isa) {
+    case MS_ISA_SCALAR:
+        return &ms_kernels_scalar;
+    case MS_ISA_AVX2:
+        return cpu_has_avx2() ? &ms_kernels_avx2 : NULL;
+    case MS_ISA_AVX512:
+        return cpu_has_avx512() ? &ms_kernels_avx512 : NULL;
+    default:
+        return NULL;
+    }
+}
+
+const ms_kernels_t *ms_kernels_best(void)
+{
+    const char *want = getenv("MS_KERNELS");
+    for (int isa = 0; want && isa < MS_ISA_COUNT; isa++) {
+        const ms_kernels_t *k = ms_kernels_for((ms_isa_t)isa);
+        if (k && strcmp(want, k->name) == 0)
+            return k;
+    }
+    for (int isa = MS_ISA_COUNT - 1; isa > MS_ISA_SCALAR; isa--) {
+        const ms_kernels_t *k = ms_kernels_for((ms_isa_t)isa);
+        if (k)
+            return k;
+    }
+    return &ms_kernels_scalar;
+}
+
+size_t ms_act_row_bytes(ms_type_t type, int64_t n_in)
+{
+    if (type != MS_TYPE_Q8_0 || n_in <= 0)
+        return 0;
+    return (size_t)ms_type_row_bytes(MS_TYPE_Q8_0, (uint64_t)n_in);
+}
+
+typedef struct {
+    const ms_kernels_t *k;
+    const ms_mm_t *jobs;
+    int n_jobs;
+    long long units; /* grains of MS_MM_GRAIN_ROWS rows, summed over the jobs */
+} mm_multi_ctx_t;
+
+static long long mm_units(const ms_mm_t *mm)
+{
+    return mm->n_out > 0 ? (mm->n_out + MS_MM_GRAIN_ROWS - 1) / MS_MM_GRAIN_ROWS : 0;
+}
+
+/* A thread's part is a contiguous range of grains; it walks them across job
+ * boundaries so every thread gets the same number of rows. */
+static void mm_multi_thread(void *arg, int ith, int nth)
+{
+    const mm_multi_ctx_t *c = arg;
+    long long u0, u1, base = 0;
+    ms_pool_split(c->units, 1, ith, nth, &u0, &u1);
+    for (int j = 0; j < c->n_jobs && base < u1; j++) {
+        const ms_mm_t *mm = &c->jobs[j];
+        long long n = mm_units(mm);
+        long long lo = u0 > base ? u0 : base;
+        long long hi = u1 < base + n ? u1 : base + n;
+        if (lo < hi) {
+            int64_t r0 = (lo - base) * MS_MM_GRAIN_ROWS;
+            int64_t r1 = (hi - base) * MS_MM_GRAIN_ROWS;
+            c->k->matmul(mm, r0, r1 < mm->n_out ? r1 : mm->n_out);
+        }
+        base += n;
+    }
+}
+
+void ms_matmul_multi(ms_pool_t *pool, const ms_kernels_t *k, const ms_mm_t *jobs, int n_jobs)
+{
+    mm_multi_ctx_t c = { .k = k, .jobs = jobs, .n_jobs = n_jobs, .units = 0 };
+    for (int j = 0; j < n_jobs; j++)
+        c.units += mm_units(&jobs[j]);
+    if (c.units == 0)
+        return;
+    ms_pool_run(c.units > 1 ? pool : NULL, mm_multi_thread, &c);
+}
+
+typedef struct {
+    const ms_kernels_t *k;
+    ms_type_t type;
+    const float *x;
+    int64_t ldx, n_tok, n_in;
+    char *xq;
+    size_t xq_row;
+} quant_ctx_t;
+
+static void quant_thread(void *arg, int ith, int nth)
+{
+    const quant_ctx_t *c = arg;
+    long long t0, t1;
+    ms_pool_split(c->n_tok, 1, ith, nth, &t0, &t1);
+    for (long long t = t0; t < t1; t++)
+        c->k->quantize_act(c->type, c->x + t * c->ldx, c->n_in, c->xq + (size_t)t * c->xq_row);
+}
+
+void ms_act_quantize_rows(ms_pool_t *pool, const ms_kernels_t *k, ms_type_t type,
+                          const float *x, int64_t ldx, int64_t n_tok, int64_t n_in, void *xq)
+{
+    quant_ctx_t c = { .k = k, .type = type, .x = x, .ldx = ldx, .n_tok = n_tok, .n_in = n_in,
+                      .xq = xq, .xq_row = ms_act_row_bytes(type, n_in) };
+    if (c.xq_row == 0 || n_tok <= 0)
+        return;
+    ms_pool_run(n_tok > 1 ? pool : NULL, quant_thread, &c);
+}
+
+/* Element offsets of the two values rotated by frequency i. */
+static void rope_pair(ms_rope_mode_t mode, int i, int rot_dim, int *ret_a, int *ret_b)
+{
+    if (mode == MS_ROPE_NEOX) {
+        *ret_a = i;
+        *ret_b = i + rot_dim / 2;
+    } else {
+        *ret_a = 2 * i;
+        *ret_b = 2 * i + 1;
+    }
+}
+
+/* Shapes come from the model loader, which validates them; a shape this
+ * function cannot rotate (odd or oversized rot_dim, unknown mode) leaves x
+ * unchanged rather than touching memory outside the heads. */
+void ms_rope(float *x, int n_heads, int head_dim, int rot_dim, int64_t pos,
+             float freq_base, ms_rope_mode_t mode)
+{
+    double cs[MS_HEAD_DIM_MAX / 2], sn[MS_HEAD_DIM_MAX / 2];
+    if (rot_dim < 2 || rot_dim % 2 || rot_dim > head_dim || head_dim > MS_HEAD_DIM_MAX ||
+        n_heads <= 0 || (mode != MS_ROPE_NORM && mode != MS_ROPE_NEOX))
+        return;
+    int half = rot_dim / 2;
+    /* The angle in double: at positions near 2^18 a float angle loses the
+     * low bits that decide the rotation of the fastest frequencies. */
+    for (int i = 0; i < half; i++) {
+        double theta = (double)pos * pow((double)freq_base, -2.0 * i / rot_dim);
+        cs[i] = cos(theta);
+        sn[i] = sin(theta);
+    }
+    for (int h = 0; h < n_heads; h++) {
+        float *xh = x + (size_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            int a, b;
+            rope_pair(mode, i, rot_dim, &a, &b);
+            double x0 = xh[a], x1 = xh[b];
+            xh[a] = (float)(x0 * cs[i] - x1 * sn[i]);
+            xh[b] = (float)(x0 * sn[i] + x1 * cs[i]);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+/* Numeric kernels: weight (de)quantisation, matrix products over weight
+ * rows, and the small per-vector operations of a transformer layer.
+ * Each has a scalar reference and SIMD paths (AVX2, AVX-512/VNNI) picked at
+ * run time from the CPU's features. Pure functions over their arguments. */
+#ifndef MS_KERNELS_H
+#define MS_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pool.h"
+#include "types.h"
+
+typedef enum {
+    MS_ISA_SCALAR,
+    MS_ISA_AVX2,    /* AVX2 + FMA + F16C */
+    MS_ISA_AVX512,  /* AVX-512 F/BW/VL (+VNNI where present) */
+    MS_ISA_COUNT
+} ms_isa_t;
+
+typedef enum {
+    MS_ROPE_NORM, /* rotate adjacent pairs (x[2i], x[2i+1]): llama/Mixtral as GGUF stores them */
+    MS_ROPE_NEOX, /* rotate half-split pairs (x[i], x[i + rot/2]): Qwen2/3-MoE, OLMoE */
+    MS_ROPE_COUNT
+} ms_rope_mode_t;
+
+/* One matrix product job: y[t*ldy + r] = sum_c W[r][c] * x[t][c]
+ * for r in [0, n_out), t in [0, n_tok).
+ *   W  [n_out][n_in] of type; row r starts at w + r * ms_type_row_bytes(type, n_in)
+ *   x  [n_tok][n_in] f32, row t at x + t * ldx
+ *   xq the same rows quantised by ms_act_quantize for type, or NULL when
+ *      ms_act_row_bytes(type, n_in) == 0 (the kernel then reads x)
+ *   y  [n_tok][ldy] f32 */
+typedef struct {
+    ms_type_t type;
+    const void *w;
+    int64_t n_out, n_in;
+    const float *x;
+    int64_t ldx;
+    const void *xq;
+    int64_t n_tok;
+    float *y;
+    int64_t ldy;
+} ms_mm_t;
+
+typedef struct {
+    const char *name; /* "scalar", "avx2", "avx512" */
+    /* dst[0..n) = values of a row of n elements (n a multiple of the block size). */
+    void (*dequant_row)(ms_type_t type, const void *src, float *dst, int64_t n);
+    /* Quantises one activation row of n elements into the format the kernels
+     * multiply type's weights with (Q8_0 blocks for Q8_0 weights). */
+    void (*quantize_act)(ms_type_t type, const float *x, int64_t n, void *xq);
+    /* Rows [r0, r1) of one job, all its tokens. */
+    void (*matmul)(const ms_mm_t *mm, int64_t r0, int64_t r1);
+    float (*dot_f32)(const float *a, const float *b, int64_t n);
+    /* y[i] += a * x[i] */
+    void (*axpy)(float *y, float a, const float *x, int64_t n);
+    /* out[i] = x[i] / sqrt(mean(x^2) + eps) * (w ? w[i] : 1); out may alias x. */
+    void (*rmsnorm)(float *out, const float *x, const float *w, int64_t n, float eps);
+    /* out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)); out may alias gate. */
+    void (*swiglu)(float *out, const float *gate, const float *up, int64_t n);
+    /* x = exp(x - max) / sum, in place. */
+    void (*softmax)(float *x, int64_t n);
+} ms_kernels_t;
+
+/* The table for one ISA, or NULL when this CPU (or this build) lacks it. */
+const ms_kernels_t *ms_kernels_for(ms_isa_t isa);
+/* The fastest table this CPU supports; MS_KERNELS=scalar|avx2|avx512 in the
+ * environment overrides (falling back to the best available if unsupported). */
+const ms_kernels_t *ms_kernels_best(void);
+
+/* Bytes of one activation row quantised for type's weights; 0 when the
+ * kernels read f32 activations directly for type (F32, F16, BF16). */
+size_t ms_act_row_bytes(ms_type_t type, int64_t n_in);
+
+/* Runs the jobs on the pool: their rows are split across threads in one
+ * pass (one wake-up for all jobs). Every job's xq must be prepared. */
+void ms_matmul_multi(ms_pool_t *pool, const ms_kernels_t *k, const ms_mm_t *jobs, int n_jobs);
+
+/* Quantises n_tok rows (stride ldx) into xq (rows of ms_act_row_bytes(type, n_in))
+ * on the pool; no-op when ms_act_row_bytes(type, n_in) == 0. */
+void ms_act_quantize_rows(ms_pool_t *pool, const ms_kernels_t *k, ms_type_t type,
+                          const float *x, int64_t ldx, int64_t n_tok, int64_t n_in, void *xq);
+
+/* Rotary embedding of one token's heads in place.
+ *   x [n_heads][head_dim]; only the first rot_dim dims of each head rotate.
+ *   theta_i = pos * freq_base^(-2i/rot_dim), i in [0, rot_dim/2). */
+void ms_rope(float *x, int n_heads, int head_dim, int rot_dim, int64_t pos,
+             float freq_base, ms_rope_mode_t mode);
+
+#endif

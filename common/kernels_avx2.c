@@ -1,0 +1,430 @@
+/* AVX2 + FMA + F16C kernels. Built with those flags and reached only through
+ * ms_kernels_for() after the CPU check. */
+#include <immintrin.h>
+#include <math.h>
+
+#include "kernels_impl.h"
+
+#define FORCE_INLINE static inline __attribute__((always_inline))
+
+/* Tiles of MR weight rows x MT tokens; sized so accumulators and operands
+ * fit the 16 ymm registers. */
+#define Q8_MR 2
+#define Q8_MT 4
+#define PL_MR 2
+#define PL_MT 4
+
+FORCE_INLINE float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* ---- Q8_0 x Q8_0 ---------------------------------------------------------
+ * maddubs multiplies unsigned by signed bytes: |w| as unsigned and x with
+ * w's sign applied. |w| <= 128 and |x| <= 127 keep each pair sum within
+ * int16 (2 * 128 * 127 = 32512), so maddubs never saturates. */
+
+FORCE_INLINE void q8_tile(const ms_block_q8_0_t *const *wr, const ms_block_q8_0_t *const *xt, int64_t nb,
+                          float *y, int64_t ldy, const int nr, const int nt)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[Q8_MR][Q8_MT];
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++)
+            acc[i][j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i w[Q8_MR], aw[Q8_MR];
+        __m256 dw[Q8_MR];
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++) {
+            w[i] = _mm256_loadu_si256((const __m256i *)wr[i][b].qs);
+            aw[i] = _mm256_sign_epi8(w[i], w[i]);
+            dw[i] = _mm256_set1_ps(_cvtsh_ss(wr[i][b].d));
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)xt[j][b].qs);
+            __m256 dx = _mm256_set1_ps(_cvtsh_ss(xt[j][b].d));
+#pragma GCC unroll 4
+            for (int i = 0; i < nr; i++) {
+                __m256i p16 = _mm256_maddubs_epi16(aw[i], _mm256_sign_epi8(x, w[i]));
+                __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                acc[i][j] = _mm256_fmadd_ps(p, _mm256_mul_ps(dw[i], dx), acc[i][j]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++)
+            y[j * ldy + i] = hsum8(acc[i][j]);
+}
+
+typedef void (*q8_tile_fn)(const ms_block_q8_0_t *const *, const ms_block_q8_0_t *const *, int64_t, float *,
+                           int64_t);
+
+#define Q8_TILE(NR, NT)                                                                                     \
+    static void q8_tile_##NR##_##NT(const ms_block_q8_0_t *const *wr, const ms_block_q8_0_t *const *xt,     \
+                                    int64_t nb, float *y, int64_t ldy)                                      \
+    {                                                                                                       \
+        q8_tile(wr, xt, nb, y, ldy, NR, NT);                                                                \
+    }
+Q8_TILE(1, 1) Q8_TILE(1, 2) Q8_TILE(1, 3) Q8_TILE(1, 4)
+Q8_TILE(2, 1) Q8_TILE(2, 2) Q8_TILE(2, 3) Q8_TILE(2, 4)
+
+static const q8_tile_fn q8_tiles[Q8_MR][Q8_MT] = {
+    { q8_tile_1_1, q8_tile_1_2, q8_tile_1_3, q8_tile_1_4 },
+    { q8_tile_2_1, q8_tile_2_2, q8_tile_2_3, q8_tile_2_4 },
+};
+
+/* Row tiles outer, token tiles inner: a tile's weight rows stay in L1 while
+ * every token passes over them. */
+static void q8_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
+{
+    int64_t nb = mm->n_in / MS_QK8_0;
+    size_t xrow = (size_t)nb * sizeof(ms_block_q8_0_t);
+    const ms_block_q8_0_t *w0 = mm->w;
+    const char *xq = mm->xq;
+    const ms_block_q8_0_t *wr[Q8_MR], *xt[Q8_MT];
+    for (int64_t r = r0; r < r1; r += Q8_MR) {
+        int nr = r1 - r < Q8_MR ? (int)(r1 - r) : Q8_MR;
+        for (int i = 0; i < nr; i++)
+            wr[i] = w0 + (r + i) * nb;
+        for (int64_t t = 0; t < mm->n_tok; t += Q8_MT) {
+            int nt = mm->n_tok - t < Q8_MT ? (int)(mm->n_tok - t) : Q8_MT;
+            for (int j = 0; j < nt; j++)
+                xt[j] = (const void *)(xq + (size_t)(t + j) * xrow);
+            q8_tiles[nr - 1][nt - 1](wr, xt, nb, mm->y + t * mm->ldy + r, mm->ldy);
+        }
+    }
+}
+
+/* ---- F32 / F16 / BF16 weights x f32 activations ------------------------ */
+
+FORCE_INLINE __m256 pl_load_w(ms_type_t type, const void *row, int64_t c)
+{
+    if (type == MS_TYPE_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + c)));
+    if (type == MS_TYPE_BF16) {
+        __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + c)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+    }
+    return _mm256_loadu_ps((const float *)row + c);
+}
+
+FORCE_INLINE float pl_weight(ms_type_t type, const void *row, int64_t c)
+{
+    if (type == MS_TYPE_F16)
+        return _cvtsh_ss(((const uint16_t *)row)[c]);
+    if (type == MS_TYPE_BF16)
+        return ms_bf16_to_f32(((const uint16_t *)row)[c]);
+    return ((const float *)row)[c];
+}
+
+FORCE_INLINE void pl_tile(ms_type_t type, const char *const *wr, const float *const *xt, int64_t n,
+                          float *y, int64_t ldy, const int nr, const int nt)
+{
+    __m256 acc[PL_MR][PL_MT];
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++)
+            acc[i][j] = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) {
+        __m256 w[PL_MR];
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++)
+            w[i] = pl_load_w(type, wr[i], c);
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++) {
+            __m256 x = _mm256_loadu_ps(xt[j] + c);
+#pragma GCC unroll 4
+            for (int i = 0; i < nr; i++)
+                acc[i][j] = _mm256_fmadd_ps(w[i], x, acc[i][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++) {
+            float s = hsum8(acc[i][j]);
+            for (int64_t k = c; k < n; k++)
+                s += pl_weight(type, wr[i], k) * xt[j][k];
+            y[j * ldy + i] = s;
+        }
+}
+
+typedef void (*pl_tile_fn)(const char *const *, const float *const *, int64_t, float *, int64_t);
+
+#define PL_TILE(TY, NAME, NR, NT)                                                                           \
+    static void pl_##NAME##_##NR##_##NT(const char *const *wr, const float *const *xt, int64_t n, float *y, \
+                                        int64_t ldy)                                                        \
+    {                                                                                                       \
+        pl_tile(TY, wr, xt, n, y, ldy, NR, NT);                                                             \
+    }
+#define PL_TILES(TY, NAME) \
+    PL_TILE(TY, NAME, 1, 1) PL_TILE(TY, NAME, 1, 4) PL_TILE(TY, NAME, 2, 1) PL_TILE(TY, NAME, 2, 4)
+PL_TILES(MS_TYPE_F32, f32)
+PL_TILES(MS_TYPE_F16, f16)
+PL_TILES(MS_TYPE_BF16, bf16)
+
+/* [type: f32, f16, bf16][full row tile][full token tile] */
+static const pl_tile_fn pl_tiles[3][2][2] = {
+    { { pl_f32_1_1, pl_f32_1_4 }, { pl_f32_2_1, pl_f32_2_4 } },
+    { { pl_f16_1_1, pl_f16_1_4 }, { pl_f16_2_1, pl_f16_2_4 } },
+    { { pl_bf16_1_1, pl_bf16_1_4 }, { pl_bf16_2_1, pl_bf16_2_4 } },
+};
+
+static void pl_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
+{
+    int ty = mm->type == MS_TYPE_F32 ? 0 : mm->type == MS_TYPE_F16 ? 1 : 2;
+    size_t wrow = (size_t)ms_type_row_bytes(mm->type, (uint64_t)mm->n_in);
+    const char *wr[PL_MR];
+    const float *xt[PL_MT];
+    for (int64_t r = r0; r < r1;) {
+        int nr = r1 - r >= PL_MR ? PL_MR : 1;
+        for (int i = 0; i < nr; i++)
+            wr[i] = (const char *)mm->w + (size_t)(r + i) * wrow;
+        for (int64_t t = 0; t < mm->n_tok;) {
+            int nt = mm->n_tok - t >= PL_MT ? PL_MT : 1;
+            for (int j = 0; j < nt; j++)
+                xt[j] = mm->x + (t + j) * mm->ldx;
+            pl_tiles[ty][nr == PL_MR][nt == PL_MT](wr, xt, mm->n_in, mm->y + t * mm->ldy + r, mm->ldy);
+            t += nt;
+        }
+        r += nr;
+    }
+}
+
+static void v8_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
+{
+    if (!ms_kern_job_ok(mm))
+        ms_kern_fill_nan(mm, r0, r1);
+    else if (mm->type == MS_TYPE_Q8_0)
+        q8_matmul(mm, r0, r1);
+    else
+        pl_matmul(mm, r0, r1);
+}
+
+/* ---- dequantisation and activation quantisation ----------------------- */
+
+static void v8_dequant_q8_0(const ms_block_q8_0_t *b, float *dst, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++) {
+        __m256 d = _mm256_set1_ps(_cvtsh_ss(b[i].d));
+        for (int k = 0; k < MS_QK8_0; k += 8) {
+            __m128i q = _mm_loadl_epi64((const __m128i *)(b[i].qs + k));
+            __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+            _mm256_storeu_ps(dst + i * MS_QK8_0 + k, _mm256_mul_ps(d, v));
+        }
+    }
+}
+
+static void v8_dequant_plain(ms_type_t type, const void *src, float *dst, int64_t n)
+{
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8)
+        _mm256_storeu_ps(dst + c, pl_load_w(type, src, c));
+    for (; c < n; c++)
+        dst[c] = pl_weight(type, src, c);
+}
+
+static void v8_dequant_row(ms_type_t type, const void *src, float *dst, int64_t n)
+{
+    if (type == MS_TYPE_Q8_0 && n % MS_QK8_0 == 0)
+        v8_dequant_q8_0(src, dst, n / MS_QK8_0);
+    else if (type == MS_TYPE_F32 || type == MS_TYPE_F16 || type == MS_TYPE_BF16)
+        v8_dequant_plain(type, src, dst, n);
+    else
+        ms_kernels_scalar.dequant_row(type, src, dst, n);
+}
+
+/* roundf(v) (half away from zero) then clamp to [-127, 127], NaN to -127:
+ * bit-identical to the scalar path. v - trunc(v) is exact. */
+FORCE_INLINE __m256i q8_round(__m256 v)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+    __m256 up = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(sign, v));
+    __m256 r = _mm256_add_ps(t, _mm256_and_ps(up, one));
+    r = _mm256_min_ps(_mm256_set1_ps(127.0f), _mm256_max_ps(r, _mm256_set1_ps(-127.0f)));
+    return _mm256_cvtps_epi32(r);
+}
+
+static void v8_quantize_q8_0(const float *x, int64_t n, ms_block_q8_0_t *y)
+{
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t i = 0; i < n / MS_QK8_0; i++) {
+        const float *xb = x + i * MS_QK8_0;
+        __m256 v[4];
+        /* max_ps returns its second operand when either is NaN: NaN inputs
+         * are skipped as the scalar's fmaxf chain skips them */
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(xb + 8 * k);
+            m = _mm256_max_ps(_mm256_and_ps(v[k], abs_mask), m);
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        __m256 id = _mm256_set1_ps(ms_kern_q8_inv_scale(_mm_cvtss_f32(m4), &y[i].d));
+        __m256i q[4];
+        for (int k = 0; k < 4; k++)
+            q[k] = q8_round(_mm256_mul_ps(v[k], id));
+        /* packs work per 128-bit lane; the permute restores element order */
+        __m256i q16a = _mm256_packs_epi32(q[0], q[1]);
+        __m256i q16b = _mm256_packs_epi32(q[2], q[3]);
+        __m256i q8 = _mm256_packs_epi16(q16a, q16b);
+        q8 = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)y[i].qs, q8);
+    }
+}
+
+static void v8_quantize_act(ms_type_t type, const float *x, int64_t n, void *xq)
+{
+    if (type == MS_TYPE_Q8_0)
+        v8_quantize_q8_0(x, n, xq);
+}
+
+/* ---- f32 vector helpers ------------------------------------------------ */
+
+/* Lanes [0, rem) set; rem may exceed 8. */
+FORCE_INLINE __m256i tail_mask(int64_t rem)
+{
+    int r = rem > 8 ? 8 : (int)rem;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static float v8_dot_f32(const float *a, const float *b, int64_t n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i < n; i += 8) {
+        __m256i m = tail_mask(n - i);
+        s0 = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, m), _mm256_maskload_ps(b + i, m), s0);
+    }
+    return hsum8(_mm256_add_ps(s0, s1));
+}
+
+static void v8_axpy(float *y, float a, const float *x, int64_t n)
+{
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    if (i < n) {
+        __m256i m = tail_mask(n - i);
+        __m256 v = _mm256_fmadd_ps(va, _mm256_maskload_ps(x + i, m), _mm256_maskload_ps(y + i, m));
+        _mm256_maskstore_ps(y + i, m, v);
+    }
+}
+
+static void v8_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
+{
+    __m256 ss = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256 v = _mm256_maskload_ps(x + i, tail_mask(n - i));
+        ss = _mm256_fmadd_ps(v, v, ss);
+    }
+    double mean = (double)hsum8(ss) / (double)(n > 0 ? n : 1);
+    __m256 scale = _mm256_set1_ps((float)(1.0 / sqrt(mean + eps)));
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i);
+        __m256 v = _mm256_mul_ps(_mm256_maskload_ps(x + i, m), scale);
+        if (w)
+            v = _mm256_mul_ps(v, _mm256_maskload_ps(w + i, m));
+        _mm256_maskstore_ps(out + i, m, v);
+    }
+}
+
+/* exp(x) with relative error below 5e-7 (not correctly rounded expf):
+ * x = n ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r) by its
+ * degree-6 Taylor polynomial (truncation < 1.3e-7), and 2^n applied as two
+ * factors 2^(n/2) so overflow gives inf and underflow subnormals/0. NaN
+ * stays NaN (max/min return their second operand for NaN). */
+FORCE_INLINE __m256 v8_exp(__m256 x)
+{
+    x = _mm256_min_ps(_mm256_set1_ps(89.0f), _mm256_max_ps(_mm256_set1_ps(-104.0f), x));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-6f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i n1 = _mm256_srai_epi32(ni, 1);
+    __m256i n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+static void v8_swiglu(float *out, const float *gate, const float *up, int64_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i);
+        __m256 g = _mm256_maskload_ps(gate + i, m);
+        __m256 e = v8_exp(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        __m256 v = _mm256_div_ps(_mm256_mul_ps(g, _mm256_maskload_ps(up + i, m)), _mm256_add_ps(one, e));
+        _mm256_maskstore_ps(out + i, m, v);
+    }
+}
+
+static void v8_softmax(float *x, int64_t n)
+{
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    __m256 vmax = ninf;
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i);
+        __m256 v = _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + i, m), _mm256_castsi256_ps(m));
+        vmax = _mm256_max_ps(v, vmax);
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    __m256 mx = _mm256_set1_ps(_mm_cvtss_f32(m4));
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i);
+        __m256 e = v8_exp(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), mx));
+        e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
+        sum = _mm256_add_ps(sum, e);
+        _mm256_maskstore_ps(x + i, m, e);
+    }
+    __m256 inv = _mm256_set1_ps(1.0f / hsum8(sum));
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i);
+        _mm256_maskstore_ps(x + i, m, _mm256_mul_ps(_mm256_maskload_ps(x + i, m), inv));
+    }
+}
+
+const ms_kernels_t ms_kernels_avx2 = {
+    .name = "avx2",
+    .dequant_row = v8_dequant_row,
+    .quantize_act = v8_quantize_act,
+    .matmul = v8_matmul,
+    .dot_f32 = v8_dot_f32,
+    .axpy = v8_axpy,
+    .rmsnorm = v8_rmsnorm,
+    .swiglu = v8_swiglu,
+    .softmax = v8_softmax,
+};

@@ -1,0 +1,454 @@
+/* AVX-512 kernels (F/BW/VL/DQ + VNNI). Built with AVX-512 flags and reached
+ * only through ms_kernels_for() after the CPU check. */
+#include <immintrin.h>
+#include <math.h>
+
+#include "kernels_impl.h"
+
+#define FORCE_INLINE static inline __attribute__((always_inline))
+
+/* Matmul tiles: MR weight rows x MT tokens of accumulators, so each weight
+ * vector loaded is used MT times and each activation vector MR times. */
+#define Q8_MR 4
+#define Q8_MT 4
+/* Up to this many tokens (decode) a Q8_0 matmul walks one weight row at a
+ * time: one sequential stream reaches DRAM speed where four interleaved row
+ * streams measured at half of it; the work per byte is small enough that
+ * reusing activations across rows does not matter there. */
+#define Q8_ONE_ROW_TOKENS 8
+#define PL_MR 4
+#define PL_MT 4
+
+/* ---- Q8_0 x Q8_0 ---------------------------------------------------------
+ * vpdpbusd multiplies unsigned by signed bytes. The activations are made
+ * unsigned once per load (x + 128, an xor) and the weights stay signed:
+ *   sum (x+128) w = sum x w + 128 sum w,
+ * so each row's accumulator starts at -128 sum w (one vpdpbusd per row) and
+ * every (row, token) pair then costs a single vpdpbusd. This beats the |w| /
+ * sign(x, w) trick, which needs a sign fix-up per pair on 512-bit vectors. */
+
+/* Quants of blocks b[0] and b[1] in the low and high halves. */
+FORCE_INLINE __m512i q8_load2(const ms_block_q8_0_t *b)
+{
+    __m256i lo = _mm256_loadu_si256((const __m256i *)b[0].qs);
+    __m256i hi = _mm256_loadu_si256((const __m256i *)b[1].qs);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+FORCE_INLINE __m512 q8_scale2(const ms_block_q8_0_t *b)
+{
+    return _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(_cvtsh_ss(b[0].d)), _mm512_set1_ps(_cvtsh_ss(b[1].d)));
+}
+
+/* A lone last block: upper half zero quants and zero scale. */
+FORCE_INLINE __m512i q8_load1(const ms_block_q8_0_t *b)
+{
+    return _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)b[0].qs));
+}
+
+FORCE_INLINE __m512 q8_scale1(const ms_block_q8_0_t *b)
+{
+    return _mm512_maskz_mov_ps(0x00ff, _mm512_set1_ps(_cvtsh_ss(b[0].d)));
+}
+
+FORCE_INLINE void q8_step(__m512 acc[Q8_MR][Q8_MT], const __m512i *w, const __m512 *dw, const __m512i *x,
+                          const __m512 *dx, int nr, int nt)
+{
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    const __m512i zero = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++) {
+        __m512i corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, w[i]));
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++) {
+            __m512i p = _mm512_dpbusd_epi32(corr, x[j], w[i]);
+            acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw[i], dx[j]), acc[i][j]);
+        }
+    }
+}
+
+/* y[j*ldy + i] = row wr[i] . token xt[j] over nb blocks, for i < nr, j < nt. */
+FORCE_INLINE void q8_tile(const ms_block_q8_0_t *const *wr, const ms_block_q8_0_t *const *xt, int64_t nb,
+                          float *y, int64_t ldy, const int nr, const int nt)
+{
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    __m512 acc[Q8_MR][Q8_MT];
+    __m512i w[Q8_MR], x[Q8_MT];
+    __m512 dw[Q8_MR], dx[Q8_MT];
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++) {
+            w[i] = q8_load2(wr[i] + b);
+            dw[i] = q8_scale2(wr[i] + b);
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++) {
+            x[j] = _mm512_xor_si512(q8_load2(xt[j] + b), bias);
+            dx[j] = q8_scale2(xt[j] + b);
+        }
+        q8_step(acc, w, dw, x, dx, nr, nt);
+    }
+    if (b < nb) {
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++) {
+            w[i] = q8_load1(wr[i] + b);
+            dw[i] = q8_scale1(wr[i] + b);
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++) {
+            x[j] = _mm512_xor_si512(q8_load1(xt[j] + b), bias);
+            dx[j] = q8_scale1(xt[j] + b);
+        }
+        q8_step(acc, w, dw, x, dx, nr, nt);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++)
+            y[j * ldy + i] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+typedef void (*q8_tile_fn)(const ms_block_q8_0_t *const *, const ms_block_q8_0_t *const *, int64_t, float *,
+                           int64_t);
+
+#define Q8_TILE(NR, NT)                                                                                     \
+    static void q8_tile_##NR##_##NT(const ms_block_q8_0_t *const *wr, const ms_block_q8_0_t *const *xt,     \
+                                    int64_t nb, float *y, int64_t ldy)                                      \
+    {                                                                                                       \
+        q8_tile(wr, xt, nb, y, ldy, NR, NT);                                                                \
+    }
+Q8_TILE(1, 1) Q8_TILE(1, 2) Q8_TILE(1, 3) Q8_TILE(1, 4)
+Q8_TILE(2, 1) Q8_TILE(2, 2) Q8_TILE(2, 3) Q8_TILE(2, 4)
+Q8_TILE(3, 1) Q8_TILE(3, 2) Q8_TILE(3, 3) Q8_TILE(3, 4)
+Q8_TILE(4, 1) Q8_TILE(4, 2) Q8_TILE(4, 3) Q8_TILE(4, 4)
+
+static const q8_tile_fn q8_tiles[Q8_MR][Q8_MT] = {
+    { q8_tile_1_1, q8_tile_1_2, q8_tile_1_3, q8_tile_1_4 },
+    { q8_tile_2_1, q8_tile_2_2, q8_tile_2_3, q8_tile_2_4 },
+    { q8_tile_3_1, q8_tile_3_2, q8_tile_3_3, q8_tile_3_4 },
+    { q8_tile_4_1, q8_tile_4_2, q8_tile_4_3, q8_tile_4_4 },
+};
+
+/* Row tiles outer, token tiles inner: a tile's weight rows stay in L1 while
+ * every token passes over them, so each weight byte comes from DRAM once. */
+static void q8_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
+{
+    int64_t nb = mm->n_in / MS_QK8_0;
+    size_t xrow = (size_t)nb * sizeof(ms_block_q8_0_t);
+    const ms_block_q8_0_t *w0 = mm->w;
+    const char *xq = mm->xq;
+    const ms_block_q8_0_t *wr[Q8_MR], *xt[Q8_MT];
+    int mr = mm->n_tok <= Q8_ONE_ROW_TOKENS ? 1 : Q8_MR;
+    for (int64_t r = r0; r < r1; r += mr) {
+        int nr = r1 - r < mr ? (int)(r1 - r) : mr;
+        for (int i = 0; i < nr; i++)
+            wr[i] = w0 + (r + i) * nb;
+        for (int64_t t = 0; t < mm->n_tok; t += Q8_MT) {
+            int nt = mm->n_tok - t < Q8_MT ? (int)(mm->n_tok - t) : Q8_MT;
+            for (int j = 0; j < nt; j++)
+                xt[j] = (const void *)(xq + (size_t)(t + j) * xrow);
+            q8_tiles[nr - 1][nt - 1](wr, xt, nb, mm->y + t * mm->ldy + r, mm->ldy);
+        }
+    }
+}
+
+/* ---- F32 / F16 / BF16 weights x f32 activations ------------------------ */
+
+/* 16 weights from element c as f32; lanes outside m read as 0. */
+FORCE_INLINE __m512 pl_load_w(ms_type_t type, const void *row, int64_t c, __mmask16 m)
+{
+    if (type == MS_TYPE_F16)
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + c));
+    if (type == MS_TYPE_BF16) {
+        __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + c));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+    }
+    return _mm512_maskz_loadu_ps(m, (const float *)row + c);
+}
+
+FORCE_INLINE void pl_step(__m512 acc[PL_MR][PL_MT], ms_type_t type, const char *const *wr, const float *const *xt,
+                          int64_t c, __mmask16 m, int nr, int nt)
+{
+    __m512 w[PL_MR];
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+        w[i] = pl_load_w(type, wr[i], c, m);
+#pragma GCC unroll 4
+    for (int j = 0; j < nt; j++) {
+        __m512 x = _mm512_maskz_loadu_ps(m, xt[j] + c);
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++)
+            acc[i][j] = _mm512_fmadd_ps(w[i], x, acc[i][j]);
+    }
+}
+
+FORCE_INLINE void pl_tile(ms_type_t type, const char *const *wr, const float *const *xt, int64_t n,
+                          float *y, int64_t ldy, const int nr, const int nt)
+{
+    __m512 acc[PL_MR][PL_MT];
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 16 <= n; c += 16)
+        pl_step(acc, type, wr, xt, c, 0xffff, nr, nt);
+    if (c < n)
+        pl_step(acc, type, wr, xt, c, (__mmask16)((1u << (n - c)) - 1), nr, nt);
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++)
+            y[j * ldy + i] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+typedef void (*pl_tile_fn)(const char *const *, const float *const *, int64_t, float *, int64_t);
+
+#define PL_TILE(TY, NAME, NR, NT)                                                                           \
+    static void pl_##NAME##_##NR##_##NT(const char *const *wr, const float *const *xt, int64_t n, float *y, \
+                                        int64_t ldy)                                                        \
+    {                                                                                                       \
+        pl_tile(TY, wr, xt, n, y, ldy, NR, NT);                                                             \
+    }
+#define PL_TILES(TY, NAME) \
+    PL_TILE(TY, NAME, 1, 1) PL_TILE(TY, NAME, 1, 4) PL_TILE(TY, NAME, 4, 1) PL_TILE(TY, NAME, 4, 4)
+PL_TILES(MS_TYPE_F32, f32)
+PL_TILES(MS_TYPE_F16, f16)
+PL_TILES(MS_TYPE_BF16, bf16)
+
+/* [type: f32, f16, bf16][full row tile][full token tile] */
+static const pl_tile_fn pl_tiles[3][2][2] = {
+    { { pl_f32_1_1, pl_f32_1_4 }, { pl_f32_4_1, pl_f32_4_4 } },
+    { { pl_f16_1_1, pl_f16_1_4 }, { pl_f16_4_1, pl_f16_4_4 } },
+    { { pl_bf16_1_1, pl_bf16_1_4 }, { pl_bf16_4_1, pl_bf16_4_4 } },
+};
+
+static void pl_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
+{
+    int ty = mm->type == MS_TYPE_F32 ? 0 : mm->type == MS_TYPE_F16 ? 1 : 2;
+    size_t wrow = (size_t)ms_type_row_bytes(mm->type, (uint64_t)mm->n_in);
+    const char *wr[PL_MR];
+    const float *xt[PL_MT];
+    for (int64_t r = r0; r < r1;) {
+        int nr = r1 - r >= PL_MR ? PL_MR : 1;
+        for (int i = 0; i < nr; i++)
+            wr[i] = (const char *)mm->w + (size_t)(r + i) * wrow;
+        for (int64_t t = 0; t < mm->n_tok;) {
+            int nt = mm->n_tok - t >= PL_MT ? PL_MT : 1;
+            for (int j = 0; j < nt; j++)
+                xt[j] = mm->x + (t + j) * mm->ldx;
+            pl_tiles[ty][nr == PL_MR][nt == PL_MT](wr, xt, mm->n_in, mm->y + t * mm->ldy + r, mm->ldy);
+            t += nt;
+        }
+        r += nr;
+    }
+}
+
+static void v16_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
+{
+    if (!ms_kern_job_ok(mm))
+        ms_kern_fill_nan(mm, r0, r1);
+    else if (mm->type == MS_TYPE_Q8_0)
+        q8_matmul(mm, r0, r1);
+    else
+        pl_matmul(mm, r0, r1);
+}
+
+/* ---- dequantisation and activation quantisation ----------------------- */
+
+static void v16_dequant_q8_0(const ms_block_q8_0_t *b, float *dst, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++) {
+        __m512 d = _mm512_set1_ps(_cvtsh_ss(b[i].d));
+        __m256i q = _mm256_loadu_si256((const __m256i *)b[i].qs);
+        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
+        _mm512_storeu_ps(dst + i * MS_QK8_0, _mm512_mul_ps(d, lo));
+        _mm512_storeu_ps(dst + i * MS_QK8_0 + 16, _mm512_mul_ps(d, hi));
+    }
+}
+
+static void v16_dequant_plain(ms_type_t type, const void *src, float *dst, int64_t n)
+{
+    int64_t c = 0;
+    for (; c + 16 <= n; c += 16)
+        _mm512_storeu_ps(dst + c, pl_load_w(type, src, c, 0xffff));
+    if (c < n) {
+        __mmask16 m = (__mmask16)((1u << (n - c)) - 1);
+        _mm512_mask_storeu_ps(dst + c, m, pl_load_w(type, src, c, m));
+    }
+}
+
+static void v16_dequant_row(ms_type_t type, const void *src, float *dst, int64_t n)
+{
+    if (type == MS_TYPE_Q8_0 && n % MS_QK8_0 == 0)
+        v16_dequant_q8_0(src, dst, n / MS_QK8_0);
+    else if (type == MS_TYPE_F32 || type == MS_TYPE_F16 || type == MS_TYPE_BF16)
+        v16_dequant_plain(type, src, dst, n);
+    else
+        ms_kernels_scalar.dequant_row(type, src, dst, n);
+}
+
+/* roundf(v) (half away from zero) then clamp to [-127, 127], NaN to -127:
+ * bit-identical to the scalar path. v - trunc(v) is exact. */
+FORCE_INLINE __m512i q8_round(__m512 v)
+{
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m512 frac = _mm512_andnot_ps(sign, _mm512_sub_ps(v, t));
+    __mmask16 up = _mm512_cmp_ps_mask(frac, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    __m512 one = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(sign, v));
+    __m512 r = _mm512_mask_add_ps(t, up, t, one);
+    r = _mm512_min_ps(_mm512_set1_ps(127.0f), _mm512_max_ps(r, _mm512_set1_ps(-127.0f)));
+    return _mm512_cvtps_epi32(r);
+}
+
+static void v16_quantize_q8_0(const float *x, int64_t n, ms_block_q8_0_t *y)
+{
+    const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t i = 0; i < n / MS_QK8_0; i++) {
+        __m512 a = _mm512_loadu_ps(x + i * MS_QK8_0);
+        __m512 b = _mm512_loadu_ps(x + i * MS_QK8_0 + 16);
+        /* max_ps returns its second operand when either is NaN: NaN inputs
+         * are skipped as the scalar's fmaxf chain skips them */
+        __m512 m = _mm512_max_ps(_mm512_and_ps(a, abs_mask), _mm512_setzero_ps());
+        m = _mm512_max_ps(_mm512_and_ps(b, abs_mask), m);
+        float amax = _mm512_reduce_max_ps(m);
+        __m512 id = _mm512_set1_ps(ms_kern_q8_inv_scale(amax, &y[i].d));
+        __m128i qa = _mm512_cvtsepi32_epi8(q8_round(_mm512_mul_ps(a, id)));
+        __m128i qb = _mm512_cvtsepi32_epi8(q8_round(_mm512_mul_ps(b, id)));
+        _mm_storeu_si128((__m128i *)y[i].qs, qa);
+        _mm_storeu_si128((__m128i *)(y[i].qs + 16), qb);
+    }
+}
+
+static void v16_quantize_act(ms_type_t type, const float *x, int64_t n, void *xq)
+{
+    if (type == MS_TYPE_Q8_0)
+        v16_quantize_q8_0(x, n, xq);
+}
+
+/* ---- f32 vector helpers ------------------------------------------------ */
+
+FORCE_INLINE __mmask16 tail_mask(int64_t rem)
+{
+    return (__mmask16)((1u << rem) - 1);
+}
+
+static float v16_dot_f32(const float *a, const float *b, int64_t n)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : tail_mask(n - i);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+static void v16_axpy(float *y, float a, const float *x, int64_t n)
+{
+    __m512 va = _mm512_set1_ps(a);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : tail_mask(n - i);
+        __m512 v = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i));
+        _mm512_mask_storeu_ps(y + i, m, v);
+    }
+}
+
+static void v16_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
+{
+    __m512 ss = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        ss = _mm512_fmadd_ps(v, v, ss);
+    }
+    double mean = (double)_mm512_reduce_add_ps(ss) / (double)(n > 0 ? n : 1);
+    __m512 scale = _mm512_set1_ps((float)(1.0 / sqrt(mean + eps)));
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : tail_mask(n - i);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), scale);
+        if (w)
+            v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w + i));
+        _mm512_mask_storeu_ps(out + i, m, v);
+    }
+}
+
+/* exp(x) with relative error below 5e-7 (not correctly rounded expf):
+ * x = n ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r) by its
+ * degree-6 Taylor polynomial (truncation < 1.3e-7), and scalef applies 2^n
+ * with proper overflow to inf and underflow to subnormals/0. NaN stays NaN. */
+FORCE_INLINE __m512 v16_exp(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static void v16_swiglu(float *out, const float *gate, const float *up, int64_t n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : tail_mask(n - i);
+        __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+        __m512 e = v16_exp(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        __m512 v = _mm512_div_ps(_mm512_mul_ps(g, _mm512_maskz_loadu_ps(m, up + i)), _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(out + i, m, v);
+    }
+}
+
+static void v16_softmax(float *x, int64_t n)
+{
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : tail_mask(n - i);
+        vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, x + i));
+    }
+    __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : tail_mask(n - i);
+        __m512 e = v16_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mx));
+        sum = _mm512_mask_add_ps(sum, m, sum, e);
+        _mm512_mask_storeu_ps(x + i, m, e);
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : tail_mask(n - i);
+        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
+    }
+}
+
+const ms_kernels_t ms_kernels_avx512 = {
+    .name = "avx512",
+    .dequant_row = v16_dequant_row,
+    .quantize_act = v16_quantize_act,
+    .matmul = v16_matmul,
+    .dot_f32 = v16_dot_f32,
+    .axpy = v16_axpy,
+    .rmsnorm = v16_rmsnorm,
+    .swiglu = v16_swiglu,
+    .softmax = v16_softmax,
+};

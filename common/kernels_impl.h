@@ -1,0 +1,32 @@
+/* Private to the kernel files: the per-ISA tables and the pieces of the
+ * scalar reference the SIMD paths reuse for rare cases. */
+#ifndef MS_KERNELS_IMPL_H
+#define MS_KERNELS_IMPL_H
+
+#include "kernels.h"
+
+extern const ms_kernels_t ms_kernels_scalar;
+extern const ms_kernels_t ms_kernels_avx2;
+extern const ms_kernels_t ms_kernels_avx512;
+
+/* The kernels cannot return errors (pure functions on the hot path), so a job
+ * they cannot compute (type without kernels, Q8_0 without xq or with n_in not
+ * a whole number of blocks) yields NaN rows: visibly wrong, never a crash. */
+bool ms_kern_job_ok(const ms_mm_t *mm);
+void ms_kern_fill_nan(const ms_mm_t *mm, int64_t r0, int64_t r1);
+
+/* Q8_0 activation quantisation as llama.cpp's reference does it:
+ * d = amax / 127, q = round-half-away(x * (1/d)), clamped to [-127, 127]
+ * (NaN inputs give -127; the f16 scale carries the inf/NaN). */
+void ms_kern_quantize_q8_0(const float *x, int64_t n, ms_block_q8_0_t *y);
+
+/* One block's scale and inverse scale, shared so every ISA quantises to the
+ * same bits. */
+static inline float ms_kern_q8_inv_scale(float amax, uint16_t *ret_d)
+{
+    float d = amax / 127.0f;
+    *ret_d = ms_f32_to_f16(d);
+    return d != 0.0f ? 1.0f / d : 0.0f;
+}
+
+#endif

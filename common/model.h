@@ -1,0 +1,108 @@
+/* A MoE model as described by its GGUF file: hyperparameters from the
+ * metadata and validated views of every weight tensor inside the mapping.
+ * Shared by the coordinator (dense part) and expertd (expert slices). */
+#ifndef MS_MODEL_H
+#define MS_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "gguf.h"
+#include "kernels.h"
+
+typedef enum {
+    MS_ARCH_LLAMA,    /* Mixtral: llama with experts */
+    MS_ARCH_QWEN2MOE,
+    MS_ARCH_QWEN3MOE,
+    MS_ARCH_OLMOE,
+    MS_ARCH_COUNT
+} ms_arch_t;
+
+typedef enum {
+    MS_QK_NORM_NONE,
+    MS_QK_NORM_HEAD, /* RMSNorm of each head (qwen3moe), weight [head_dim] */
+    MS_QK_NORM_FULL, /* RMSNorm of the whole projection (olmoe), weight [heads*head_dim] */
+    MS_QK_NORM_COUNT
+} ms_qk_norm_t;
+
+typedef struct {
+    ms_arch_t arch;
+    int32_t n_vocab;
+    int32_t n_ctx_train;
+    int32_t n_embd;      /* d */
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t head_dim;    /* of q and k (key_length) */
+    int32_t head_dim_v;  /* of v (value_length) */
+    int32_t n_rot;       /* rotated dims per head */
+    int32_t n_expert;
+    int32_t n_expert_used;
+    int32_t n_ff_exp;    /* expert FFN width */
+    int32_t n_ff_shexp;  /* shared expert FFN width; 0 when none */
+    float eps;
+    float rope_base;
+    ms_rope_mode_t rope_mode;
+    bool norm_topk;      /* renormalise the top-k gate weights */
+    ms_qk_norm_t qk_norm;
+    bool qkv_bias;
+    bool shared_expert;
+} ms_hparams_t;
+
+/* A weight matrix [n_out][n_in] (for experts: n_mat of them, back to back). */
+typedef struct {
+    ms_type_t type;
+    const void *data;
+    int64_t n_in, n_out;
+    int64_t n_mat;        /* 1, or the expert count */
+    uint64_t row_bytes;   /* ms_type_row_bytes(type, n_in) */
+    uint64_t mat_bytes;   /* row_bytes * n_out: the stride between experts */
+    const ms_gguf_tensor_t *tensor; /* where it lives in the file, for messages */
+} ms_weight_t;
+
+typedef struct {
+    const float *attn_norm;               /* [d] */
+    ms_weight_t wq, wk, wv, wo;           /* [H*hd][d], [Hkv*hd][d], [Hkv*hdv][d], [d][H*hdv] */
+    const float *bq, *bk, *bv;            /* qkv biases or NULL */
+    const float *q_norm, *k_norm;         /* see ms_qk_norm_t, or NULL */
+    const float *ffn_norm;                /* [d] */
+    ms_weight_t router;                   /* [E][d] */
+    ms_weight_t gate_exps, up_exps;       /* E x [F][d] */
+    ms_weight_t down_exps;                /* E x [d][F] */
+    ms_weight_t shexp_gate;               /* [1][d] (qwen2moe) */
+    ms_weight_t gate_shexp, up_shexp;     /* [Fs][d] */
+    ms_weight_t down_shexp;               /* [d][Fs] */
+} ms_layer_t;
+
+typedef struct {
+    ms_hparams_t hp;
+    ms_gguf_t *gguf;        /* owned */
+    ms_weight_t tok_embd;   /* [vocab][d] */
+    const float *output_norm;
+    ms_weight_t output;     /* [vocab][d]; the embedding when tied */
+    ms_layer_t *layers;     /* [n_layer] */
+    uint64_t bytes_dense;   /* every tensor that is not a routed expert */
+    uint64_t bytes_experts; /* the routed experts */
+    uint64_t bytes_per_token; /* weight bytes read for one decoded token (top-k experts, one embedding row) */
+} ms_model_t;
+
+const char *ms_arch_name(ms_arch_t arch);
+
+/* Opens path and reads the hyperparameters and every tensor the architecture
+ * needs, validating shapes and types. -EINVAL with err naming the file and the
+ * key or tensor (unsupported architecture, unsupported tensor type, missing
+ * tensor, wrong shape); -ENOENT/-EIO/-ENOMEM. */
+int ms_model_load(const char *path, ms_model_t **ret_model, ms_err_t *err);
+/* Same, over an already opened file whose ownership passes to the model
+ * (also on failure: *gguf_p is consumed either way). */
+int ms_model_from_gguf(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_t *err);
+void ms_model_destroy(ms_model_t **self_p);
+
+/* Pointer to expert e's matrix inside a 3-D expert weight. */
+static inline const void *ms_weight_mat(const ms_weight_t *w, int64_t e)
+{
+    return (const char *)w->data + (uint64_t)e * w->mat_bytes;
+}
+
+#endif

@@ -1,0 +1,157 @@
+/* Fixed worker pool: one futex broadcast starts a run, the last worker to
+ * finish wakes the caller; between runs every worker sleeps in the kernel. */
+#include "pool.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "limits.h"
+
+typedef struct {
+    ms_pool_t *pool;
+    int ith;
+    pthread_t tid;
+} pool_worker_t;
+
+struct ms_pool {
+    int n_threads;
+    int n_started;       /* workers running (n_threads - 1 once constructed) */
+    ms_pool_fn_t fn;     /* written by the caller before gen is bumped */
+    void *ctx;
+    atomic_bool stop;
+    /* Separate lines: workers sleep on gen while they count pending down. */
+    _Alignas(64) _Atomic uint32_t gen; /* bumped once per run and once at stop */
+    _Alignas(64) _Atomic uint32_t pending; /* workers still inside fn */
+    _Alignas(64) pool_worker_t workers[];
+};
+
+static void futex_wait(_Atomic uint32_t *addr, uint32_t expected)
+{
+    /* EAGAIN (value already changed) and EINTR just send the caller back to
+     * re-check the value. */
+    syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *addr, int n)
+{
+    syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
+}
+
+static void *pool_worker_main(void *arg)
+{
+    pool_worker_t *w = arg;
+    ms_pool_t *p = w->pool;
+    uint32_t seen = 0;
+    for (;;) {
+        uint32_t g;
+        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen)
+            futex_wait(&p->gen, seen);
+        seen = g;
+        if (atomic_load_explicit(&p->stop, memory_order_relaxed))
+            return NULL;
+        p->fn(p->ctx, w->ith, p->n_threads);
+        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1)
+            futex_wake(&p->pending, 1);
+    }
+}
+
+static void pool_stop(ms_pool_t *p)
+{
+    atomic_store_explicit(&p->stop, true, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    futex_wake(&p->gen, INT32_MAX);
+    for (int i = 0; i < p->n_started; i++)
+        pthread_join(p->workers[i].tid, NULL);
+    p->n_started = 0;
+}
+
+int ms_pool_new(int n_threads, ms_pool_t **ret_pool)
+{
+    if (n_threads < 1 || n_threads > MS_THREADS_MAX)
+        return -EINVAL;
+    ms_pool_t *p = calloc(1, sizeof(*p) + (size_t)(n_threads - 1) * sizeof(pool_worker_t));
+    if (!p)
+        return -ENOMEM;
+    p->n_threads = n_threads;
+    atomic_init(&p->stop, false);
+    atomic_init(&p->gen, 0);
+    atomic_init(&p->pending, 0);
+    for (int i = 0; i < n_threads - 1; i++) {
+        pool_worker_t *w = &p->workers[i];
+        w->pool = p;
+        w->ith = i + 1;
+        int rc = pthread_create(&w->tid, NULL, pool_worker_main, w);
+        if (rc != 0) {
+            pool_stop(p);
+            free(p);
+            return -rc;
+        }
+        p->n_started++;
+    }
+    *ret_pool = p;
+    return 0;
+}
+
+void ms_pool_destroy(ms_pool_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    pool_stop(*self_p);
+    free(*self_p);
+    *self_p = NULL;
+}
+
+int ms_pool_size(const ms_pool_t *pool)
+{
+    return pool ? pool->n_threads : 1;
+}
+
+void ms_pool_run(ms_pool_t *pool, ms_pool_fn_t fn, void *ctx)
+{
+    if (!pool || pool->n_threads == 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    pool->fn = fn;
+    pool->ctx = ctx;
+    atomic_store_explicit(&pool->pending, (uint32_t)(pool->n_threads - 1), memory_order_relaxed);
+    atomic_fetch_add_explicit(&pool->gen, 1, memory_order_release);
+    futex_wake(&pool->gen, INT32_MAX);
+    fn(ctx, 0, pool->n_threads);
+    uint32_t left;
+    while ((left = atomic_load_explicit(&pool->pending, memory_order_acquire)) != 0)
+        futex_wait(&pool->pending, left);
+}
+
+void ms_pool_split(long long n, long long grain, int ith, int nth, long long *ret_begin, long long *ret_end)
+{
+    if (grain < 1)
+        grain = 1;
+    if (nth < 1) /* treated as one thread: part 0 is everything */
+        nth = 1;
+    if (n <= 0 || ith < 0 || ith >= nth) {
+        *ret_begin = *ret_end = 0;
+        return;
+    }
+    long long units = n / grain + (n % grain != 0);
+    long long per = units / nth, extra = units % nth;
+    long long u0 = ith * per + (ith < extra ? ith : extra);
+    long long u1 = u0 + per + (ith < extra);
+    *ret_begin = u0 * grain < n ? u0 * grain : n;
+    *ret_end = u1 * grain < n ? u1 * grain : n;
+}
+
+int ms_pool_default_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        return 1;
+    return n > MS_THREADS_MAX ? MS_THREADS_MAX : (int)n;
+}

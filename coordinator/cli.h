@@ -1,0 +1,37 @@
+/* The moeshard command line: one function per sub-command, and the small
+ * parsing helpers they share. Each returns the process exit status
+ * (0 ok, 1 runtime failure, 2 usage error). */
+#ifndef COORD_CLI_H
+#define COORD_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define COORD_EXIT_OK 0
+#define COORD_EXIT_FAIL 1
+#define COORD_EXIT_USAGE 2
+
+int coord_cmd_run(int argc, char **argv);
+int coord_cmd_tokenize(int argc, char **argv);
+int coord_cmd_inspect(int argc, char **argv);
+
+/* Parse a whole decimal/float argument within [lo, hi]; on failure print
+ * "moeshard CMD: OPTION expects ..." to stderr and return false. */
+bool coord_parse_i64(const char *cmd, const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *ret);
+bool coord_parse_f32(const char *cmd, const char *opt, const char *s, float lo, float hi, float *ret);
+
+/* Reads a whole file (at most max_bytes) into a NUL-terminated buffer the caller frees. */
+int coord_read_file(const char *path, uint64_t max_bytes, char **ret_buf, uint64_t *ret_len);
+
+struct ms_tokenizer;
+/* Tokenizes text into a new array (*ret_ids, the caller frees), growing it
+ * as needed up to MS_PROMPT_TOKENS_MAX. -ENOSPC past that, -ENOMEM, -EINVAL. */
+int coord_encode(const struct ms_tokenizer *tok, const char *text, size_t len, bool add_bos, bool parse_special,
+                 int32_t **ret_ids, size_t *ret_n);
+
+/* Prints "moeshard CMD: unknown option ... (see 'moeshard CMD --help')" style
+ * messages for getopt's failures. */
+void coord_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

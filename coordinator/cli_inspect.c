@@ -1,0 +1,135 @@
+/* moeshard inspect: what a GGUF model is, as moeshard sees it. */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "gguf.h"
+#include "model.h"
+
+#define CMD "inspect"
+
+static void inspect_help(void)
+{
+    printf("usage: moeshard inspect [--tensors] M.gguf\n\n"
+           "Describes a GGUF model: architecture, hyperparameters, tokenizer, tensor types\n"
+           "and sizes, experts per layer, and the bytes of dense versus expert weights.\n\n"
+           "      --tensors   also list every tensor (name, type, shape, bytes, file offset)\n"
+           "  -h, --help      this help\n");
+}
+
+static void print_str_kv(const ms_gguf_t *g, const char *label, const char *key)
+{
+    ms_str_t s;
+    if (ms_gguf_get_str(g, key, &s) == 0)
+        printf("%-13s %.*s\n", label, (int)(s.len > 200 ? 200 : s.len), s.ptr);
+}
+
+static void print_types(const ms_gguf_t *g)
+{
+    uint64_t count[MS_TYPE_COUNT] = { 0 }, bytes[MS_TYPE_COUNT] = { 0 };
+    for (uint64_t i = 0; i < ms_gguf_n_tensors(g); i++) {
+        const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
+        count[t->type]++;
+        bytes[t->type] += t->nbytes;
+    }
+    printf("tensor types ");
+    bool first = true;
+    for (int t = 0; t < MS_TYPE_COUNT; t++) {
+        if (!count[t])
+            continue;
+        const ms_type_traits_t *tr = ms_type_traits((uint32_t)t);
+        printf("%s%s: %" PRIu64 " tensors, %.2f MB%s", first ? "" : "; ", tr->name, count[t], (double)bytes[t] / 1e6,
+               tr->computable ? "" : " (not computable yet)");
+        first = false;
+    }
+    printf("\n");
+}
+
+static void print_model(const ms_model_t *m)
+{
+    const ms_hparams_t *hp = &m->hp;
+    static const char *const qkn[] = { "none", "per head", "whole vector" };
+    printf("architecture  %s\n", ms_arch_name(hp->arch));
+    printf("shape         %d layers, hidden %d, %d heads (%d kv), head dim %d (v %d), vocab %d, context %d\n",
+           hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim, hp->head_dim_v, hp->n_vocab,
+           hp->n_ctx_train);
+    printf("attention     rope %s over %d dims, base %g; rms eps %g; qkv bias %s; q/k norm %s\n",
+           hp->rope_mode == MS_ROPE_NORM ? "normal (adjacent pairs)" : "neox (half split)", hp->n_rot,
+           (double)hp->rope_base, (double)hp->eps, hp->qkv_bias ? "yes" : "no", qkn[hp->qk_norm]);
+    printf("experts       %d per layer, %d per token, expert ffn %d; gate softmax, top-%d%s", hp->n_expert,
+           hp->n_expert_used, hp->n_ff_exp, hp->n_expert_used, hp->norm_topk ? ", renormalised" : "");
+    if (hp->shared_expert)
+        printf("; shared expert ffn %d with sigmoid gate", hp->n_ff_shexp);
+    printf("\n");
+    const ms_layer_t *L = &m->layers[0];
+    uint64_t slice = L->gate_exps.mat_bytes + L->up_exps.mat_bytes + L->down_exps.mat_bytes;
+    uint64_t total = m->bytes_dense + m->bytes_experts;
+    printf("weights       dense %.2f MB, experts %.2f MB (%.1f%%), one expert slice (gate+up+down of one layer) %.3f MB\n",
+           (double)m->bytes_dense / 1e6, (double)m->bytes_experts / 1e6,
+           total ? 100.0 * (double)m->bytes_experts / (double)total : 0.0, (double)slice / 1e6);
+    printf("per token     %.2f MB of weights read per decoded token\n", (double)m->bytes_per_token / 1e6);
+    printf("output head   %s\n", m->output.data == m->tok_embd.data ? "tied to the token embedding" : "own tensor");
+}
+
+static void print_tensors(const ms_gguf_t *g)
+{
+    printf("\n%-40s %-6s %-28s %14s %14s\n", "tensor", "type", "shape", "bytes", "offset");
+    for (uint64_t i = 0; i < ms_gguf_n_tensors(g); i++) {
+        const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
+        char shape[64] = "[";
+        for (uint32_t d = 0; d < t->n_dims; d++) {
+            char part[24];
+            snprintf(part, sizeof(part), "%s%" PRId64, d ? ", " : "", t->ne[d]);
+            strncat(shape, part, sizeof(shape) - strlen(shape) - 2);
+        }
+        strcat(shape, "]");
+        printf("%-40.*s %-6s %-28s %14" PRIu64 " %14" PRIu64 "\n", (int)t->name.len, t->name.ptr,
+               ms_type_traits(t->type)->name, shape, t->nbytes, t->file_offset);
+    }
+}
+
+int coord_cmd_inspect(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "tensors", no_argument, 0, 'T' }, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 } };
+    bool tensors = false;
+    opterr = 0;
+    optind = 1;
+    for (int c; (c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1;) {
+        switch (c) {
+        case 'T': tensors = true; break;
+        case 'h': inspect_help(); return COORD_EXIT_OK;
+        default: coord_usage_error(CMD, "unknown option '%s'", argv[optind - 1]); return COORD_EXIT_USAGE;
+        }
+    }
+    if (optind != argc - 1) {
+        coord_usage_error(CMD, "give exactly one model file");
+        return COORD_EXIT_USAGE;
+    }
+    const char *path = argv[optind];
+    ms_err_t err = { { 0 } };
+    ms_gguf_t *g = NULL;
+    if (ms_gguf_open(path, &g, &err)) {
+        fprintf(stderr, "moeshard inspect: %s\n", err.msg);
+        return COORD_EXIT_FAIL;
+    }
+    printf("file          %s (%.2f MB, GGUF v3, %" PRIu64 " tensors, %" PRIu64 " metadata keys, alignment %u)\n",
+           path, (double)ms_gguf_file_size(g) / 1e6, ms_gguf_n_tensors(g), ms_gguf_n_kv(g), ms_gguf_alignment(g));
+    print_str_kv(g, "name", "general.name");
+    print_str_kv(g, "tokenizer", "tokenizer.ggml.model");
+    print_str_kv(g, "pre-tokenizer", "tokenizer.ggml.pre");
+    print_types(g);
+    if (tensors)
+        print_tensors(g);
+    ms_model_t *m = NULL;
+    int rc = ms_model_from_gguf(&g, &m, &err);
+    if (rc) {
+        printf("runnable      no: %s\n", err.msg);
+        return COORD_EXIT_OK;
+    }
+    print_model(m);
+    ms_model_destroy(&m);
+    return COORD_EXIT_OK;
+}

@@ -1,0 +1,464 @@
+/* The forward pass, in data-flow order: embed -> per layer (norm, QKV, RoPE,
+ * KV cache, attention, output projection, norm, router, experts via the
+ * backend, shared expert) -> final norm -> output head. Buffers are sized once
+ * in ms_forward_new for n_batch_max tokens. */
+#include "forward.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "expert.h"
+#include "limits.h"
+#include "ms_assert.h"
+
+struct ms_forward {
+    const ms_model_t *m;
+    ms_forward_params_t p;
+    ms_pool_t *pool;
+    const ms_kernels_t *k;
+    ms_expert_backend_t *backend;
+
+    int64_t q_dim, k_dim, v_dim, o_dim; /* H*hd, Hkv*hd, Hkv*hdv, H*hdv */
+    /* activations, [n_batch_max][width] */
+    float *x;      /* residual stream [B][d] */
+    float *h;      /* normed input of a block [B][d] */
+    float *q;      /* [B][q_dim] */
+    float *kk;     /* [B][k_dim] */
+    float *v;      /* [B][v_dim] */
+    float *att;    /* [B][o_dim] */
+    float *tmp;    /* [B][d] */
+    float *moe;    /* [B][d] */
+    float *shx;    /* [B][d] shared expert output */
+    float *rl;     /* [B][E] router logits -> probabilities */
+    float *shg;    /* [B] shared expert gate logits */
+    float *shw;    /* [B] shared expert gate weights */
+    int32_t *ids;  /* [B][K] */
+    float *gw;     /* [B][K] gate weights */
+    int32_t *zero_ids; /* [B] all 0: the shared expert as a 1-expert FFN */
+    float *hout;   /* [B][d] final-normed rows that want logits */
+    void *xq[3];   /* quantised activations, one per concurrent job */
+    size_t xq_row_max;
+    float *scores; /* [nth][n_ctx] attention scores per thread */
+    /* KV cache [seq][layer][pos][k_dim or v_dim] */
+    float *kc, *vc;
+    int32_t *seq_len;
+    int32_t *len_scratch; /* seq_len as a batch being checked would leave it */
+    ms_expert_ws_t *shws; /* shared-expert workspace */
+};
+
+static void *zalloc(size_t n)
+{
+    void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
+    if (p)
+        memset(p, 0, (n + 63) & ~(size_t)63);
+    return p;
+}
+
+static size_t act_row_max(const ms_model_t *m)
+{
+    int64_t widths[] = { m->hp.n_embd, (int64_t)m->hp.n_head * m->hp.head_dim_v };
+    size_t best = 0;
+    for (uint32_t t = 0; t < MS_TYPE_COUNT; t++) {
+        const ms_type_traits_t *tr = ms_type_traits(t);
+        for (int i = 0; tr && tr->computable && i < 2; i++) {
+            if (widths[i] % tr->block_elems == 0) {
+                size_t b = ms_act_row_bytes((ms_type_t)t, widths[i]);
+                best = b > best ? b : best;
+            }
+        }
+    }
+    return best;
+}
+
+static int check_params(const ms_model_t *m, const ms_forward_params_t *p, ms_err_t *err)
+{
+    if (p->n_ctx < 1 || p->n_ctx > MS_CONTEXT_MAX) {
+        ms_err_set(err, "context size %d is outside [1, %d]", p->n_ctx, MS_CONTEXT_MAX);
+        return -EINVAL;
+    }
+    if (p->n_seq_max < 1 || p->n_seq_max > 1024) {
+        ms_err_set(err, "sequence count %d is outside [1, 1024]", p->n_seq_max);
+        return -EINVAL;
+    }
+    if (p->n_batch_max < 1 || p->n_batch_max > MS_BATCH_TOKENS_MAX) {
+        ms_err_set(err, "batch size %d is outside [1, %d]", p->n_batch_max, MS_BATCH_TOKENS_MAX);
+        return -EINVAL;
+    }
+    uint64_t kv = (uint64_t)p->n_seq_max * (uint64_t)m->hp.n_layer * (uint64_t)p->n_ctx *
+                  (uint64_t)m->hp.n_head_kv * (uint64_t)(m->hp.head_dim + m->hp.head_dim_v) * sizeof(float);
+    if (kv > (64ull << 30)) {
+        ms_err_set(err, "the KV cache for %d sequences of %d positions would need %.1f GiB; lower the context size",
+                   p->n_seq_max, p->n_ctx, (double)kv / (1 << 30));
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int alloc_buffers(ms_forward_t *f)
+{
+    const ms_hparams_t *hp = &f->m->hp;
+    size_t B = (size_t)f->p.n_batch_max, d = (size_t)hp->n_embd, fl = sizeof(float);
+    f->x = zalloc(B * d * fl);
+    f->h = zalloc(B * d * fl);
+    f->q = zalloc(B * (size_t)f->q_dim * fl);
+    f->kk = zalloc(B * (size_t)f->k_dim * fl);
+    f->v = zalloc(B * (size_t)f->v_dim * fl);
+    f->att = zalloc(B * (size_t)f->o_dim * fl);
+    f->tmp = zalloc(B * d * fl);
+    f->moe = zalloc(B * d * fl);
+    f->shx = zalloc(B * d * fl);
+    f->hout = zalloc(B * d * fl);
+    f->rl = zalloc(B * (size_t)hp->n_expert * fl);
+    f->shg = zalloc(B * fl);
+    f->shw = zalloc(B * fl);
+    f->ids = zalloc(B * (size_t)hp->n_expert_used * sizeof(int32_t));
+    f->gw = zalloc(B * (size_t)hp->n_expert_used * fl);
+    f->zero_ids = zalloc(B * sizeof(int32_t));
+    f->xq_row_max = act_row_max(f->m);
+    for (int i = 0; i < 3; i++)
+        f->xq[i] = f->xq_row_max ? zalloc(B * f->xq_row_max) : NULL;
+    f->scores = zalloc((size_t)ms_pool_size(f->pool) * (size_t)f->p.n_ctx * fl);
+    size_t per_seq = (size_t)hp->n_layer * (size_t)f->p.n_ctx;
+    f->kc = zalloc((size_t)f->p.n_seq_max * per_seq * (size_t)f->k_dim * fl);
+    f->vc = zalloc((size_t)f->p.n_seq_max * per_seq * (size_t)f->v_dim * fl);
+    f->seq_len = zalloc((size_t)f->p.n_seq_max * sizeof(int32_t));
+    f->len_scratch = zalloc((size_t)f->p.n_seq_max * sizeof(int32_t));
+    bool ok = f->x && f->h && f->q && f->kk && f->v && f->att && f->tmp && f->moe && f->shx && f->hout && f->rl &&
+              f->shg && f->shw && f->ids && f->gw && f->zero_ids && f->scores && f->kc && f->vc && f->seq_len &&
+              f->len_scratch;
+    for (int i = 0; i < 3; i++)
+        ok = ok && (!f->xq_row_max || f->xq[i]);
+    if (ok && hp->shared_expert) {
+        const ms_layer_t *L = &f->m->layers[0];
+        ok = ms_expert_ws_new(&L->gate_shexp, &L->up_shexp, &L->down_shexp, (int64_t)B, &f->shws) == 0;
+    }
+    return ok ? 0 : -ENOMEM;
+}
+
+int ms_forward_new(const ms_model_t *m, const ms_forward_params_t *p, ms_pool_t *pool, const ms_kernels_t *k,
+                   ms_expert_backend_t *backend, ms_forward_t **ret_fwd, ms_err_t *err)
+{
+    int rc = check_params(m, p, err);
+    if (rc)
+        return rc;
+    ms_forward_t *f = calloc(1, sizeof(*f));
+    if (!f) {
+        ms_err_set(err, "out of memory");
+        return -ENOMEM;
+    }
+    const ms_hparams_t *hp = &m->hp;
+    *f = (ms_forward_t){ .m = m, .p = *p, .pool = pool, .k = k, .backend = backend };
+    f->q_dim = (int64_t)hp->n_head * hp->head_dim;
+    f->k_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    f->v_dim = (int64_t)hp->n_head_kv * hp->head_dim_v;
+    f->o_dim = (int64_t)hp->n_head * hp->head_dim_v;
+    rc = alloc_buffers(f);
+    if (rc) {
+        ms_forward_destroy(&f);
+        ms_err_set(err, "out of memory allocating the forward pass buffers (context %d, batch %d)", p->n_ctx,
+                   p->n_batch_max);
+        return rc;
+    }
+    *ret_fwd = f;
+    return 0;
+}
+
+void ms_forward_destroy(ms_forward_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    ms_forward_t *f = *self_p;
+    float *bufs[] = { f->x, f->h, f->q, f->kk, f->v, f->att, f->tmp, f->moe, f->shx, f->hout, f->rl,
+                      f->shg, f->shw, f->gw, f->scores, f->kc, f->vc };
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+        free(bufs[i]);
+    free(f->ids);
+    free(f->zero_ids);
+    free(f->seq_len);
+    free(f->len_scratch);
+    for (int i = 0; i < 3; i++)
+        free(f->xq[i]);
+    ms_expert_ws_destroy(&f->shws);
+    free(f);
+    *self_p = NULL;
+}
+
+void ms_forward_seq_reset(ms_forward_t *f, int32_t seq)
+{
+    if (seq >= 0 && seq < f->p.n_seq_max)
+        f->seq_len[seq] = 0;
+}
+
+int32_t ms_forward_seq_len(const ms_forward_t *f, int32_t seq)
+{
+    return (seq >= 0 && seq < f->p.n_seq_max) ? f->seq_len[seq] : 0;
+}
+
+uint64_t ms_forward_kv_bytes(const ms_forward_t *f)
+{
+    return (uint64_t)f->p.n_seq_max * (uint64_t)f->m->hp.n_layer * (uint64_t)f->p.n_ctx *
+           (uint64_t)(f->k_dim + f->v_dim) * sizeof(float);
+}
+
+static float *kv_row(const ms_forward_t *f, float *cache, int64_t width, int32_t seq, int il, int32_t pos)
+{
+    size_t idx = ((size_t)seq * (size_t)f->m->hp.n_layer + (size_t)il) * (size_t)f->p.n_ctx + (size_t)pos;
+    return cache + idx * (size_t)width;
+}
+
+/* Checks ids, sequences and positions; a position may rewind a sequence but
+ * not skip ahead. The sequence lengths change only when the whole batch is valid. */
+static int check_batch(ms_forward_t *f, const ms_batch_tok_t *batch, int n, ms_err_t *err)
+{
+    if (n < 1 || n > f->p.n_batch_max) {
+        ms_err_set(err, "batch of %d tokens is outside [1, %d]", n, f->p.n_batch_max);
+        return -EINVAL;
+    }
+    memcpy(f->len_scratch, f->seq_len, sizeof(int32_t) * (size_t)f->p.n_seq_max);
+    for (int i = 0; i < n; i++) {
+        const ms_batch_tok_t *b = &batch[i];
+        if (b->token < 0 || b->token >= f->m->hp.n_vocab) {
+            ms_err_set(err, "token id %d is outside the vocabulary [0, %d)", b->token, f->m->hp.n_vocab);
+            return -EINVAL;
+        }
+        if (b->seq < 0 || b->seq >= f->p.n_seq_max) {
+            ms_err_set(err, "sequence %d is outside [0, %d)", b->seq, f->p.n_seq_max);
+            return -EINVAL;
+        }
+        if (b->pos < 0 || b->pos >= f->p.n_ctx) {
+            ms_err_set(err, "position %d is outside the context [0, %d)", b->pos, f->p.n_ctx);
+            return -EINVAL;
+        }
+        int32_t len = f->len_scratch[b->seq];
+        if (b->pos > len) {
+            ms_err_set(err, "sequence %d: position %d skips ahead of its length %d", b->seq, b->pos, len);
+            return -EINVAL;
+        }
+        f->len_scratch[b->seq] = b->pos + 1;
+    }
+    memcpy(f->seq_len, f->len_scratch, sizeof(int32_t) * (size_t)f->p.n_seq_max);
+    return 0;
+}
+
+/* y = W x for the batch's n rows of x (stride ldx), quantising x as W's type needs. */
+static void matmul(ms_forward_t *f, const ms_weight_t *w, const float *x, int64_t ldx, int n, float *y, int64_t ldy,
+                   int slot)
+{
+    size_t qb = ms_act_row_bytes(w->type, w->n_in);
+    if (qb)
+        ms_act_quantize_rows(f->pool, f->k, w->type, x, ldx, n, w->n_in, f->xq[slot]);
+    ms_mm_t job = { .type = w->type, .w = w->data, .n_out = w->n_out, .n_in = w->n_in, .x = x, .ldx = ldx,
+                    .xq = qb ? f->xq[slot] : NULL, .n_tok = n, .y = y, .ldy = ldy };
+    ms_matmul_multi(f->pool, f->k, &job, 1);
+}
+
+/* Q, K and V from the same input in one pass over the pool. */
+static void qkv(ms_forward_t *f, const ms_layer_t *L, int n)
+{
+    const ms_weight_t *ws[3] = { &L->wq, &L->wk, &L->wv };
+    float *ys[3] = { f->q, f->kk, f->v };
+    int64_t d = f->m->hp.n_embd;
+    ms_mm_t jobs[3];
+    for (int i = 0; i < 3; i++) {
+        size_t qb = ms_act_row_bytes(ws[i]->type, d);
+        int same = -1; /* the first earlier job of this type: its slot holds the quantised rows */
+        for (int j = 0; j < i && same < 0; j++)
+            if (ws[j]->type == ws[i]->type)
+                same = j;
+        if (qb && same < 0)
+            ms_act_quantize_rows(f->pool, f->k, ws[i]->type, f->h, d, n, d, f->xq[i]);
+        jobs[i] = (ms_mm_t){ .type = ws[i]->type, .w = ws[i]->data, .n_out = ws[i]->n_out, .n_in = d, .x = f->h,
+                             .ldx = d, .xq = qb ? f->xq[same < 0 ? i : same] : NULL, .n_tok = n, .y = ys[i],
+                             .ldy = ws[i]->n_out };
+    }
+    ms_matmul_multi(f->pool, f->k, jobs, 3);
+}
+
+static void add_bias(float *y, const float *b, int n, int64_t width)
+{
+    for (int t = 0; t < n; t++)
+        for (int64_t i = 0; i < width; i++)
+            y[t * width + i] += b[i];
+}
+
+/* Biases, q/k norms and RoPE, then the new K/V rows into the cache. */
+static void qk_prepare(ms_forward_t *f, const ms_layer_t *L, int il, const ms_batch_tok_t *batch, int n)
+{
+    const ms_hparams_t *hp = &f->m->hp;
+    const ms_kernels_t *k = f->k;
+    if (L->bq) {
+        add_bias(f->q, L->bq, n, f->q_dim);
+        add_bias(f->kk, L->bk, n, f->k_dim);
+        add_bias(f->v, L->bv, n, f->v_dim);
+    }
+    for (int t = 0; t < n; t++) {
+        float *q = f->q + t * f->q_dim, *kr = f->kk + t * f->k_dim;
+        if (hp->qk_norm == MS_QK_NORM_FULL) {
+            k->rmsnorm(q, q, L->q_norm, f->q_dim, hp->eps);
+            k->rmsnorm(kr, kr, L->k_norm, f->k_dim, hp->eps);
+        } else if (hp->qk_norm == MS_QK_NORM_HEAD) {
+            for (int h = 0; h < hp->n_head; h++)
+                k->rmsnorm(q + h * hp->head_dim, q + h * hp->head_dim, L->q_norm, hp->head_dim, hp->eps);
+            for (int h = 0; h < hp->n_head_kv; h++)
+                k->rmsnorm(kr + h * hp->head_dim, kr + h * hp->head_dim, L->k_norm, hp->head_dim, hp->eps);
+        }
+        ms_rope(q, hp->n_head, hp->head_dim, hp->n_rot, batch[t].pos, hp->rope_base, hp->rope_mode);
+        ms_rope(kr, hp->n_head_kv, hp->head_dim, hp->n_rot, batch[t].pos, hp->rope_base, hp->rope_mode);
+        memcpy(kv_row(f, f->kc, f->k_dim, batch[t].seq, il, batch[t].pos), kr, sizeof(float) * (size_t)f->k_dim);
+        memcpy(kv_row(f, f->vc, f->v_dim, batch[t].seq, il, batch[t].pos), f->v + t * f->v_dim,
+               sizeof(float) * (size_t)f->v_dim);
+    }
+}
+
+typedef struct {
+    ms_forward_t *f;
+    const ms_batch_tok_t *batch;
+    int n, il;
+} attn_ctx_t;
+
+/* Causal attention of (token, head) pairs split across the pool's threads. */
+static void attn_worker(void *arg, int ith, int nth)
+{
+    attn_ctx_t *c = arg;
+    ms_forward_t *f = c->f;
+    const ms_hparams_t *hp = &f->m->hp;
+    const ms_kernels_t *k = f->k;
+    int group = hp->n_head / hp->n_head_kv;
+    float scale = 1.0f / sqrtf((float)hp->head_dim);
+    float *scores = f->scores + (size_t)ith * (size_t)f->p.n_ctx;
+    long long begin, end;
+    ms_pool_split((long long)c->n * hp->n_head, 1, ith, nth, &begin, &end);
+    for (long long item = begin; item < end; item++) {
+        int t = (int)(item / hp->n_head), h = (int)(item % hp->n_head), g = h / group;
+        const ms_batch_tok_t *b = &c->batch[t];
+        const float *q = f->q + t * f->q_dim + h * hp->head_dim;
+        const float *kbase = kv_row(f, f->kc, f->k_dim, b->seq, c->il, 0) + g * hp->head_dim;
+        const float *vbase = kv_row(f, f->vc, f->v_dim, b->seq, c->il, 0) + g * hp->head_dim_v;
+        int n_pos = b->pos + 1;
+        for (int j = 0; j < n_pos; j++)
+            scores[j] = k->dot_f32(q, kbase + (size_t)j * (size_t)f->k_dim, hp->head_dim) * scale;
+        k->softmax(scores, n_pos);
+        float *out = f->att + t * f->o_dim + h * hp->head_dim_v;
+        memset(out, 0, sizeof(float) * (size_t)hp->head_dim_v);
+        for (int j = 0; j < n_pos; j++)
+            k->axpy(out, scores[j], vbase + (size_t)j * (size_t)f->v_dim, hp->head_dim_v);
+    }
+}
+
+static void attention_block(ms_forward_t *f, int il, const ms_batch_tok_t *batch, int n)
+{
+    const ms_layer_t *L = &f->m->layers[il];
+    const ms_hparams_t *hp = &f->m->hp;
+    int64_t d = hp->n_embd;
+    for (int t = 0; t < n; t++)
+        f->k->rmsnorm(f->h + t * d, f->x + t * d, L->attn_norm, d, hp->eps);
+    qkv(f, L, n);
+    qk_prepare(f, L, il, batch, n);
+    attn_ctx_t c = { .f = f, .batch = batch, .n = n, .il = il };
+    ms_pool_run(f->pool, attn_worker, &c);
+    matmul(f, &L->wo, f->att, f->o_dim, n, f->tmp, d, 0);
+    for (int t = 0; t < n; t++)
+        f->k->axpy(f->x + t * d, 1.0f, f->tmp + t * d, d);
+}
+
+/* Top-k of the softmax over all experts (ties: lower index first), with the
+ * architecture's renormalisation. */
+static void route(ms_forward_t *f, int n)
+{
+    const ms_hparams_t *hp = &f->m->hp;
+    int E = hp->n_expert, K = hp->n_expert_used;
+    for (int t = 0; t < n; t++) {
+        float *p = f->rl + (int64_t)t * E;
+        f->k->softmax(p, E);
+        int32_t *ids = f->ids + t * K;
+        float *w = f->gw + t * K;
+        float sum = 0;
+        for (int j = 0; j < K; j++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                bool taken = false;
+                for (int i = 0; i < j; i++)
+                    taken = taken || ids[i] == e;
+                if (!taken && (best < 0 || p[e] > p[best]))
+                    best = e;
+            }
+            ids[j] = best;
+            w[j] = p[best];
+            sum += p[best];
+        }
+        if (hp->norm_topk)
+            for (int j = 0; j < K; j++)
+                w[j] /= sum;
+    }
+}
+
+static int moe_block(ms_forward_t *f, int il, int n, ms_err_t *err)
+{
+    const ms_layer_t *L = &f->m->layers[il];
+    const ms_hparams_t *hp = &f->m->hp;
+    int64_t d = hp->n_embd;
+    for (int t = 0; t < n; t++)
+        f->k->rmsnorm(f->h + t * d, f->x + t * d, L->ffn_norm, d, hp->eps);
+    matmul(f, &L->router, f->h, d, n, f->rl, hp->n_expert, 0);
+    route(f, n);
+    int rc = f->backend->submit(f->backend, il, f->h, n, f->ids, f->gw, hp->n_expert_used);
+    if (rc) {
+        ms_err_set(err, "layer %d: the expert backend refused the batch (%d)", il, rc);
+        return rc;
+    }
+    if (hp->shared_expert) { /* local work while the routed experts are computed */
+        matmul(f, &L->shexp_gate, f->h, d, n, f->shg, 1, 1);
+        for (int t = 0; t < n; t++)
+            f->shw[t] = 1.0f / (1.0f + expf(-f->shg[t]));
+        rc = ms_expert_ffn(f->pool, f->k, &L->gate_shexp, &L->up_shexp, &L->down_shexp, f->h, d, n,
+                           f->zero_ids, f->shw, 1, f->shx, d, f->shws);
+        MS_ASSERT(rc == 0);
+    }
+    rc = f->backend->wait(f->backend, f->moe, err);
+    if (rc)
+        return rc;
+    for (int t = 0; t < n; t++) {
+        f->k->axpy(f->x + t * d, 1.0f, f->moe + t * d, d);
+        if (hp->shared_expert)
+            f->k->axpy(f->x + t * d, 1.0f, f->shx + t * d, d);
+    }
+    return 0;
+}
+
+static void embed(ms_forward_t *f, const ms_batch_tok_t *batch, int n)
+{
+    const ms_weight_t *e = &f->m->tok_embd;
+    for (int t = 0; t < n; t++)
+        f->k->dequant_row(e->type, (const char *)e->data + (uint64_t)batch[t].token * e->row_bytes,
+                          f->x + (int64_t)t * e->n_in, e->n_in);
+}
+
+static void output_head(ms_forward_t *f, const ms_batch_tok_t *batch, int n, float *logits_out)
+{
+    const ms_hparams_t *hp = &f->m->hp;
+    int64_t d = hp->n_embd;
+    int rows = 0;
+    for (int t = 0; t < n; t++)
+        if (batch[t].logits)
+            f->k->rmsnorm(f->hout + (int64_t)rows++ * d, f->x + t * d, f->m->output_norm, d, hp->eps);
+    if (rows)
+        matmul(f, &f->m->output, f->hout, d, rows, logits_out, hp->n_vocab, 0);
+}
+
+int ms_forward_step(ms_forward_t *f, const ms_batch_tok_t *batch, int n, float *logits_out, ms_err_t *err)
+{
+    int rc = check_batch(f, batch, n, err);
+    if (rc)
+        return rc;
+    embed(f, batch, n);
+    for (int il = 0; il < f->m->hp.n_layer; il++) {
+        attention_block(f, il, batch, n);
+        rc = moe_block(f, il, n, err);
+        if (rc)
+            return rc;
+    }
+    output_head(f, batch, n, logits_out);
+    return 0;
+}

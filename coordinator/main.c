@@ -1,0 +1,42 @@
+/* moeshard: the coordinator's command line entry point. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} commands[] = {
+    { "run", coord_cmd_run, "generate text from a prompt with the whole model in this process" },
+    { "tokenize", coord_cmd_tokenize, "print the token ids of a text as generation sees them" },
+    { "inspect", coord_cmd_inspect, "describe a GGUF model: architecture, shapes, tensor types, sizes" },
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: moeshard COMMAND [OPTIONS]\n\n"
+                 "moeshard serves Mixture-of-Experts language models from GGUF files.\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].help);
+    fprintf(out, "\n'moeshard COMMAND --help' describes a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return COORD_EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return COORD_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "moeshard: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return COORD_EXIT_USAGE;
+}

@@ -1,0 +1,799 @@
+/* Kernel tests: every SIMD table against the scalar table on odd shapes, the
+ * scalar table against double-precision references, hand-computed values for
+ * the conversions, RoPE and dequantisation, and the multi-threaded drivers. */
+#include <CUnit/CUnit.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels.h"
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint32_t rnd_u32(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+
+/* uniform in [lo, hi) */
+static float rnd_f(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)(rnd_u32() & 0xffffff) / 16777216.0f;
+}
+
+static float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+/* ---- half-precision helpers of types.h --------------------------------- */
+
+static void test_f32_to_f16(void)
+{
+    CU_ASSERT_EQUAL(ms_f32_to_f16(1.0f), 0x3c00);
+    CU_ASSERT_EQUAL(ms_f32_to_f16(-2.0f), 0xc000);
+    CU_ASSERT_EQUAL(ms_f32_to_f16(0.0f), 0x0000);
+    CU_ASSERT_EQUAL(ms_f32_to_f16(-0.0f), 0x8000);
+    CU_ASSERT_EQUAL(ms_f32_to_f16(65504.0f), 0x7bff);         /* largest finite */
+    CU_ASSERT_EQUAL(ms_f32_to_f16(65519.99f), 0x7bff);        /* below the midpoint to 2^16 */
+    CU_ASSERT_EQUAL(ms_f32_to_f16(65520.0f), 0x7c00);         /* midpoint, ties to even = inf */
+    CU_ASSERT_EQUAL(ms_f32_to_f16(1e9f), 0x7c00);
+    CU_ASSERT_EQUAL(ms_f32_to_f16(-INFINITY), 0xfc00);
+    uint16_t nan = ms_f32_to_f16(NAN);
+    CU_ASSERT((nan & 0x7c00) == 0x7c00 && (nan & 0x3ff) != 0);
+    /* 1 + 2^-11 lies halfway between 0x3c00 and 0x3c01: the even one wins */
+    CU_ASSERT_EQUAL(ms_f32_to_f16(1.0f + ldexpf(1, -11)), 0x3c00);
+    /* 1 + 3 * 2^-11 lies halfway between 0x3c01 and 0x3c02 */
+    CU_ASSERT_EQUAL(ms_f32_to_f16(1.0f + 3 * ldexpf(1, -11)), 0x3c02);
+    CU_ASSERT_EQUAL(ms_f32_to_f16(1.0f + 3 * ldexpf(1, -12)), 0x3c01); /* above the midpoint */
+    /* subnormals: units of 2^-24 */
+    CU_ASSERT_EQUAL(ms_f32_to_f16(ldexpf(1, -24)), 0x0001);
+    CU_ASSERT_EQUAL(ms_f32_to_f16(ldexpf(1, -25)), 0x0000);     /* tie between 0 and 1 unit */
+    CU_ASSERT_EQUAL(ms_f32_to_f16(ldexpf(3, -26)), 0x0001);     /* 0.75 unit */
+    CU_ASSERT_EQUAL(ms_f32_to_f16(ldexpf(3, -25)), 0x0002);     /* 1.5 units: tie to even 2 */
+    CU_ASSERT_EQUAL(ms_f32_to_f16(ldexpf(5, -25)), 0x0002);     /* 2.5 units: tie to even 2 */
+    CU_ASSERT_EQUAL(ms_f32_to_f16(ldexpf(1, -15)), 0x0200);
+    CU_ASSERT_EQUAL(ms_f32_to_f16(ldexpf(1, -14)), 0x0400);     /* smallest normal */
+    CU_ASSERT_EQUAL(ms_f32_to_f16(ldexpf(1023, -24)), 0x03ff);  /* largest subnormal */
+    CU_ASSERT_EQUAL(ms_f32_to_f16(-ldexpf(1, -24)), 0x8001);
+}
+
+static void test_f16_to_f32(void)
+{
+    CU_ASSERT_EQUAL(ms_f16_to_f32(0x3c00), 1.0f);
+    CU_ASSERT_EQUAL(ms_f16_to_f32(0x3555), 0.333251953125f); /* (1 + 341/1024) / 4 */
+    CU_ASSERT_EQUAL(ms_f16_to_f32(0x7bff), 65504.0f);
+    CU_ASSERT_EQUAL(ms_f16_to_f32(0x0001), ldexpf(1, -24));
+    CU_ASSERT_EQUAL(ms_f16_to_f32(0x03ff), ldexpf(1023, -24));
+    CU_ASSERT_EQUAL(ms_f16_to_f32(0x8200), -ldexpf(1, -15));
+    CU_ASSERT(isinf(ms_f16_to_f32(0x7c00)) && ms_f16_to_f32(0x7c00) > 0);
+    CU_ASSERT(isinf(ms_f16_to_f32(0xfc00)) && ms_f16_to_f32(0xfc00) < 0);
+    CU_ASSERT(isnan(ms_f16_to_f32(0x7e00)));
+    CU_ASSERT(isnan(ms_f16_to_f32(0xfc01)));
+    float nz = ms_f16_to_f32(0x8000);
+    CU_ASSERT(nz == 0.0f && signbit(nz));
+    /* every finite half survives a round trip */
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        if ((h & 0x7c00) == 0x7c00)
+            continue;
+        if (ms_f32_to_f16(ms_f16_to_f32((uint16_t)h)) != h) {
+            CU_FAIL("f16 round trip");
+            break;
+        }
+    }
+}
+
+static void test_bf16(void)
+{
+    CU_ASSERT_EQUAL(ms_f32_to_bf16(1.0f), 0x3f80);
+    CU_ASSERT_EQUAL(ms_f32_to_bf16(-3.0f), 0xc040);
+    CU_ASSERT_EQUAL(ms_f32_to_bf16(1.0f + ldexpf(1, -8)), 0x3f80);     /* tie, even stays */
+    CU_ASSERT_EQUAL(ms_f32_to_bf16(1.0f + 3 * ldexpf(1, -8)), 0x3f82); /* tie, odd rounds up */
+    CU_ASSERT_EQUAL(ms_f32_to_bf16(1.0f + 5 * ldexpf(1, -10)), 0x3f81);
+    CU_ASSERT_EQUAL(ms_f32_to_bf16(bits_f32(0x7f7fffff)), 0x7f80); /* FLT_MAX rounds to inf */
+    CU_ASSERT_EQUAL(ms_f32_to_bf16(INFINITY), 0x7f80);
+    uint16_t nan = ms_f32_to_bf16(bits_f32(0x7f800001)); /* NaN whose payload sits in the cut bits */
+    CU_ASSERT((nan & 0x7f80) == 0x7f80 && (nan & 0x7f) != 0);
+    CU_ASSERT_EQUAL(ms_f32_to_bf16(bits_f32(0x00010000)), 0x0001); /* subnormal kept */
+    CU_ASSERT_EQUAL(ms_bf16_to_f32(0x4049), 3.140625f);
+    CU_ASSERT_EQUAL(ms_bf16_to_f32(0x0001), bits_f32(0x00010000));
+    CU_ASSERT(isinf(ms_bf16_to_f32(0xff80)) && ms_bf16_to_f32(0xff80) < 0);
+}
+
+/* ---- tables ------------------------------------------------------------ */
+
+static const ms_kernels_t *tables[MS_ISA_COUNT];
+static int n_tables;
+
+static void load_tables(void)
+{
+    n_tables = 0;
+    for (int i = 0; i < MS_ISA_COUNT; i++) {
+        const ms_kernels_t *k = ms_kernels_for((ms_isa_t)i);
+        if (k)
+            tables[n_tables++] = k;
+    }
+}
+
+static void test_dispatch(void)
+{
+    load_tables();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ms_kernels_for(MS_ISA_SCALAR));
+    CU_ASSERT_STRING_EQUAL(ms_kernels_for(MS_ISA_SCALAR)->name, "scalar");
+    CU_ASSERT_PTR_NULL(ms_kernels_for(MS_ISA_COUNT));
+    CU_ASSERT_PTR_NULL(ms_kernels_for((ms_isa_t)-1));
+    const ms_kernels_t *best = ms_kernels_best();
+    CU_ASSERT_PTR_EQUAL(best, tables[n_tables - 1]);
+    setenv("MS_KERNELS", "scalar", 1);
+    CU_ASSERT_PTR_EQUAL(ms_kernels_best(), ms_kernels_for(MS_ISA_SCALAR));
+    setenv("MS_KERNELS", "no-such-isa", 1);
+    CU_ASSERT_PTR_EQUAL(ms_kernels_best(), best);
+    unsetenv("MS_KERNELS");
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        CU_ASSERT_PTR_NOT_NULL(ms_kernels_for(MS_ISA_AVX512));
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        CU_ASSERT_PTR_NOT_NULL(ms_kernels_for(MS_ISA_AVX2));
+    printf("\n  kernel tables on this CPU:");
+    for (int i = 0; i < n_tables; i++)
+        printf(" %s", tables[i]->name);
+    printf("\n");
+}
+
+static void test_act_row_bytes(void)
+{
+    CU_ASSERT_EQUAL(ms_act_row_bytes(MS_TYPE_F32, 64), 0);
+    CU_ASSERT_EQUAL(ms_act_row_bytes(MS_TYPE_F16, 64), 0);
+    CU_ASSERT_EQUAL(ms_act_row_bytes(MS_TYPE_BF16, 64), 0);
+    CU_ASSERT_EQUAL(ms_act_row_bytes(MS_TYPE_Q8_0, 64), 68);
+    CU_ASSERT_EQUAL(ms_act_row_bytes(MS_TYPE_Q8_0, 4096), 4352);
+    CU_ASSERT_EQUAL(ms_act_row_bytes(MS_TYPE_Q8_0, 33), 0);
+    CU_ASSERT_EQUAL(ms_act_row_bytes(MS_TYPE_Q8_0, 0), 0);
+    CU_ASSERT_EQUAL(ms_act_row_bytes(MS_TYPE_Q8_0, -32), 0);
+}
+
+/* ---- dequantisation ---------------------------------------------------- */
+
+static void test_dequant_hand(void)
+{
+    ms_block_q8_0_t blk[2];
+    memset(blk, 0, sizeof(blk));
+    blk[0].d = 0x3800; /* 0.5 */
+    blk[0].qs[0] = -128;
+    blk[0].qs[1] = -1;
+    blk[0].qs[3] = 1;
+    blk[0].qs[31] = 127;
+    blk[1].d = 0xbc00; /* -1 */
+    blk[1].qs[5] = 3;
+    const uint16_t h[19] = { 0x3c00, 0xc000, 0x0001, 0x03ff, 0x7c00, 0xfc00, 0x3555, 0x8000, 0x7bff, 0x3800,
+                             0x3c00, 0x3c00, 0x3c00, 0x3c00, 0x3c00, 0x3c00, 0x0200, 0x4000, 0xc400 };
+    const float hv[19] = { 1, -2, ldexpf(1, -24), ldexpf(1023, -24), INFINITY, -INFINITY, 0.333251953125f, -0.0f,
+                           65504, 0.5f, 1, 1, 1, 1, 1, 1, ldexpf(1, -15), 2, -4 };
+    const uint16_t b16[19] = { 0x3f80, 0xc040, 0x7f80, 0x4049, 0x0001, 0, 0, 0, 0, 0,
+                               0, 0, 0, 0, 0, 0, 0, 0x3f00, 0xbf80 };
+    const float bv[19] = { 1, -3, INFINITY, 3.140625f, bits_f32(0x00010000), 0, 0, 0, 0, 0,
+                           0, 0, 0, 0, 0, 0, 0, 0.5f, -1 };
+    const float f32v[19] = { 1.5f, -2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, -19 };
+    for (int ti = 0; ti < n_tables; ti++) {
+        const ms_kernels_t *k = tables[ti];
+        float out[64];
+        k->dequant_row(MS_TYPE_Q8_0, blk, out, 64);
+        CU_ASSERT_EQUAL(out[0], -64.0f);
+        CU_ASSERT_EQUAL(out[1], -0.5f);
+        CU_ASSERT_EQUAL(out[2], 0.0f);
+        CU_ASSERT_EQUAL(out[3], 0.5f);
+        CU_ASSERT_EQUAL(out[31], 63.5f);
+        CU_ASSERT_EQUAL(out[32 + 5], -3.0f);
+        CU_ASSERT_EQUAL(out[32 + 6], 0.0f);
+        k->dequant_row(MS_TYPE_F16, h, out, 19);
+        for (int i = 0; i < 19; i++)
+            CU_ASSERT(out[i] == hv[i] && signbit(out[i]) == signbit(hv[i]));
+        k->dequant_row(MS_TYPE_BF16, b16, out, 19);
+        for (int i = 0; i < 19; i++)
+            CU_ASSERT_EQUAL(out[i], bv[i]);
+        k->dequant_row(MS_TYPE_F32, f32v, out, 19);
+        CU_ASSERT(memcmp(out, f32v, sizeof(f32v)) == 0);
+        /* a type without kernels gives NaN, not garbage or a crash */
+        k->dequant_row(MS_TYPE_Q4_0, blk, out, 32);
+        CU_ASSERT(isnan(out[0]) && isnan(out[31]));
+    }
+}
+
+/* ---- activation quantisation ------------------------------------------- */
+
+static int8_t round_half_away(double v)
+{
+    double r = v < 0 ? -floor(-v + 0.5) : floor(v + 0.5);
+    return (int8_t)(r > 127 ? 127 : r < -127 ? -127 : r);
+}
+
+static void test_quantize_act(void)
+{
+    enum { N = 4096 + 32 };
+    static float x[N];
+    for (int i = 0; i < N; i++)
+        x[i] = rnd_f(-3, 3);
+    memset(x + 64, 0, 32 * sizeof(float)); /* all-zero block: d = 0, q = 0 */
+    /* a block whose amax is 127 has d = 1 exactly: halves must round away */
+    float halves[6] = { 127, 2.5f, -2.5f, 0.5f, -0.5f, 126.5f };
+    memcpy(x + 96, halves, sizeof(halves));
+    for (int i = 96 + 6; i < 128; i++)
+        x[i] = 0.25f;
+    x[200] = -1000; /* a block dominated by one value */
+    size_t rb = ms_act_row_bytes(MS_TYPE_Q8_0, N);
+    ms_block_q8_0_t *ref = malloc(rb), *q = malloc(rb);
+    CU_ASSERT_FATAL(ref && q);
+    for (int b = 0; b < N / 32; b++) {
+        double amax = 0;
+        for (int j = 0; j < 32; j++)
+            amax = fmax(amax, fabs(x[b * 32 + j]));
+        float d = (float)amax / 127.0f;
+        float id = d != 0 ? 1.0f / d : 0.0f;
+        ref[b].d = ms_f32_to_f16(d);
+        for (int j = 0; j < 32; j++)
+            ref[b].qs[j] = round_half_away((double)(x[b * 32 + j] * id));
+    }
+    CU_ASSERT_EQUAL(ref[3].qs[1], 3);
+    CU_ASSERT_EQUAL(ref[3].qs[2], -3);
+    CU_ASSERT_EQUAL(ref[3].qs[3], 1);
+    CU_ASSERT_EQUAL(ref[3].qs[4], -1);
+    CU_ASSERT_EQUAL(ref[3].qs[5], 127);
+    CU_ASSERT_EQUAL(ref[3].d, 0x3c00);
+    for (int ti = 0; ti < n_tables; ti++) {
+        memset(q, 0x55, rb);
+        tables[ti]->quantize_act(MS_TYPE_Q8_0, x, N, q);
+        int bad = memcmp(q, ref, rb) != 0;
+        if (bad)
+            fprintf(stderr, "quantize_act mismatch in %s\n", tables[ti]->name);
+        CU_ASSERT(!bad);
+        /* every value lies within half a step of its quantised value */
+        for (int b = 0; b < N / 32; b++) {
+            double d = ms_f16_to_f32(q[b].d);
+            for (int j = 0; j < 32; j++)
+                /* half a step, plus the f16 rounding of the scale (2^-11 relative) times q */
+                CU_ASSERT(fabs(q[b].qs[j] * d - x[b * 32 + j]) <=
+                          0.5 * d * (1 + 1e-6) + abs(q[b].qs[j]) * d / 2048.0 + 1e-12);
+        }
+        /* F32 weights read f32 activations: nothing is written */
+        memset(q, 0x55, rb);
+        tables[ti]->quantize_act(MS_TYPE_F32, x, N, q);
+        CU_ASSERT_EQUAL(((unsigned char *)q)[0], 0x55);
+    }
+    /* NaN and inf inputs: no crash and every table gives the same bytes */
+    x[5] = NAN;
+    x[40] = INFINITY;
+    tables[0]->quantize_act(MS_TYPE_Q8_0, x, 64, ref);
+    for (int ti = 1; ti < n_tables; ti++) {
+        tables[ti]->quantize_act(MS_TYPE_Q8_0, x, 64, q);
+        CU_ASSERT(memcmp(q, ref, 2 * sizeof(ms_block_q8_0_t)) == 0);
+    }
+    free(ref);
+    free(q);
+}
+
+/* ---- matmul ------------------------------------------------------------ */
+
+typedef struct {
+    ms_type_t type;
+    int64_t n_out, n_in, n_tok, ldx, ldy;
+    void *w;      /* [n_out] rows of type */
+    double *wd;   /* dequantised weights, [n_out][n_in] */
+    float *x;     /* [n_tok][ldx] */
+    void *xq;     /* [n_tok] quantised rows or NULL */
+    float *y;     /* [n_tok][ldy] */
+} mm_case_t;
+
+static void case_fill_weights(mm_case_t *c)
+{
+    size_t rb = ms_type_row_bytes(c->type, (uint64_t)c->n_in);
+    c->w = malloc(rb * (size_t)c->n_out);
+    c->wd = malloc(sizeof(double) * (size_t)(c->n_out * c->n_in));
+    for (int64_t r = 0; r < c->n_out; r++) {
+        char *row = (char *)c->w + (size_t)r * rb;
+        double *wd = c->wd + r * c->n_in;
+        for (int64_t i = 0; i < c->n_in; i++) {
+            float v = rnd_f(-1, 1);
+            if (c->type == MS_TYPE_F32) {
+                ((float *)row)[i] = v;
+                wd[i] = v;
+            } else if (c->type == MS_TYPE_F16) {
+                ((uint16_t *)row)[i] = ms_f32_to_f16(v);
+                wd[i] = ms_f16_to_f32(((uint16_t *)row)[i]);
+            } else if (c->type == MS_TYPE_BF16) {
+                ((uint16_t *)row)[i] = ms_f32_to_bf16(v);
+                wd[i] = ms_bf16_to_f32(((uint16_t *)row)[i]);
+            }
+        }
+        if (c->type != MS_TYPE_Q8_0)
+            continue;
+        ms_block_q8_0_t *b = (void *)row;
+        for (int64_t k = 0; k < c->n_in / 32; k++) {
+            b[k].d = ms_f32_to_f16(rnd_f(-0.02f, 0.02f));
+            for (int j = 0; j < 32; j++) {
+                b[k].qs[j] = (int8_t)(rnd_u32() & 0xff); /* full range, -128 included */
+                wd[k * 32 + j] = (double)ms_f16_to_f32(b[k].d) * b[k].qs[j];
+            }
+        }
+    }
+}
+
+static void case_new(mm_case_t *c, ms_type_t type, int64_t n_out, int64_t n_in, int64_t n_tok)
+{
+    *c = (mm_case_t){ .type = type, .n_out = n_out, .n_in = n_in, .n_tok = n_tok, .ldx = n_in + 5,
+                      .ldy = n_out + 3 };
+    case_fill_weights(c);
+    c->x = malloc(sizeof(float) * (size_t)(c->ldx * n_tok));
+    for (int64_t i = 0; i < c->ldx * n_tok; i++)
+        c->x[i] = rnd_f(-2, 2);
+    size_t xb = ms_act_row_bytes(type, n_in);
+    c->xq = xb ? malloc(xb * (size_t)n_tok) : NULL;
+    if (xb)
+        ms_act_quantize_rows(NULL, ms_kernels_for(MS_ISA_SCALAR), type, c->x, c->ldx, n_tok, n_in, c->xq);
+    c->y = malloc(sizeof(float) * (size_t)(c->ldy * n_tok));
+}
+
+static void case_free(mm_case_t *c)
+{
+    free(c->w);
+    free(c->wd);
+    free(c->x);
+    free(c->xq);
+    free(c->y);
+}
+
+static ms_mm_t case_job(const mm_case_t *c, float *y)
+{
+    return (ms_mm_t){ .type = c->type, .w = c->w, .n_out = c->n_out, .n_in = c->n_in, .x = c->x,
+                      .ldx = c->ldx, .xq = c->xq, .n_tok = c->n_tok, .y = y, .ldy = c->ldy };
+}
+
+/* Runs table k on the case into c->y (padding set to a sentinel) and
+ * checks the padding columns stayed untouched. */
+static void case_run(const ms_kernels_t *k, mm_case_t *c)
+{
+    for (int64_t i = 0; i < c->ldy * c->n_tok; i++)
+        c->y[i] = -12345.0f;
+    ms_mm_t job = case_job(c, c->y);
+    k->matmul(&job, 0, c->n_out);
+    for (int64_t t = 0; t < c->n_tok; t++)
+        for (int64_t r = c->n_out; r < c->ldy; r++)
+            CU_ASSERT_EQUAL(c->y[t * c->ldy + r], -12345.0f);
+}
+
+/* Exact value (double) and the magnitude sum|terms| for output (t, r). */
+static void case_ref(const mm_case_t *c, int64_t t, int64_t r, double *ret_v, double *ret_mag)
+{
+    double v = 0, mag = 0;
+    if (c->type == MS_TYPE_Q8_0) {
+        size_t rb = ms_type_row_bytes(MS_TYPE_Q8_0, (uint64_t)c->n_in);
+        const ms_block_q8_0_t *w = (const void *)((const char *)c->w + (size_t)r * rb);
+        const ms_block_q8_0_t *x = (const void *)((const char *)c->xq + (size_t)t * rb);
+        for (int64_t b = 0; b < c->n_in / 32; b++) {
+            long isum = 0, iabs = 0;
+            for (int j = 0; j < 32; j++) {
+                isum += (long)w[b].qs[j] * x[b].qs[j];
+                iabs += labs((long)w[b].qs[j] * x[b].qs[j]);
+            }
+            double s = (double)ms_f16_to_f32(w[b].d) * ms_f16_to_f32(x[b].d);
+            v += s * (double)isum;
+            mag += fabs(s) * (double)iabs;
+        }
+    } else {
+        for (int64_t i = 0; i < c->n_in; i++) {
+            double p = c->wd[r * c->n_in + i] * c->x[t * c->ldx + i];
+            v += p;
+            mag += fabs(p);
+        }
+    }
+    *ret_v = v;
+    *ret_mag = mag;
+}
+
+static const ms_type_t mm_types[] = { MS_TYPE_F32, MS_TYPE_F16, MS_TYPE_BF16, MS_TYPE_Q8_0 };
+static const int64_t mm_n_in[] = { 32, 64, 96, 4064, 4096 + 32 };
+static const int64_t mm_n_out[] = { 1, 3, 17, 33 };
+static const int64_t mm_n_tok[] = { 1, 2, 3, 5, 8, 17 };
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Scalar against the double reference, then each SIMD table against the
+ * scalar result, over every type and shape. */
+static void test_matmul_shapes(void)
+{
+    for (size_t ty = 0; ty < COUNT(mm_types); ty++)
+        for (size_t a = 0; a < COUNT(mm_n_in); a++)
+            for (size_t b = 0; b < COUNT(mm_n_out); b++)
+                for (size_t tt = 0; tt < COUNT(mm_n_tok); tt++) {
+                    mm_case_t c;
+                    case_new(&c, mm_types[ty], mm_n_out[b], mm_n_in[a], mm_n_tok[tt]);
+                    double tol = c.type == MS_TYPE_Q8_0 ? 1e-4 : 1e-5;
+                    case_run(tables[0], &c);
+                    float *ys = malloc(sizeof(float) * (size_t)(c.ldy * c.n_tok));
+                    memcpy(ys, c.y, sizeof(float) * (size_t)(c.ldy * c.n_tok));
+                    int bad = 0;
+                    for (int64_t t = 0; t < c.n_tok; t++)
+                        for (int64_t r = 0; r < c.n_out; r++) {
+                            double v, mag;
+                            case_ref(&c, t, r, &v, &mag);
+                            bad += !(fabs(ys[t * c.ldy + r] - v) <= tol * mag + 1e-30);
+                        }
+                    for (int ti = 1; ti < n_tables; ti++) {
+                        case_run(tables[ti], &c);
+                        for (int64_t t = 0; t < c.n_tok; t++)
+                            for (int64_t r = 0; r < c.n_out; r++) {
+                                double v, mag;
+                                case_ref(&c, t, r, &v, &mag);
+                                bad += !(fabs(c.y[t * c.ldy + r] - ys[t * c.ldy + r]) <= 1e-5 * mag + 1e-30);
+                            }
+                    }
+                    if (bad)
+                        fprintf(stderr, "matmul mismatch: type %d n_in %lld n_out %lld n_tok %lld: %d\n",
+                                (int)c.type, (long long)c.n_in, (long long)c.n_out, (long long)c.n_tok, bad);
+                    CU_ASSERT_EQUAL(bad, 0);
+                    free(ys);
+                    case_free(&c);
+                }
+}
+
+/* The largest products the int8 paths can meet: w = -128 against x = -127
+ * (maddubs would saturate int16 if the sign trick were wrong). */
+static void test_matmul_q8_extremes(void)
+{
+    enum { NIN = 96, NOUT = 5, NTOK = 3 };
+    ms_block_q8_0_t w[NOUT][NIN / 32], x[NTOK][NIN / 32];
+    for (int r = 0; r < NOUT; r++)
+        for (int b = 0; b < NIN / 32; b++) {
+            w[r][b].d = 0x3c00;
+            memset(w[r][b].qs, r % 2 ? 0x80 : 0x7f, 32); /* -128 or 127 */
+        }
+    for (int t = 0; t < NTOK; t++)
+        for (int b = 0; b < NIN / 32; b++) {
+            x[t][b].d = 0x3c00;
+            memset(x[t][b].qs, t % 2 ? 0x81 : 0x7f, 32); /* -127 or 127 */
+        }
+    for (int ti = 0; ti < n_tables; ti++) {
+        float y[NTOK][NOUT];
+        ms_mm_t job = { .type = MS_TYPE_Q8_0, .w = w, .n_out = NOUT, .n_in = NIN, .x = NULL, .ldx = 0,
+                        .xq = x, .n_tok = NTOK, .y = &y[0][0], .ldy = NOUT };
+        tables[ti]->matmul(&job, 0, NOUT);
+        for (int t = 0; t < NTOK; t++)
+            for (int r = 0; r < NOUT; r++) {
+                double wq = r % 2 ? -128 : 127, xq = t % 2 ? -127 : 127;
+                CU_ASSERT_EQUAL(y[t][r], (float)(NIN * wq * xq));
+            }
+    }
+}
+
+/* Jobs the kernels cannot compute yield NaN rows instead of reading garbage. */
+static void test_matmul_invalid(void)
+{
+    float x[64] = { 0 }, y[4];
+    ms_block_q8_0_t w[2][2];
+    memset(w, 0, sizeof(w));
+    for (int ti = 0; ti < n_tables; ti++) {
+        ms_mm_t job = { .type = MS_TYPE_Q8_0, .w = w, .n_out = 2, .n_in = 64, .x = x, .ldx = 64,
+                        .xq = NULL, .n_tok = 1, .y = y, .ldy = 2 };
+        y[0] = y[1] = 0;
+        tables[ti]->matmul(&job, 0, 2);
+        CU_ASSERT(isnan(y[0]) && isnan(y[1]));
+        job.type = MS_TYPE_Q4_K;
+        job.xq = w;
+        y[0] = y[1] = 0;
+        tables[ti]->matmul(&job, 0, 2);
+        CU_ASSERT(isnan(y[0]) && isnan(y[1]));
+    }
+}
+
+/* ms_matmul_multi on pools of 1..3 threads gives the single-thread bits. */
+static void test_matmul_multi(void)
+{
+    mm_case_t c[4];
+    case_new(&c[0], MS_TYPE_Q8_0, 33, 256, 5);
+    case_new(&c[1], MS_TYPE_F16, 100, 96, 5);
+    case_new(&c[2], MS_TYPE_F32, 17, 64, 5);
+    case_new(&c[3], MS_TYPE_BF16, 70, 160, 5);
+    for (int ti = 0; ti < n_tables; ti++) {
+        const ms_kernels_t *k = tables[ti];
+        float *ref[4], *out[4];
+        ms_mm_t jobs[4];
+        for (int j = 0; j < 4; j++) {
+            size_t bytes = sizeof(float) * (size_t)(c[j].ldy * c[j].n_tok);
+            ref[j] = calloc(1, bytes);
+            out[j] = calloc(1, bytes);
+            ms_mm_t one = case_job(&c[j], ref[j]);
+            k->matmul(&one, 0, c[j].n_out);
+            jobs[j] = case_job(&c[j], out[j]);
+        }
+        for (int nth = 0; nth <= 3; nth++) {
+            ms_pool_t *pool = NULL;
+            if (nth > 0)
+                CU_ASSERT_EQUAL_FATAL(ms_pool_new(nth, &pool), 0);
+            for (int j = 0; j < 4; j++)
+                memset(out[j], 0, sizeof(float) * (size_t)(c[j].ldy * c[j].n_tok));
+            ms_matmul_multi(pool, k, jobs, 4);
+            for (int j = 0; j < 4; j++)
+                for (int64_t t = 0; t < c[j].n_tok; t++)
+                    CU_ASSERT(memcmp(out[j] + t * c[j].ldy, ref[j] + t * c[j].ldy,
+                                     sizeof(float) * (size_t)c[j].n_out) == 0);
+            /* quantising on the pool gives the same bytes as one thread */
+            size_t xb = ms_act_row_bytes(MS_TYPE_Q8_0, c[0].n_in);
+            unsigned char *q = malloc(xb * (size_t)c[0].n_tok);
+            ms_act_quantize_rows(pool, k, MS_TYPE_Q8_0, c[0].x, c[0].ldx, c[0].n_tok, c[0].n_in, q);
+            CU_ASSERT(memcmp(q, c[0].xq, xb * (size_t)c[0].n_tok) == 0);
+            free(q);
+            ms_matmul_multi(pool, k, jobs, 0); /* no jobs: nothing to do */
+            ms_pool_destroy(&pool);
+        }
+        for (int j = 0; j < 4; j++) {
+            free(ref[j]);
+            free(out[j]);
+        }
+    }
+    for (int j = 0; j < 4; j++)
+        case_free(&c[j]);
+}
+
+/* ---- f32 helpers ------------------------------------------------------- */
+
+static const int64_t vec_n[] = { 1, 7, 8, 15, 16, 17, 33, 100, 4096 + 5 };
+
+static void test_dot_axpy(void)
+{
+    enum { N = 4096 + 5 };
+    static float a[N], b[N], y[N], y0[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = rnd_f(-1, 1);
+        b[i] = rnd_f(-1, 1);
+        y0[i] = rnd_f(-1, 1);
+    }
+    for (int ti = 0; ti < n_tables; ti++)
+        for (size_t s = 0; s < COUNT(vec_n); s++) {
+            int64_t n = vec_n[s];
+            double ref = 0, mag = 0;
+            for (int64_t i = 0; i < n; i++) {
+                ref += (double)a[i] * b[i];
+                mag += fabs((double)a[i] * b[i]);
+            }
+            CU_ASSERT(fabs(tables[ti]->dot_f32(a, b, n) - ref) <= 1e-5 * mag);
+            memcpy(y, y0, sizeof(y));
+            tables[ti]->axpy(y, 0.75f, a, n);
+            for (int64_t i = 0; i < n; i++)
+                CU_ASSERT(fabs(y[i] - (y0[i] + 0.75 * a[i])) <= 1e-6 * (fabs(y0[i]) + fabs(a[i])));
+            CU_ASSERT_EQUAL(y[n], y0[n]); /* nothing past n */
+        }
+}
+
+static void test_rmsnorm(void)
+{
+    enum { N = 4096 + 5 };
+    static float x[N + 1], w[N], out[N + 1];
+    for (int i = 0; i < N; i++) {
+        x[i] = rnd_f(-4, 4);
+        w[i] = rnd_f(0.5f, 1.5f);
+    }
+    for (int ti = 0; ti < n_tables; ti++)
+        for (size_t s = 0; s < COUNT(vec_n); s++) {
+            int64_t n = vec_n[s];
+            double ss = 0;
+            for (int64_t i = 0; i < n; i++)
+                ss += (double)x[i] * x[i];
+            double scale = 1.0 / sqrt(ss / (double)n + 1e-5);
+            out[n] = 42.0f;
+            tables[ti]->rmsnorm(out, x, w, n, 1e-5f);
+            for (int64_t i = 0; i < n; i++)
+                CU_ASSERT(fabs(out[i] - x[i] * scale * w[i]) <= 1e-5 * fabs(x[i] * scale * w[i]) + 1e-7);
+            CU_ASSERT_EQUAL(out[n], 42.0f);
+            tables[ti]->rmsnorm(out, x, NULL, n, 1e-5f);
+            for (int64_t i = 0; i < n; i++)
+                CU_ASSERT(fabs(out[i] - x[i] * scale) <= 1e-5 * fabs(x[i] * scale) + 1e-7);
+        }
+    /* in place */
+    float v[3] = { 3, 4, 0 };
+    for (int ti = 0; ti < n_tables; ti++) {
+        float t[3];
+        memcpy(t, v, sizeof(t));
+        tables[ti]->rmsnorm(t, t, NULL, 3, 0.0f);
+        double s = 1.0 / sqrt(25.0 / 3.0);
+        CU_ASSERT(fabs(t[0] - 3 * s) < 1e-6 && fabs(t[1] - 4 * s) < 1e-6 && t[2] == 0);
+    }
+}
+
+static void test_swiglu(void)
+{
+    enum { N = 4096 + 5 };
+    static float g[N], u[N], out[N + 1];
+    for (int i = 0; i < N; i++) {
+        g[i] = rnd_f(-20, 20);
+        u[i] = rnd_f(-2, 2);
+    }
+    g[0] = -100; /* exp(100) overflows: silu -> -0 */
+    g[1] = 100;
+    g[2] = 0;
+    g[3] = -88;
+    g[4] = 1e-20f;
+    for (int ti = 0; ti < n_tables; ti++)
+        for (size_t s = 0; s < COUNT(vec_n); s++) {
+            int64_t n = vec_n[s];
+            out[n] = 42.0f;
+            tables[ti]->swiglu(out, g, u, n);
+            for (int64_t i = 0; i < n; i++) {
+                double ref = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+                CU_ASSERT(fabs(out[i] - ref) <= 2e-6 * fabs(ref) + 1e-30);
+            }
+            CU_ASSERT_EQUAL(out[n], 42.0f);
+        }
+}
+
+static void test_softmax(void)
+{
+    enum { N = 4096 + 5 };
+    static float x0[N], x[N + 1];
+    for (int i = 0; i < N; i++)
+        x0[i] = rnd_f(-30, 30);
+    x0[3] = -INFINITY; /* a masked attention score */
+    for (int ti = 0; ti < n_tables; ti++)
+        for (size_t s = 0; s < COUNT(vec_n); s++) {
+            int64_t n = vec_n[s];
+            memcpy(x, x0, sizeof(x0));
+            x[n] = 42.0f;
+            tables[ti]->softmax(x, n);
+            double mx = -INFINITY, sum = 0;
+            for (int64_t i = 0; i < n; i++)
+                mx = fmax(mx, x0[i]);
+            /* x - max is rounded to float by any float softmax (at |x - max| ~ 60
+             * that alone moves exp by 4e-6), so the reference starts from it */
+            for (int64_t i = 0; i < n; i++)
+                sum += exp((double)(x0[i] - (float)mx));
+            for (int64_t i = 0; i < n; i++) {
+                double ref = exp((double)(x0[i] - (float)mx)) / sum;
+                if (!(fabs(x[i] - ref) <= 2e-6 * ref + 1e-37))
+                    fprintf(stderr, "%s n %lld i %lld: %g vs %g\n", tables[ti]->name, (long long)n, (long long)i, x[i], ref);
+                CU_ASSERT(fabs(x[i] - ref) <= 2e-6 * ref + 1e-37);
+            }
+            CU_ASSERT_EQUAL(x[n], 42.0f);
+            if (n > 3)
+                CU_ASSERT_EQUAL(x[3], 0.0f);
+        }
+}
+
+/* ---- RoPE -------------------------------------------------------------- */
+
+static void test_rope(void)
+{
+    /* head_dim 4, pos 1, base 10000: theta_0 = 1 rad, theta_1 = 10000^-0.5 = 0.01 rad */
+    float x[4] = { 1, 2, 3, 4 };
+    ms_rope(x, 1, 4, 4, 1, 10000.0f, MS_ROPE_NORM);
+    const float norm[4] = { -1.1426396637f, 1.9220755965f, 2.9598506679f, 4.0297995017f };
+    for (int i = 0; i < 4; i++)
+        CU_ASSERT(fabsf(x[i] - norm[i]) < 1e-6f);
+    float y[4] = { 1, 2, 3, 4 };
+    ms_rope(y, 1, 4, 4, 1, 10000.0f, MS_ROPE_NEOX);
+    const float neox[4] = { -1.9841106486f, 1.9599006675f, 2.4623779024f, 4.0197996683f };
+    for (int i = 0; i < 4; i++)
+        CU_ASSERT(fabsf(y[i] - neox[i]) < 1e-6f);
+
+    /* pos 0 is the identity, bit for bit */
+    float z[2 * 8], z0[2 * 8];
+    for (int i = 0; i < 16; i++)
+        z0[i] = rnd_f(-1, 1);
+    for (int m = 0; m < MS_ROPE_COUNT; m++) {
+        memcpy(z, z0, sizeof(z));
+        ms_rope(z, 2, 8, 8, 0, 10000.0f, (ms_rope_mode_t)m);
+        CU_ASSERT(memcmp(z, z0, sizeof(z)) == 0);
+    }
+    /* rot_dim 4 of head_dim 8, two heads: dims 4..7 untouched, both heads rotated */
+    for (int m = 0; m < MS_ROPE_COUNT; m++) {
+        float h[16] = { 1, 2, 3, 4, 9, 9, 9, 9, 1, 2, 3, 4, 8, 8, 8, 8 };
+        ms_rope(h, 2, 8, 4, 1, 10000.0f, (ms_rope_mode_t)m);
+        const float *want = m == MS_ROPE_NORM ? norm : neox;
+        for (int hd = 0; hd < 2; hd++) {
+            for (int i = 0; i < 4; i++)
+                CU_ASSERT(fabsf(h[hd * 8 + i] - want[i]) < 1e-6f);
+            for (int i = 4; i < 8; i++)
+                CU_ASSERT_EQUAL(h[hd * 8 + i], hd ? 8.0f : 9.0f);
+        }
+    }
+    /* a large position: the angle is exact in double (cos(2^17 rad) pairs) */
+    float p[2] = { 1, 0 };
+    ms_rope(p, 1, 2, 2, 131072, 10000.0f, MS_ROPE_NORM);
+    CU_ASSERT(fabsf(p[0] - (float)cos(131072.0)) < 1e-6f && fabsf(p[1] - (float)sin(131072.0)) < 1e-6f);
+    /* shapes it cannot rotate leave x alone */
+    float q[4] = { 1, 2, 3, 4 };
+    ms_rope(q, 1, 4, 3, 5, 10000.0f, MS_ROPE_NORM);
+    ms_rope(q, 1, 4, 6, 5, 10000.0f, MS_ROPE_NEOX);
+    ms_rope(q, 1, 4, 4, 5, 10000.0f, MS_ROPE_COUNT);
+    ms_rope(q, 0, 4, 4, 5, 10000.0f, MS_ROPE_NORM);
+    CU_ASSERT(q[0] == 1 && q[1] == 2 && q[2] == 3 && q[3] == 4);
+}
+
+/* ---- throughput (printed, not asserted) --------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Q8_0 matmul on a pool of 2 with ms_kernels_best(); GB/s counts weight
+ * bytes once per call (decode), GFLOP/s counts 2 n_out n_in n_tok. */
+static void bench_q8(ms_pool_t *pool, int64_t n_out, int64_t n_in, int64_t n_tok)
+{
+    const ms_kernels_t *k = ms_kernels_best();
+    /* several matrices so decode reads from DRAM, not the 32 MB L3 */
+    enum { NMAT = 48 };
+    size_t rb = ms_type_row_bytes(MS_TYPE_Q8_0, (uint64_t)n_in), wb = rb * (size_t)n_out;
+    int nmat = (int)(NMAT * 1024 * 1024 / n_out / n_in);
+    nmat = nmat < 2 ? 2 : nmat;
+    char *w = malloc(wb * (size_t)nmat);
+    for (size_t i = 0; i < wb * (size_t)nmat; i++)
+        w[i] = (char)(rnd_u32() & 0x3f); /* scales stay small, finite */
+    float *x = malloc(sizeof(float) * (size_t)(n_in * n_tok)), *y = malloc(sizeof(float) * (size_t)(n_out * n_tok));
+    for (int64_t i = 0; i < n_in * n_tok; i++)
+        x[i] = rnd_f(-1, 1);
+    void *xq = malloc(rb * (size_t)n_tok);
+    ms_act_quantize_rows(pool, k, MS_TYPE_Q8_0, x, n_in, n_tok, n_in, xq);
+    int iters = n_tok >= 32 ? 20 : 200;
+    double t0 = now_s();
+    for (int it = 0; it < iters; it++) {
+        ms_mm_t job = { .type = MS_TYPE_Q8_0, .w = w + (size_t)(it % nmat) * wb, .n_out = n_out, .n_in = n_in,
+                        .x = x, .ldx = n_in, .xq = xq, .n_tok = n_tok, .y = y, .ldy = n_out };
+        ms_matmul_multi(pool, k, &job, 1);
+    }
+    double dt = (now_s() - t0) / iters;
+    printf("  q8_0 %s %5lldx%lld n_tok %3lld: %7.1f us  %6.1f GB/s weights  %7.1f GFLOP/s\n", k->name,
+           (long long)n_out, (long long)n_in, (long long)n_tok, dt * 1e6, (double)wb / dt * 1e-9,
+           2.0 * n_out * n_in * n_tok / dt * 1e-9);
+    free(w);
+    free(x);
+    free(y);
+    free(xq);
+}
+
+static void test_throughput_report(void)
+{
+    ms_pool_t *pool = NULL;
+    CU_ASSERT_EQUAL_FATAL(ms_pool_new(2, &pool), 0);
+    printf("\n");
+    const int64_t toks[] = { 1, 4, 32, 128 };
+    for (int m = 0; m < 2; m++)
+        for (size_t i = 0; i < COUNT(toks); i++)
+            bench_q8(pool, m ? 4096 : 1024, 1024, toks[i]);
+    ms_pool_destroy(&pool);
+}
+
+static int ms_test_register(void)
+{
+    CU_pSuite s = CU_add_suite("kernels", NULL, NULL);
+    if (!s)
+        return 1;
+    if (!CU_add_test(s, "f32 to f16 rounding", test_f32_to_f16) ||
+        !CU_add_test(s, "f16 to f32 values", test_f16_to_f32) ||
+        !CU_add_test(s, "bf16 conversions", test_bf16) ||
+        !CU_add_test(s, "dispatch", test_dispatch) ||
+        !CU_add_test(s, "act row bytes", test_act_row_bytes) ||
+        !CU_add_test(s, "dequant hand values", test_dequant_hand) ||
+        !CU_add_test(s, "quantize act", test_quantize_act) ||
+        !CU_add_test(s, "matmul all shapes and types", test_matmul_shapes) ||
+        !CU_add_test(s, "matmul q8 extremes", test_matmul_q8_extremes) ||
+        !CU_add_test(s, "matmul invalid jobs", test_matmul_invalid) ||
+        !CU_add_test(s, "matmul multi on pools", test_matmul_multi) ||
+        !CU_add_test(s, "dot and axpy", test_dot_axpy) ||
+        !CU_add_test(s, "rmsnorm", test_rmsnorm) ||
+        !CU_add_test(s, "swiglu", test_swiglu) ||
+        !CU_add_test(s, "softmax", test_softmax) ||
+        !CU_add_test(s, "rope", test_rope) ||
+        !CU_add_test(s, "q8_0 throughput (report only)", test_throughput_report))
+        return 1;
+    return 0;
+}
+
+#include "cu_main.h"

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -457,13 +458,15 @@ static void gm_vocab_build(gm_vocab_t *v, const gm_cfg_t *cfg)
 
 /* ----------------------------------------------------------- tensor plan */
 
-/* Values are center + half * u, u uniform in [-1, 1). */
+/* Values are center + half * u, u uniform in [-1, 1); rows from quiet_row on
+ * are scaled by GM_QUIET_ROW_SCALE. */
 typedef struct {
     char name[64];
     uint32_t n_dims;
     int64_t ne[3];
     ms_type_t type;
     float center, half;
+    uint64_t quiet_row;
 } gm_tensor_t;
 
 typedef struct {
@@ -494,6 +497,7 @@ static void gm_plan_matrix(gm_plan_t *p, const gm_cfg_t *cfg, int layer, const c
     t->ne[2] = n_exp ? n_exp : 1;
     t->type = cfg->type;
     t->half = gain * (float)sqrt(3.0 / n_in);
+    t->quiet_row = UINT64_MAX;
 }
 
 /* A 1-D F32 vector: norm weights, biases, the shared-expert gate. */
@@ -506,6 +510,7 @@ static void gm_plan_vector(gm_plan_t *p, int layer, const char *name, uint32_t n
     t->type = MS_TYPE_F32;
     t->center = center;
     t->half = half;
+    t->quiet_row = UINT64_MAX;
 }
 
 /* Gains: attention and expert outputs below 1 so the residual stream stays
@@ -515,6 +520,10 @@ static void gm_plan_vector(gm_plan_t *p, int layer, const char *name, uint32_t n
 #define GM_GAIN_ATTN_OUT 0.5f
 #define GM_GAIN_ROUTER   2.0f
 #define GM_GAIN_OUTPUT   3.0f
+/* The output head's rows for control tokens: their logits stay near 0 while
+ * the others spread over +-3, so, as with trained models, text rarely ends or
+ * opens a turn by chance and a fixed -n decodes that many tokens. */
+#define GM_QUIET_ROW_SCALE 0.1f
 
 static void gm_plan_attention(gm_plan_t *p, const gm_cfg_t *cfg, const gm_arch_info_t *a, int l)
 {
@@ -570,6 +579,8 @@ static void gm_plan_build(gm_plan_t *p, const gm_cfg_t *cfg)
     gm_plan_vector(p, -1, "output_norm.weight", d, 1.0f, 0.1f);
     if (!cfg->tied)
         gm_plan_matrix(p, cfg, -1, "output.weight", d, cfg->s.vocab, 0, GM_GAIN_OUTPUT);
+    gm_tensor_t *head = cfg->tied ? &p->t[0] : &p->t[p->n - 1]; /* control tokens are the last rows */
+    head->quiet_row = cfg->s.vocab - gm_n_control(cfg->arch);
 }
 
 static uint64_t gm_tensor_bytes(const gm_tensor_t *t)
@@ -742,6 +753,9 @@ static int gm_write_tensor(ms_gguf_writer_t *w, const gm_tensor_t *t, uint64_t s
         uint64_t n = (rows - r < rows_per_chunk ? rows - r : rows_per_chunk) * row;
         for (uint64_t i = 0; i < n; i++)
             x[i] = t->center + t->half * gm_rng_sym(&rng);
+        uint64_t quiet = t->quiet_row > r ? t->quiet_row - r : 0; /* first quiet row of the chunk */
+        for (uint64_t i = quiet < n / row ? quiet * row : n; i < n; i++)
+            x[i] *= GM_QUIET_ROW_SCALE;
         uint64_t nbytes = gm_encode(t->type, x, n, buf);
         int rc = ms_gguf_writer_write(w, buf, nbytes, err);
         if (rc < 0)
@@ -1012,6 +1026,14 @@ static void gm_die_io(const char *what, const char *path, const ms_err_t *err, i
     gm_die("%s: %s: %s", what, path, err->msg[0] ? err->msg : strerror(-rc));
 }
 
+/* Removes a half-written model, but only a plain file: --out may name a
+ * device (/dev/null, /dev/full) or a symlink, which must survive. */
+static bool gm_remove_partial(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0 && S_ISREG(st.st_mode) && unlink(path) == 0;
+}
+
 /* Header, then every tensor; a partial file is removed so that no truncated
  * model is left behind. */
 static void gm_write_file(ms_gguf_writer_t *w, const gm_cfg_t *cfg, const gm_plan_t *p, uint64_t total)
@@ -1024,8 +1046,9 @@ static void gm_write_file(ms_gguf_writer_t *w, const gm_cfg_t *cfg, const gm_pla
     if (rc == 0)
         rc = ms_gguf_writer_finish(w, &err);
     if (rc < 0) {
-        unlink(cfg->out);
-        gm_die_io("writing the model failed (partial file removed)", cfg->out, &err, rc);
+        bool removed = gm_remove_partial(cfg->out);
+        gm_die_io(removed ? "writing the model failed (partial file removed)" : "writing the model failed", cfg->out,
+                  &err, rc);
     }
 }
 

@@ -860,3 +860,24 @@ int ms_gguf_get_arr(const ms_gguf_t *g, const char *key, ms_gguf_vtype_t arr_typ
     *ret = kv;
     return 0;
 }
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22 /* Linux 5.14 */
+#endif
+
+int ms_gguf_prefault(const ms_gguf_t *g, uint64_t offset, uint64_t len)
+{
+    if (!g->map || offset > g->size || len > g->size - offset)
+        return -EINVAL;
+    long page = sysconf(_SC_PAGESIZE);
+    uint64_t start = offset & ~(uint64_t)(page - 1);
+    uint64_t n = offset + len - start;
+    if (n == 0)
+        return 0;
+    if (madvise((char *)g->map + start, (size_t)n, MADV_POPULATE_READ) == 0)
+        return 0;
+    int e = errno;
+    if (e != EINVAL) /* EINVAL: a kernel without POPULATE_READ; read-ahead is the best left */
+        return -e;
+    return madvise((char *)g->map + start, (size_t)n, MADV_WILLNEED) == 0 ? 0 : -errno;
+}

@@ -86,6 +86,11 @@ uint32_t ms_gguf_alignment(const ms_gguf_t *g);
 uint64_t ms_gguf_data_offset(const ms_gguf_t *g);  /* absolute offset of the data section */
 const void *ms_gguf_base(const ms_gguf_t *g);      /* start of the mapping */
 
+/* Reads [offset, offset + len) of the mapping into memory and maps its pages
+ * now, so the first pass of computation does not pay page faults.
+ * -EINVAL outside the file or for a borrowed buffer; -EIO/-ENOMEM/-EFAULT from the kernel. */
+int ms_gguf_prefault(const ms_gguf_t *g, uint64_t offset, uint64_t len);
+
 uint64_t ms_gguf_n_kv(const ms_gguf_t *g);
 const ms_gguf_kv_t *ms_gguf_kv(const ms_gguf_t *g, uint64_t i);
 /* NULL when absent. */

@@ -1,5 +1,6 @@
 /* Fixed worker pool: one futex broadcast starts a run, the last worker to
- * finish wakes the caller; between runs every worker sleeps in the kernel. */
+ * finish wakes the caller; between runs every worker sleeps in the kernel,
+ * after polling for at most the spin window the caller set (0 by default). */
 #include "pool.h"
 
 #include <errno.h>
@@ -10,6 +11,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "limits.h"
@@ -26,9 +28,11 @@ struct ms_pool {
     ms_pool_fn_t fn;     /* written by the caller before gen is bumped */
     void *ctx;
     atomic_bool stop;
+    _Atomic uint32_t spin_ns; /* how long a waiter polls before it sleeps */
     /* Separate lines: workers sleep on gen while they count pending down. */
     _Alignas(64) _Atomic uint32_t gen; /* bumped once per run and once at stop */
     _Alignas(64) _Atomic uint32_t pending; /* workers still inside fn */
+    _Alignas(64) _Atomic uint32_t sleepers; /* workers in (or about to enter) futex_wait on gen */
     _Alignas(64) pool_worker_t workers[];
 };
 
@@ -44,6 +48,30 @@ static void futex_wake(_Atomic uint32_t *addr, int n)
     syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Polls *addr while it equals val, for at most spin_ns; true when it changed. */
+static bool spin_while(_Atomic uint32_t *addr, uint32_t val, uint32_t spin_ns)
+{
+    if (!spin_ns)
+        return false;
+    uint64_t end = now_ns() + spin_ns;
+    for (;;) {
+        for (int i = 0; i < 64; i++) {
+            if (atomic_load_explicit(addr, memory_order_acquire) != val)
+                return true;
+            __builtin_ia32_pause();
+        }
+        if (now_ns() >= end)
+            return false;
+    }
+}
+
 static void *pool_worker_main(void *arg)
 {
     pool_worker_t *w = arg;
@@ -51,8 +79,15 @@ static void *pool_worker_main(void *arg)
     uint32_t seen = 0;
     for (;;) {
         uint32_t g;
-        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen)
-            futex_wait(&p->gen, seen);
+        if (!spin_while(&p->gen, seen, atomic_load_explicit(&p->spin_ns, memory_order_relaxed))) {
+            /* sleepers is raised before gen is re-checked (both seq_cst), and the
+             * caller bumps gen before it reads sleepers: one of the two sees the other */
+            atomic_fetch_add(&p->sleepers, 1);
+            while ((g = atomic_load(&p->gen)) == seen)
+                futex_wait(&p->gen, seen);
+            atomic_fetch_sub(&p->sleepers, 1);
+        }
+        g = atomic_load_explicit(&p->gen, memory_order_acquire);
         seen = g;
         if (atomic_load_explicit(&p->stop, memory_order_relaxed))
             return NULL;
@@ -83,6 +118,8 @@ int ms_pool_new(int n_threads, ms_pool_t **ret_pool)
     atomic_init(&p->stop, false);
     atomic_init(&p->gen, 0);
     atomic_init(&p->pending, 0);
+    atomic_init(&p->sleepers, 0);
+    atomic_init(&p->spin_ns, 0);
     for (int i = 0; i < n_threads - 1; i++) {
         pool_worker_t *w = &p->workers[i];
         w->pool = p;
@@ -122,12 +159,22 @@ void ms_pool_run(ms_pool_t *pool, ms_pool_fn_t fn, void *ctx)
     pool->fn = fn;
     pool->ctx = ctx;
     atomic_store_explicit(&pool->pending, (uint32_t)(pool->n_threads - 1), memory_order_relaxed);
-    atomic_fetch_add_explicit(&pool->gen, 1, memory_order_release);
-    futex_wake(&pool->gen, INT32_MAX);
+    atomic_fetch_add(&pool->gen, 1);
+    if (atomic_load(&pool->sleepers))
+        futex_wake(&pool->gen, INT32_MAX);
     fn(ctx, 0, pool->n_threads);
-    uint32_t left;
+    uint32_t left = atomic_load_explicit(&pool->pending, memory_order_acquire);
+    if (left)
+        spin_while(&pool->pending, left, atomic_load_explicit(&pool->spin_ns, memory_order_relaxed));
     while ((left = atomic_load_explicit(&pool->pending, memory_order_acquire)) != 0)
         futex_wait(&pool->pending, left);
+}
+
+void ms_pool_set_spin(ms_pool_t *pool, uint32_t spin_us)
+{
+    if (pool)
+        atomic_store_explicit(&pool->spin_ns, (spin_us > MS_POOL_SPIN_US_MAX ? MS_POOL_SPIN_US_MAX : spin_us) * 1000u,
+                              memory_order_relaxed);
 }
 
 void ms_pool_split(long long n, long long grain, int ith, int nth, long long *ret_begin, long long *ret_end)

@@ -1,7 +1,12 @@
 /* A fixed pool of worker threads for data-parallel kernels. Idle workers
- * block (futex/condition variable); they never spin. */
+ * block on a futex. Between the kernels of one busy stretch (a forward step)
+ * the caller may let them poll for a bounded window first, because waking a
+ * sleeping thread on an idle virtual CPU costs tens of microseconds, more
+ * than the gap between two kernels; outside such a stretch they never spin. */
 #ifndef MS_POOL_H
 #define MS_POOL_H
+
+#include <stdint.h>
 
 typedef struct ms_pool ms_pool_t;
 
@@ -21,6 +26,13 @@ int ms_pool_size(const ms_pool_t *pool);
  * pool may be NULL: fn(ctx, 0, 1) on the caller. Not reentrant: fn must not
  * call ms_pool_run on the same pool. Allocates nothing. */
 void ms_pool_run(ms_pool_t *pool, ms_pool_fn_t fn, void *ctx);
+
+/* While spin_us > 0, a worker that finished a run (and the caller waiting
+ * for workers) polls for the next event up to spin_us microseconds before it
+ * sleeps in the kernel. Set it for a stretch of back-to-back runs and back to
+ * 0 (the default: sleep at once) when the stretch ends or before blocking on
+ * anything else (the network). Capped at MS_POOL_SPIN_US_MAX. */
+void ms_pool_set_spin(ms_pool_t *pool, uint32_t spin_us);
 
 /* Splits [0, n) into nth nearly equal contiguous parts, each a multiple of
  * grain (except the last), and returns part ith in *ret_begin, *ret_end. */

@@ -20,7 +20,9 @@ struct ms_expert_backend {
      * x [n_tok][d], ids and w [n_tok][k] stay valid and unchanged until wait returns. */
     int (*submit)(ms_expert_backend_t *self, int il, const float *x, int n_tok, const int32_t *ids,
                   const float *w, int k);
-    /* Completes the last submit: writes out [n_tok][d]. -errno with err set on failure. */
+    /* Completes the last submit: writes out [n_tok][d]. -errno with err set on
+     * failure. A backend that blocks on anything but the pool sets the pool's
+     * spin window to 0 first (ms_pool_set_spin), so no thread polls while it waits. */
     int (*wait)(ms_expert_backend_t *self, float *out, ms_err_t *err);
     void (*destroy)(ms_expert_backend_t *self);
 };

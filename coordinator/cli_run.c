@@ -211,6 +211,12 @@ static int setup(run_t *r)
         ms_log_error("%s", err.msg);
         return rc;
     }
+    /* map every page now: loading is not part of the first request's time */
+    uint64_t data = ms_gguf_data_offset(r->model->gguf);
+    rc = ms_gguf_prefault(r->model->gguf, data, ms_gguf_file_size(r->model->gguf) - data);
+    if (rc)
+        ms_log_warn("%s: could not read the weights in ahead (%s); the first tokens will be slower",
+                    r->o.model_path, strerror(-rc));
     rc = ms_tokenizer_new_from_gguf(r->model->gguf, &r->tok, &err);
     if (rc) {
         ms_log_error("%s: %s", r->o.model_path, err.msg);

@@ -13,6 +13,10 @@
 #include "limits.h"
 #include "ms_assert.h"
 
+/* Longest poll between two kernels of a step: the gaps are a few microseconds
+ * (norms, routing), well under this; a wake-up from sleep costs tens. */
+#define FWD_POOL_SPIN_US 200
+
 struct ms_forward {
     const ms_model_t *m;
     ms_forward_params_t p;
@@ -452,13 +456,16 @@ int ms_forward_step(ms_forward_t *f, const ms_batch_tok_t *batch, int n, float *
     int rc = check_batch(f, batch, n, err);
     if (rc)
         return rc;
+    /* a step is one stretch of back-to-back kernels: let the pool's threads
+     * poll briefly between them instead of sleeping (see pool.h) */
+    ms_pool_set_spin(f->pool, FWD_POOL_SPIN_US);
     embed(f, batch, n);
-    for (int il = 0; il < f->m->hp.n_layer; il++) {
+    for (int il = 0; il < f->m->hp.n_layer && !rc; il++) {
         attention_block(f, il, batch, n);
         rc = moe_block(f, il, n, err);
-        if (rc)
-            return rc;
     }
-    output_head(f, batch, n, logits_out);
-    return 0;
+    if (!rc)
+        output_head(f, batch, n, logits_out);
+    ms_pool_set_spin(f->pool, 0);
+    return rc;
 }

@@ -4,6 +4,7 @@
 #include <CUnit/CUnit.h>
 #include <errno.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,29 @@ static void test_every_index_once(void)
         ms_pool_destroy(&pool);
         CU_ASSERT_PTR_NULL(pool);
     }
+}
+
+/* With a spin window, workers poll between runs; switching the window on and
+ * off between runs (as a forward step does) loses no wake-up. */
+static void test_spin_window(void)
+{
+    for (int nth = 2; nth <= 3; nth++) {
+        ms_pool_t *pool = NULL;
+        CU_ASSERT_EQUAL_FATAL(ms_pool_new(nth, &pool), 0);
+        ms_pool_set_spin(pool, 200);
+        run_counted(pool, nth, 10000);
+        for (int i = 0; i < 200; i++) {
+            ms_pool_set_spin(pool, (i % 2) ? 0 : 50);
+            run_counted(pool, nth, 3);
+        }
+        ms_pool_set_spin(pool, 5000000); /* capped at MS_POOL_SPIN_US_MAX */
+        run_counted(pool, nth, 100);
+        ms_pool_set_spin(pool, 0);
+        usleep(3000); /* workers are asleep again: the next run must wake them */
+        run_counted(pool, nth, 10);
+        ms_pool_destroy(&pool);
+    }
+    ms_pool_set_spin(NULL, 100);
 }
 
 static void test_null_pool(void)
@@ -202,6 +226,7 @@ static int ms_test_register(void)
         return 1;
     if (!CU_add_test(s, "every index once per run, 10000 runs", test_every_index_once) ||
         !CU_add_test(s, "NULL pool and destroy", test_null_pool) ||
+        !CU_add_test(s, "spin window between runs", test_spin_window) ||
         !CU_add_test(s, "invalid sizes", test_invalid_sizes) ||
         !CU_add_test(s, "threads run concurrently", test_concurrent) ||
         !CU_add_test(s, "split", test_split) ||

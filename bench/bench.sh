@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Performance figures for one machine, all from one run: memory bandwidth,
-# prefill and decode speed on the generated Mixtral-shaped bench model, the
-# decode roofline and peak memory. What `make bench` runs; see docs/performance.md.
+# load throughput of the io_uring loader against dd, prefill and decode speed
+# on the generated Mixtral-shaped bench model, the decode roofline and peak
+# memory. What `make bench` runs; see docs/performance.md.
 #
 # Environment: BUILD (default build), MS_BENCH_DIR (default /var/tmp/moeshard-bench,
 # outside the repository: the model is ~1.8 GB), MS_BENCH_THREADS (default: all cores).
@@ -13,6 +14,8 @@ MS_BENCH_DIR=${MS_BENCH_DIR:-/var/tmp/moeshard-bench}
 THREADS=${MS_BENCH_THREADS:-$(nproc)}
 N_PROMPT=128
 N_DECODE=64
+LOAD_RUNS=3
+DROP_CACHES=/proc/sys/vm/drop_caches
 RSS_SLACK_MB=67.108864 # 64 MiB in MB (1e6 bytes): code, tokenizer, scratch buffers
 MODEL="$MS_BENCH_DIR/bench-mixtral-q8_0.gguf"
 GEN_ARGS=(--arch llama --shape bench --type q8_0)
@@ -96,6 +99,72 @@ run_membw() {
         die "membw printed no bandwidth lines: $(cat "$WORK/membw.out")"
     fi
     MEMBW_ISA=$(sed -n 's/^membw_isa=//p' "$WORK/membw.out")
+}
+
+# ---- load throughput: the io_uring loader against dd iflag=direct ----
+
+# Writes back dirty pages and empties the page cache, so that each read comes
+# from the disk; fails where the file is not writable (not root, a container).
+drop_page_cache() {
+    sync
+    { echo 3 >"$DROP_CACHES"; } 2>/dev/null
+}
+
+# Prints the GB/s (1e9 bytes/s) of one cold dd pass over the model.
+dd_gbps() {
+    drop_page_cache || true
+    local line
+    line=$(LC_ALL=C dd if="$MODEL" of=/dev/null iflag=direct bs=4M 2>&1 | tail -n 1)
+    LC_ALL=C awk '/ bytes .* copied, / { for (i = 1; i <= NF; i++) if ($i == "s,") { printf "%.3f", $1 / $(i - 1) / 1e9; exit } }' \
+        <<<"$line" | grep . || die "dd iflag=direct failed on $MODEL: $line"
+}
+
+# Prints "gbps direct" of one cold loadbench pass (loadbench drops the cache
+# itself, after the untimed digest pass of --sha256).
+loadbench_run() {
+    local out
+    out=$("$BIN/loadbench" --drop-caches "$@" "$MODEL" 2>"$WORK/loadbench.err") ||
+        { cat "$WORK/loadbench.err" >&2; die "loadbench failed"; }
+    local g d
+    g=$(sed -n 's/^load_gbps=\([0-9.]*\) .*/\1/p' <<<"$out")
+    d=$(sed -n 's/.* direct=\([a-z]*\) .*/\1/p' <<<"$out")
+    [ -n "$g" ] && [ -n "$d" ] || die "loadbench printed no load_gbps/direct: $out"
+    echo "$g $d"
+}
+
+median() {
+    tr ' ' '\n' <<<"$*" | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# LOAD_RUNS rounds of dd, loadbench and loadbench --sha256, each from a cold
+# cache where it can be dropped; the medians go in the report.
+run_load() {
+    if drop_page_cache; then
+        LOAD_COLD=yes
+    else
+        LOAD_COLD=no
+        say "warning: cannot write $DROP_CACHES (run as root to drop the page cache): load figures come from a warm cache and measure memory, not the disk"
+    fi
+    local dd_all="" lb_all="" sha_all="" r g d out
+    for ((r = 1; r <= LOAD_RUNS; r++)); do
+        say "load round $r/$LOAD_RUNS: dd iflag=direct bs=4M, loadbench, loadbench --sha256 ..."
+        g=$(dd_gbps)
+        dd_all="$dd_all $g"
+        out=$(loadbench_run)
+        read -r g d <<<"$out"
+        lb_all="$lb_all $g"
+        LOAD_DIRECT=$d
+        out=$(loadbench_run --sha256)
+        read -r g d <<<"$out"
+        sha_all="$sha_all $g"
+    done
+    say "load GB/s per round: dd$dd_all; loadbench$lb_all; loadbench --sha256$sha_all"
+    LOAD_DD=$(median "$dd_all")
+    LOAD_LB=$(median "$lb_all")
+    LOAD_SHA=$(median "$sha_all")
+    LOAD_PCT=$(calc "100 * $LOAD_LB / $LOAD_DD")
+    LOAD_SHA_PCT=$(calc "100 * $LOAD_SHA / $LOAD_DD")
+    [ "$LOAD_DIRECT" = yes ] || say "warning: O_DIRECT was refused on $MS_BENCH_DIR; loadbench read buffered"
 }
 
 # ---- a prompt of exactly N_PROMPT tokens ----
@@ -211,6 +280,14 @@ model_bytes=$model_bytes
 membw_isa=$MEMBW_ISA
 membw_1t_gbps=$MEMBW_1
 membw_${THREADS}t_gbps=$MEMBW_N
+load_runs=$LOAD_RUNS
+load_cache_dropped=$LOAD_COLD
+load_direct=$LOAD_DIRECT
+load_dd_gbps=$LOAD_DD
+load_gbps=$LOAD_LB
+load_sha256_gbps=$LOAD_SHA
+load_pct_of_dd=$LOAD_PCT
+load_sha256_pct_of_dd=$LOAD_SHA_PCT
 prompt_tokens=$PROMPT_TOKENS
 prefill_tok_s=$PREFILL
 decode_tokens=$N_DECODE
@@ -226,6 +303,7 @@ rss_within_budget=$rss_ok
 
 Summary ($DATE, $CPU, $THREADS threads):
   memory read bandwidth   $MEMBW_1 GB/s on 1 thread, $MEMBW_N GB/s on $THREADS threads ($MEMBW_ISA loads)
+  load (median of $LOAD_RUNS)      $LOAD_LB GB/s ($LOAD_PCT% of dd iflag=direct bs=4M: $LOAD_DD GB/s), $LOAD_SHA GB/s with SHA-256 ($LOAD_SHA_PCT%); cache dropped: $LOAD_COLD, O_DIRECT: $LOAD_DIRECT
   prefill                 $PREFILL tok/s over a $PROMPT_TOKENS-token prompt
   decode                  $DECODE tok/s (greedy, ${STEPS:-?} steps), reading $W_MB MB of weights per token
   roofline                $eff_gbps GB/s of weights streamed = $roofline% of the measured $MEMBW_N GB/s
@@ -237,13 +315,14 @@ EOF
 }
 
 main() {
-    for b in genmodel membw moeshard; do need_bin "$b"; done
+    for b in genmodel membw moeshard loadbench; do need_bin "$b"; done
     [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "MS_BENCH_THREADS must be a positive integer, not '$THREADS'"
     DATE=$(date -u '+%Y-%m-%dT%H:%M:%SZ')
     CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
     CPU=${CPU:-unknown}
     say "$DATE on $CPU ($(nproc) cores)"
     ensure_model
+    run_load
     run_membw
     warm_model
     say "building a $N_PROMPT-token prompt with moeshard tokenize ..."

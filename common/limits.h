@@ -25,6 +25,9 @@
 #define MS_VOCAB_MAX            (1 << 20)
 #define MS_CONTEXT_MAX          (1 << 18)
 
+/* cluster */
+#define MS_HOSTS_MAX            1024         /* hosts in one placement */
+
 /* runtime */
 #define MS_THREADS_MAX          256
 #define MS_POOL_SPIN_US_MAX     1000         /* longest poll before a pool thread sleeps */

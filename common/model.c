@@ -19,7 +19,9 @@ const char *ms_arch_name(ms_arch_t arch)
 }
 
 typedef struct {
-    ms_model_t *m;
+    const ms_gguf_t *g;
+    ms_hparams_t *hp;
+    ms_model_t *m;    /* NULL while only the hyperparameters are read */
     const char *arch;
     const char *path;
     ms_err_t *err;
@@ -31,7 +33,7 @@ static int get_int(loader_t *ld, const char *suffix, int64_t def, int64_t lo, in
     char key[128];
     snprintf(key, sizeof(key), "%s.%s", ld->arch, suffix);
     uint64_t v;
-    int rc = ms_gguf_get_u64(ld->m->gguf, key, &v);
+    int rc = ms_gguf_get_u64(ld->g, key, &v);
     if (rc == -ENOENT && def >= 0) {
         *ret = (int32_t)def;
         return 0;
@@ -54,7 +56,7 @@ static int get_float(loader_t *ld, const char *suffix, float def, bool required,
     char key[128];
     snprintf(key, sizeof(key), "%s.%s", ld->arch, suffix);
     float v;
-    int rc = ms_gguf_get_f32(ld->m->gguf, key, &v);
+    int rc = ms_gguf_get_f32(ld->g, key, &v);
     if (rc == -ENOENT && !required) {
         *ret = def;
         return 0;
@@ -74,13 +76,13 @@ static int get_float(loader_t *ld, const char *suffix, float def, bool required,
 static int read_arch(loader_t *ld)
 {
     ms_str_t s;
-    if (ms_gguf_get_str(ld->m->gguf, "general.architecture", &s) < 0) {
+    if (ms_gguf_get_str(ld->g, "general.architecture", &s) < 0) {
         ms_err_set(ld->err, "%s: metadata key 'general.architecture' is missing or not a string", ld->path);
         return -EINVAL;
     }
     for (int a = 0; a < MS_ARCH_COUNT; a++) {
         if (ms_str_eq(s, arch_names[a])) {
-            ld->m->hp.arch = (ms_arch_t)a;
+            ld->hp->arch = (ms_arch_t)a;
             ld->arch = arch_names[a];
             return 0;
         }
@@ -92,7 +94,7 @@ static int read_arch(loader_t *ld)
 
 static int read_hparams(loader_t *ld)
 {
-    ms_hparams_t *hp = &ld->m->hp;
+    ms_hparams_t *hp = ld->hp;
     int rc = 0;
     rc = rc ? rc : get_int(ld, "embedding_length", -1, 1, MS_HIDDEN_MAX, &hp->n_embd);
     rc = rc ? rc : get_int(ld, "block_count", -1, 1, MS_LAYERS_MAX, &hp->n_layer);
@@ -131,7 +133,7 @@ static int read_hparams(loader_t *ld)
     char key[128];
     snprintf(key, sizeof(key), "%s.expert_weights_norm", ld->arch);
     bool b;
-    if (ms_gguf_get_bool(ld->m->gguf, key, &b) == 0)
+    if (ms_gguf_get_bool(ld->g, key, &b) == 0)
         hp->norm_topk = b;
     hp->qk_norm = hp->arch == MS_ARCH_QWEN3MOE ? MS_QK_NORM_HEAD
                 : hp->arch == MS_ARCH_OLMOE    ? MS_QK_NORM_FULL
@@ -150,7 +152,7 @@ static const char *type_name(uint32_t t)
 /* Finds name (printf-style with the layer), checks its shape equals ne[0..n_dims). */
 static const ms_gguf_tensor_t *find_shaped(loader_t *ld, const char *name, int n_dims, const int64_t *ne, bool optional)
 {
-    const ms_gguf_tensor_t *t = ms_gguf_find_tensor(ld->m->gguf, name);
+    const ms_gguf_tensor_t *t = ms_gguf_find_tensor(ld->g, name);
     if (!t) {
         if (!optional)
             ms_err_set(ld->err, "%s: tensor '%s' is missing (a %s model needs it)", ld->path, name, ld->arch);
@@ -178,7 +180,7 @@ static int bind_vec(loader_t *ld, const char *name, int64_t n, bool optional, co
     const ms_gguf_tensor_t *t = find_shaped(ld, name, 1, ne, optional);
     if (!t) {
         *ret = NULL;
-        return optional && !ms_gguf_find_tensor(ld->m->gguf, name) ? 0 : -EINVAL;
+        return optional && !ms_gguf_find_tensor(ld->g, name) ? 0 : -EINVAL;
     }
     if (t->type != MS_TYPE_F32) {
         ms_err_set(ld->err, "%s: tensor '%s' has type %s; vectors (norms, biases) must be F32",
@@ -198,7 +200,7 @@ static int bind_mat(loader_t *ld, const char *name, int64_t n_in, int64_t n_out,
     memset(w, 0, sizeof(*w));
     const ms_gguf_tensor_t *t = find_shaped(ld, name, n_dims, ne, optional);
     if (!t)
-        return optional && !ms_gguf_find_tensor(ld->m->gguf, name) ? 0 : -EINVAL;
+        return optional && !ms_gguf_find_tensor(ld->g, name) ? 0 : -EINVAL;
     const ms_type_traits_t *tr = ms_type_traits(t->type);
     if (!tr || !tr->computable) {
         ms_err_set(ld->err, "%s: tensor '%s' has type %s, which moeshard cannot compute yet (supported: F32, F16, BF16, Q8_0)",
@@ -252,7 +254,7 @@ static int bind_layer(loader_t *ld, int il)
     rc = rc ? rc : bind_mat(ld, NAME("ffn_down_exps.weight"), hp->n_ff_exp, d, E, false, &L->down_exps);
     if (!rc && hp->shared_expert) {
         int64_t fs = hp->n_ff_shexp;
-        const ms_gguf_tensor_t *g = ms_gguf_find_tensor(ld->m->gguf, NAME("ffn_gate_inp_shexp.weight"));
+        const ms_gguf_tensor_t *g = ms_gguf_find_tensor(ld->g, NAME("ffn_gate_inp_shexp.weight"));
         /* stored as a vector [d] (one output row); bind it as a 1 x d matrix */
         if (g && g->n_dims == 1 && g->ne[0] == d) {
             ms_weight_t *w = &L->shexp_gate;
@@ -275,36 +277,76 @@ static int bind_layer(loader_t *ld, int il)
     return rc;
 }
 
-/* Widths that only the tensors state reliably: vocab, expert FFN, shared FFN. */
+/* Widths that only the tensors state reliably: vocab (0 without an
+ * embedding), expert FFN (from the first layer holding experts: a host shard
+ * may hold none of layer 0's), shared FFN. */
 static int read_widths(loader_t *ld)
 {
-    ms_hparams_t *hp = &ld->m->hp;
-    ms_gguf_t *g = ld->m->gguf;
-    const ms_gguf_tensor_t *emb = ms_gguf_find_tensor(g, "token_embd.weight");
-    if (!emb || emb->n_dims != 2 || emb->ne[0] != hp->n_embd) {
+    ms_hparams_t *hp = ld->hp;
+    const ms_gguf_tensor_t *emb = ms_gguf_find_tensor(ld->g, "token_embd.weight");
+    hp->n_vocab = 0;
+    if (emb && (emb->n_dims != 2 || emb->ne[0] != hp->n_embd || emb->ne[1] < 1 || emb->ne[1] > MS_VOCAB_MAX)) {
+        ms_err_set(ld->err, "%s: tensor 'token_embd.weight' is not [%d, vocab] with a vocabulary in [1, %d]",
+                   ld->path, hp->n_embd, MS_VOCAB_MAX);
+        return -EINVAL;
+    }
+    if (emb)
+        hp->n_vocab = (int32_t)emb->ne[1];
+    hp->n_ff_exp = 0;
+    char name[MS_GGUF_NAME_BYTES_MAX];
+    for (int il = 0; il < hp->n_layer && hp->n_ff_exp == 0; il++) {
+        snprintf(name, sizeof(name), "blk.%d.ffn_gate_exps.weight", il);
+        const ms_gguf_tensor_t *gate = ms_gguf_find_tensor(ld->g, name);
+        if (!gate)
+            continue;
+        if (gate->n_dims != 3 || gate->ne[1] < 1 || gate->ne[1] > MS_FF_MAX) {
+            ms_err_set(ld->err, "%s: tensor '%s' is not 3-D (merged experts [d, ff, experts]) with ff in [1, %d]",
+                       ld->path, name, MS_FF_MAX);
+            return -EINVAL;
+        }
+        hp->n_ff_exp = (int32_t)gate->ne[1];
+    }
+    hp->n_ff_shexp = 0;
+    const ms_gguf_tensor_t *sh = hp->shared_expert ? ms_gguf_find_tensor(ld->g, "blk.0.ffn_gate_shexp.weight") : NULL;
+    if (sh && (sh->n_dims != 2 || sh->ne[1] < 1 || sh->ne[1] > MS_FF_MAX)) {
+        ms_err_set(ld->err, "%s: tensor 'blk.0.ffn_gate_shexp.weight' is not 2-D with a width in [1, %d]",
+                   ld->path, MS_FF_MAX);
+        return -EINVAL;
+    }
+    if (sh)
+        hp->n_ff_shexp = (int32_t)sh->ne[1];
+    return 0;
+}
+
+int ms_hparams_read(const ms_gguf_t *g, ms_hparams_t *ret, ms_err_t *err)
+{
+    ms_hparams_t hp = { 0 };
+    loader_t ld = { .g = g, .hp = &hp, .path = ms_gguf_path(g), .err = err };
+    int rc = read_arch(&ld);
+    rc = rc ? rc : read_hparams(&ld);
+    rc = rc ? rc : read_widths(&ld);
+    if (!rc)
+        *ret = hp;
+    return rc;
+}
+
+/* What running needs beyond the hyperparameters: an embedding, and layer 0's
+ * experts (and shared expert) present. */
+static int check_runnable(loader_t *ld)
+{
+    const ms_hparams_t *hp = ld->hp;
+    if (hp->n_vocab == 0) {
         ms_err_set(ld->err, "%s: tensor 'token_embd.weight' is missing or not [%d, vocab]", ld->path, hp->n_embd);
         return -EINVAL;
     }
-    if (emb->ne[1] < 1 || emb->ne[1] > MS_VOCAB_MAX) {
-        ms_err_set(ld->err, "%s: vocabulary of %" PRId64 " tokens is outside [1, %d]", ld->path, emb->ne[1], MS_VOCAB_MAX);
-        return -EINVAL;
-    }
-    hp->n_vocab = (int32_t)emb->ne[1];
-    const ms_gguf_tensor_t *gate = ms_gguf_find_tensor(g, "blk.0.ffn_gate_exps.weight");
-    if (!gate || gate->n_dims != 3 || gate->ne[1] < 1 || gate->ne[1] > MS_FF_MAX) {
+    if (!ms_gguf_find_tensor(ld->g, "blk.0.ffn_gate_exps.weight")) {
         ms_err_set(ld->err, "%s: tensor 'blk.0.ffn_gate_exps.weight' is missing or not 3-D (merged experts [d, ff, experts]);"
                    " only MoE models with merged expert tensors are supported", ld->path);
         return -EINVAL;
     }
-    hp->n_ff_exp = (int32_t)gate->ne[1];
-    hp->n_ff_shexp = 0;
-    if (hp->shared_expert) {
-        const ms_gguf_tensor_t *sh = ms_gguf_find_tensor(g, "blk.0.ffn_gate_shexp.weight");
-        if (!sh || sh->n_dims != 2 || sh->ne[1] < 1 || sh->ne[1] > MS_FF_MAX) {
-            ms_err_set(ld->err, "%s: tensor 'blk.0.ffn_gate_shexp.weight' is missing or not 2-D", ld->path);
-            return -EINVAL;
-        }
-        hp->n_ff_shexp = (int32_t)sh->ne[1];
+    if (hp->shared_expert && hp->n_ff_shexp == 0) {
+        ms_err_set(ld->err, "%s: tensor 'blk.0.ffn_gate_shexp.weight' is missing or not 2-D", ld->path);
+        return -EINVAL;
     }
     return 0;
 }
@@ -343,10 +385,11 @@ int ms_model_from_gguf(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_t *err
     }
     m->gguf = *gguf_p;
     *gguf_p = NULL;
-    loader_t ld = { .m = m, .path = ms_gguf_path(m->gguf), .err = err };
-    int rc = read_arch(&ld);
-    rc = rc ? rc : read_hparams(&ld);
-    rc = rc ? rc : read_widths(&ld);
+    loader_t ld = { .g = m->gguf, .hp = &m->hp, .m = m, .path = ms_gguf_path(m->gguf), .err = err };
+    int rc = ms_hparams_read(m->gguf, &m->hp, err);
+    if (!rc)
+        ld.arch = ms_arch_name(m->hp.arch);
+    rc = rc ? rc : check_runnable(&ld);
     if (!rc) {
         m->layers = calloc((size_t)m->hp.n_layer, sizeof(*m->layers));
         if (!m->layers) {

@@ -89,6 +89,14 @@ typedef struct {
 
 const char *ms_arch_name(ms_arch_t arch);
 
+/* Reads the hyperparameters from g's metadata, plus the widths only tensors
+ * state: n_ff_exp from the first layer holding blk.L.ffn_gate_exps.weight (0
+ * when none does), n_vocab from token_embd.weight (0 when absent), n_ff_shexp
+ * from blk.0.ffn_gate_shexp.weight when the architecture has a shared expert
+ * (0 when absent). Works on full models, host shards and dense parts alike.
+ * -EINVAL with err naming the file and key or tensor; *ret written only on success. */
+int ms_hparams_read(const ms_gguf_t *g, ms_hparams_t *ret, ms_err_t *err);
+
 /* Opens path and reads the hyperparameters and every tensor the architecture
  * needs, validating shapes and types. -EINVAL with err naming the file and the
  * key or tensor (unsupported architecture, unsupported tensor type, missing

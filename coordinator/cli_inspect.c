@@ -1,4 +1,5 @@
-/* moeshard inspect: what a GGUF model is, as moeshard sees it. */
+/* moeshard inspect: what a GGUF model is, as moeshard sees it: a full model,
+ * a host shard or the dense part written by `moeshard pack`. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -7,6 +8,7 @@
 #include "cli.h"
 #include "gguf.h"
 #include "model.h"
+#include "shard.h"
 
 #define CMD "inspect"
 
@@ -14,7 +16,9 @@ static void inspect_help(void)
 {
     printf("usage: moeshard inspect [--tensors] M.gguf\n\n"
            "Describes a GGUF model: architecture, hyperparameters, tokenizer, tensor types\n"
-           "and sizes, experts per layer, and the bytes of dense versus expert weights.\n\n"
+           "and sizes, experts per layer, and the bytes of dense versus expert weights.\n"
+           "On the files of 'moeshard pack' it describes a host shard (the slices it holds)\n"
+           "or the dense part.\n\n"
            "      --tensors   also list every tensor (name, type, shape, bytes, file offset)\n"
            "  -h, --help      this help\n");
 }
@@ -90,6 +94,94 @@ static void print_tensors(const ms_gguf_t *g)
     }
 }
 
+/* "0-2,5,7-9": runs of three or more ids as ranges. */
+static void print_ids(const ms_shard_t *sh, size_t *i)
+{
+    int32_t layer = ms_shard_slice(sh, *i)->layer;
+    const char *sep = "";
+    while (*i < ms_shard_n_slices(sh) && ms_shard_slice(sh, *i)->layer == layer) {
+        int32_t first = ms_shard_slice(sh, *i)->expert, last = first;
+        size_t j = *i + 1;
+        for (; j < ms_shard_n_slices(sh) && ms_shard_slice(sh, j)->layer == layer &&
+               ms_shard_slice(sh, j)->expert == last + 1; j++)
+            last++;
+        if (last - first >= 2) {
+            printf("%s%d-%d", sep, first, last);
+            *i = j;
+        } else {
+            printf("%s%d", sep, first);
+            *i += 1;
+        }
+        sep = ",";
+    }
+}
+
+static void print_hparams(const ms_hparams_t *hp, const ms_gguf_t *g, const char *source_key)
+{
+    ms_str_t src = { "?", 1 };
+    ms_gguf_get_str(g, source_key, &src);
+    printf("architecture  %s: %d layers, hidden %d, %d experts per layer (%d per token)", ms_arch_name(hp->arch),
+           hp->n_layer, hp->n_embd, hp->n_expert, hp->n_expert_used);
+    if (hp->n_ff_exp)
+        printf(", expert ffn %d", hp->n_ff_exp);
+    printf("; packed from %.*s\n", (int)(src.len > 200 ? 200 : src.len), src.ptr);
+}
+
+static int print_shard(const ms_gguf_t *g)
+{
+    ms_err_t err = { { 0 } };
+    ms_shard_t *sh = NULL;
+    if (ms_shard_open(g, &sh, &err)) {
+        fprintf(stderr, "moeshard inspect: %s\n", err.msg);
+        return COORD_EXIT_FAIL;
+    }
+    uint32_t hosts = 0, replicas = 0;
+    ms_gguf_get_u32(g, "moeshard.shard.hosts", &hosts);
+    ms_gguf_get_u32(g, "moeshard.shard.replicas", &replicas);
+    const ms_hparams_t *hp = ms_shard_hparams(sh);
+    uint64_t bytes = 0;
+    int32_t layers = 0;
+    for (size_t i = 0; i < ms_shard_n_slices(sh); i++) {
+        const ms_slice_t *s = ms_shard_slice(sh, i);
+        bytes += s->nbytes[MS_PROJ_GATE] + s->nbytes[MS_PROJ_UP] + s->nbytes[MS_PROJ_DOWN];
+        layers += i == 0 || ms_shard_slice(sh, i - 1)->layer != s->layer;
+    }
+    print_hparams(hp, g, "moeshard.shard.source");
+    printf("shard         host shard %d of %u (replicas %u, epoch %" PRIu64 "): %d layers, %zu slices, %.2f MB;"
+           " SHA-256 per tensor and per expert slab\n", ms_shard_host(sh), hosts, replicas, ms_shard_epoch(sh),
+           layers, ms_shard_n_slices(sh), (double)bytes / 1e6);
+    for (size_t i = 0; i < ms_shard_n_slices(sh);) {
+        printf("  layer %d: experts ", ms_shard_slice(sh, i)->layer);
+        print_ids(sh, &i);
+        printf("\n");
+    }
+    ms_shard_destroy(&sh);
+    return COORD_EXIT_OK;
+}
+
+static int print_dense(const ms_gguf_t *g)
+{
+    ms_err_t err = { { 0 } };
+    ms_hparams_t hp;
+    if (ms_hparams_read(g, &hp, &err)) {
+        fprintf(stderr, "moeshard inspect: %s\n", err.msg);
+        return COORD_EXIT_FAIL;
+    }
+    uint64_t bytes = 0;
+    for (uint64_t i = 0; i < ms_gguf_n_tensors(g); i++)
+        bytes += ms_gguf_tensor(g, i)->nbytes;
+    print_hparams(&hp, g, "moeshard.dense.source");
+    printf("dense         dense part of a packed model: %" PRIu64 " tensors, %.2f MB; experts live in host shards\n",
+           ms_gguf_n_tensors(g), (double)bytes / 1e6);
+    return COORD_EXIT_OK;
+}
+
+/* Files written by moeshard pack. */
+static int print_packed(const ms_gguf_t *g)
+{
+    return ms_gguf_find_kv(g, "moeshard.shard.version") ? print_shard(g) : print_dense(g);
+}
+
 int coord_cmd_inspect(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -123,6 +215,11 @@ int coord_cmd_inspect(int argc, char **argv)
     print_types(g);
     if (tensors)
         print_tensors(g);
+    if (ms_gguf_find_kv(g, "moeshard.shard.version") || ms_gguf_find_kv(g, "moeshard.dense.source")) {
+        int status = print_packed(g);
+        ms_gguf_close(&g);
+        return status;
+    }
     ms_model_t *m = NULL;
     int rc = ms_model_from_gguf(&g, &m, &err);
     if (rc) {

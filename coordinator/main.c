@@ -12,6 +12,7 @@ static const struct {
     { "run", coord_cmd_run, "generate text from a prompt with the whole model in this process" },
     { "tokenize", coord_cmd_tokenize, "print the token ids of a text as generation sees them" },
     { "inspect", coord_cmd_inspect, "describe a GGUF model: architecture, shapes, tensor types, sizes" },
+    { "pack", coord_cmd_pack, "split a model into a dense part and one expert shard per host" },
 };
 
 static void usage(FILE *out)

@@ -11,6 +11,7 @@
 
 #include "expert.h"
 #include "limits.h"
+#include "mem.h"
 #include "ms_assert.h"
 
 /* Longest poll between two kernels of a step: the gaps are a few microseconds
@@ -46,7 +47,8 @@ struct ms_forward {
     size_t xq_row_max;
     float *scores; /* [nth][n_ctx] attention scores per thread */
     /* KV cache [seq][layer][pos][k_dim or v_dim] */
-    float *kc, *vc;
+    float *kc, *vc;        /* from ms_mem_alloc, sizes below */
+    size_t kc_bytes, vc_bytes;
     int32_t *seq_len;
     int32_t *len_scratch; /* seq_len as a batch being checked would leave it */
     ms_expert_ws_t *shws; /* shared-expert workspace */
@@ -125,8 +127,11 @@ static int alloc_buffers(ms_forward_t *f)
         f->xq[i] = f->xq_row_max ? zalloc(B * f->xq_row_max) : NULL;
     f->scores = zalloc((size_t)ms_pool_size(f->pool) * (size_t)f->p.n_ctx * fl);
     size_t per_seq = (size_t)hp->n_layer * (size_t)f->p.n_ctx;
-    f->kc = zalloc((size_t)f->p.n_seq_max * per_seq * (size_t)f->k_dim * fl);
-    f->vc = zalloc((size_t)f->p.n_seq_max * per_seq * (size_t)f->v_dim * fl);
+    /* populated up front (common/mem.h): the cache can be gigabytes */
+    f->kc_bytes = (size_t)f->p.n_seq_max * per_seq * (size_t)f->k_dim * fl;
+    f->vc_bytes = (size_t)f->p.n_seq_max * per_seq * (size_t)f->v_dim * fl;
+    f->kc = ms_mem_alloc(f->kc_bytes);
+    f->vc = ms_mem_alloc(f->vc_bytes);
     f->seq_len = zalloc((size_t)f->p.n_seq_max * sizeof(int32_t));
     f->len_scratch = zalloc((size_t)f->p.n_seq_max * sizeof(int32_t));
     bool ok = f->x && f->h && f->q && f->kk && f->v && f->att && f->tmp && f->moe && f->shx && f->hout && f->rl &&
@@ -175,7 +180,9 @@ void ms_forward_destroy(ms_forward_t **self_p)
         return;
     ms_forward_t *f = *self_p;
     float *bufs[] = { f->x, f->h, f->q, f->kk, f->v, f->att, f->tmp, f->moe, f->shx, f->hout, f->rl,
-                      f->shg, f->shw, f->gw, f->scores, f->kc, f->vc };
+                      f->shg, f->shw, f->gw, f->scores };
+    ms_mem_free(f->kc, f->kc_bytes);
+    ms_mem_free(f->vc, f->vc_bytes);
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
         free(bufs[i]);
     free(f->ids);

@@ -20,10 +20,10 @@
 #define LOAD_ALIGN              4096u              /* O_DIRECT offset, length and buffer alignment */
 #define LOAD_QUEUE_DEPTH_MIN    1u
 #define LOAD_QUEUE_DEPTH_MAX    256u
-#define LOAD_QUEUE_DEPTH_DEFAULT 64u
+#define LOAD_QUEUE_DEPTH_DEFAULT 32u
 #define LOAD_CHUNK_BYTES_MIN    (64u << 10)
 #define LOAD_CHUNK_BYTES_MAX    (16u << 20)
-#define LOAD_CHUNK_BYTES_DEFAULT (2u << 20)
+#define LOAD_CHUNK_BYTES_DEFAULT (1u << 20)
 /* Bounce memory pinned at once: 256 reads of 16 MiB would pin 4 GiB, far
  * more than any disk needs in flight to stay busy. */
 #define LOAD_INFLIGHT_BYTES_MAX ((uint64_t)1 << 30)

@@ -23,8 +23,8 @@ typedef struct {
 } ms_load_range_t;
 
 typedef struct {
-    uint32_t queue_depth;   /* reads in flight, [1, 256]; default 64 */
-    uint32_t chunk_bytes;   /* bytes per read, a multiple of 4096 in [64 KiB, 16 MiB]; default 2 MiB */
+    uint32_t queue_depth;   /* reads in flight, [1, 256]; default 32 (32 MiB in flight: measured as fast as 64 x 2 MiB) */
+    uint32_t chunk_bytes;   /* bytes per read, a multiple of 4096 in [64 KiB, 16 MiB]; default 1 MiB */
     bool direct;            /* try O_DIRECT (default true); falls back to buffered when refused */
 } ms_load_params_t;
 

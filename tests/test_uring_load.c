@@ -435,8 +435,8 @@ static void test_bad_params(void)
 static void test_defaults(void)
 {
     ms_load_params_t p = ms_load_defaults();
-    CU_ASSERT_EQUAL(p.queue_depth, 64);
-    CU_ASSERT_EQUAL(p.chunk_bytes, 2u << 20);
+    CU_ASSERT_EQUAL(p.queue_depth, 32);
+    CU_ASSERT_EQUAL(p.chunk_bytes, 1u << 20);
     CU_ASSERT_TRUE(p.direct);
 }
 

@@ -167,6 +167,42 @@ run_load() {
     [ "$LOAD_DIRECT" = yes ] || say "warning: O_DIRECT was refused on $MS_BENCH_DIR; loadbench read buffered"
 }
 
+# One cold start of expertd holding every expert of the bench model: the
+# throughput it logs ("loaded ...: read in S s: G GB/s ...; memory allocated in
+# A s; O GB/s overall"). Prints "G O". The daemon is stopped by its pid once it serves.
+expertd_load_gbps() {
+    drop_page_cache || true
+    local port=$((20000 + RANDOM % 20000)) log="$WORK/expertd.log" pid g="" o=""
+    "$BIN/expertd" --listen "tcp://127.0.0.1:$port" --model "$MODEL" --experts all --threads "$THREADS" \
+        2>"$log" &
+    pid=$!
+    for ((i = 0; i < 600; i++)); do
+        grep -q "serving " "$log" && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    g=$(sed -n 's/.*loaded .*: read in [0-9.]* s: \([0-9.]*\) GB\/s.*/\1/p' "$log" | tail -n 1)
+    o=$(sed -n 's/.*loaded .* \([0-9.]*\) GB\/s overall.*/\1/p' "$log" | tail -n 1)
+    [ -n "$g" ] && [ -n "$o" ] || { cat "$log" >&2; die "expertd did not report its load throughput"; }
+    echo "$g $o"
+}
+
+run_expertd_load() {
+    local all="" overall="" r g o
+    for ((r = 1; r <= LOAD_RUNS; r++)); do
+        say "expertd load round $r/$LOAD_RUNS: every expert of the bench model ..."
+        read -r g o <<<"$(expertd_load_gbps)"
+        all="$all $g"
+        overall="$overall $o"
+    done
+    say "expertd load GB/s per round (reading):$all; with memory allocation:$overall"
+    LOAD_EXPERTD=$(median "$all")
+    LOAD_EXPERTD_ALL=$(median "$overall")
+    LOAD_EXPERTD_PCT=$(calc "100 * $LOAD_EXPERTD / $LOAD_DD")
+}
+
 # ---- a prompt of exactly N_PROMPT tokens ----
 
 # Plain English prose, long enough for N_PROMPT tokens with room to spare.
@@ -288,6 +324,9 @@ load_gbps=$LOAD_LB
 load_sha256_gbps=$LOAD_SHA
 load_pct_of_dd=$LOAD_PCT
 load_sha256_pct_of_dd=$LOAD_SHA_PCT
+load_expertd_gbps=$LOAD_EXPERTD
+load_expertd_pct_of_dd=$LOAD_EXPERTD_PCT
+load_expertd_overall_gbps=$LOAD_EXPERTD_ALL
 prompt_tokens=$PROMPT_TOKENS
 prefill_tok_s=$PREFILL
 decode_tokens=$N_DECODE
@@ -304,6 +343,7 @@ rss_within_budget=$rss_ok
 Summary ($DATE, $CPU, $THREADS threads):
   memory read bandwidth   $MEMBW_1 GB/s on 1 thread, $MEMBW_N GB/s on $THREADS threads ($MEMBW_ISA loads)
   load (median of $LOAD_RUNS)      $LOAD_LB GB/s ($LOAD_PCT% of dd iflag=direct bs=4M: $LOAD_DD GB/s), $LOAD_SHA GB/s with SHA-256 ($LOAD_SHA_PCT%); cache dropped: $LOAD_COLD, O_DIRECT: $LOAD_DIRECT
+  expertd load            $LOAD_EXPERTD GB/s reading ($LOAD_EXPERTD_PCT% of dd), $LOAD_EXPERTD_ALL GB/s with allocating its memory; every expert, cold cache
   prefill                 $PREFILL tok/s over a $PROMPT_TOKENS-token prompt
   decode                  $DECODE tok/s (greedy, ${STEPS:-?} steps), reading $W_MB MB of weights per token
   roofline                $eff_gbps GB/s of weights streamed = $roofline% of the measured $MEMBW_N GB/s
@@ -315,7 +355,7 @@ EOF
 }
 
 main() {
-    for b in genmodel membw moeshard loadbench; do need_bin "$b"; done
+    for b in genmodel membw moeshard loadbench expertd; do need_bin "$b"; done
     [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "MS_BENCH_THREADS must be a positive integer, not '$THREADS'"
     DATE=$(date -u '+%Y-%m-%dT%H:%M:%SZ')
     CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
@@ -323,6 +363,7 @@ main() {
     say "$DATE on $CPU ($(nproc) cores)"
     ensure_model
     run_load
+    run_expertd_load
     run_membw
     warm_model
     say "building a $N_PROMPT-token prompt with moeshard tokenize ..."

@@ -135,10 +135,62 @@ static const q8_tile_fn q8_tiles[Q8_MR][Q8_MT] = {
     { q8_tile_4_1, q8_tile_4_2, q8_tile_4_3, q8_tile_4_4 },
 };
 
+/* Block pairs of one activation row, laid out once per call for decode:
+ * quants already biased to unsigned, scales already broadcast. */
+#define Q8_VEC_PAIRS_MAX 128 /* rows up to 8192 values take the decode path */
+
+/* One token (decode): each weight row streams once; two accumulators keep
+ * the FMA chain off the critical path, and the activation side costs
+ * nothing per row beyond two L1 loads per pair. */
+static void q8_matvec(const ms_mm_t *mm, int64_t r0, int64_t r1)
+{
+    int64_t nb = mm->n_in / MS_QK8_0, np = nb / 2;
+    const ms_block_q8_0_t *xb = mm->xq;
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i xv[Q8_VEC_PAIRS_MAX + 1];
+    __m512 xd[Q8_VEC_PAIRS_MAX + 1];
+    for (int64_t p = 0; p < np; p++) {
+        xv[p] = _mm512_xor_si512(q8_load2(xb + 2 * p), bias);
+        xd[p] = q8_scale2(xb + 2 * p);
+    }
+    if (nb % 2) {
+        xv[np] = _mm512_xor_si512(q8_load1(xb + nb - 1), bias);
+        xd[np] = q8_scale1(xb + nb - 1);
+    }
+    for (int64_t r = r0; r < r1; r++) {
+        const ms_block_q8_0_t *w = (const ms_block_q8_0_t *)mm->w + r * nb;
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        int64_t p = 0;
+        for (; p + 2 <= np; p += 2) {
+            __m512i w0 = q8_load2(w + 2 * p), w1 = q8_load2(w + 2 * p + 2);
+            __m512i s0 = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, xv[p], w0), _mm512_dpbusd_epi32(zero, bias, w0));
+            __m512i s1 = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, xv[p + 1], w1), _mm512_dpbusd_epi32(zero, bias, w1));
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(q8_scale2(w + 2 * p), xd[p]), acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(q8_scale2(w + 2 * p + 2), xd[p + 1]), acc1);
+        }
+        for (; p < np; p++) {
+            __m512i w0 = q8_load2(w + 2 * p);
+            __m512i s0 = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, xv[p], w0), _mm512_dpbusd_epi32(zero, bias, w0));
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(q8_scale2(w + 2 * p), xd[p]), acc0);
+        }
+        if (nb % 2) {
+            __m512i w0 = q8_load1(w + nb - 1);
+            __m512i s0 = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, xv[np], w0), _mm512_dpbusd_epi32(zero, bias, w0));
+            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(q8_scale1(w + nb - 1), xd[np]), acc1);
+        }
+        mm->y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    }
+}
+
 /* Row tiles outer, token tiles inner: a tile's weight rows stay in L1 while
  * every token passes over them, so each weight byte comes from DRAM once. */
 static void q8_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
 {
+    if (mm->n_tok == 1 && mm->n_in / MS_QK8_0 / 2 <= Q8_VEC_PAIRS_MAX) {
+        q8_matvec(mm, r0, r1);
+        return;
+    }
     int64_t nb = mm->n_in / MS_QK8_0;
     size_t xrow = (size_t)nb * sizeof(ms_block_q8_0_t);
     const ms_block_q8_0_t *w0 = mm->w;

@@ -56,6 +56,12 @@ typedef struct {
     float (*dot_f32)(const float *a, const float *b, int64_t n);
     /* y[i] += a * x[i] */
     void (*axpy)(float *y, float a, const float *x, int64_t n);
+    /* out[j] = dot(q, rows + j*stride) for j < n_rows, each row dim floats
+     * (attention scores of one query against cached keys). */
+    void (*dot_rows)(const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim, float *out);
+    /* out[i] += sum_j w[j] * rows[j*stride + i] for i < dim (attention's
+     * weighted sum of cached values). */
+    void (*axpy_rows)(float *out, const float *w, const float *rows, int64_t stride, int64_t n_rows, int64_t dim);
     /* out[i] = x[i] / sqrt(mean(x^2) + eps) * (w ? w[i] : 1); out may alias x. */
     void (*rmsnorm)(float *out, const float *x, const float *w, int64_t n, float eps);
     /* out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)); out may alias gate. */

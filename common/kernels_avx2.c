@@ -417,6 +417,113 @@ static void v8_softmax(float *x, int64_t n)
     }
 }
 
+/* ---- attention over cached rows ------------------------------------------
+ * Scores take DOT_ROWS rows per pass: each query vector loaded serves them
+ * all and their sums reduce together. The weighted sum keeps an
+ * AXPY_VECS-vector slice of out in registers across all rows (two sets, even
+ * and odd rows, so twice as many FMA chains run at once). */
+#define DOT_ROWS 4
+#define AXPY_VECS 4
+
+/* Lane r of the result = sum of a_r's lanes. */
+FORCE_INLINE __m128 hsum4x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
+{
+    __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* out[r] = q . (rows + r*stride)[0..dim) for r < nr <= DOT_ROWS. */
+FORCE_INLINE void dot_tile(const float *q, const float *rows, int64_t stride, int64_t dim, float *out, const int nr)
+{
+    __m256 acc[DOT_ROWS][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < DOT_ROWS; r++)
+        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= dim; i += 16) {
+        __m256 q0 = _mm256_loadu_ps(q + i), q1 = _mm256_loadu_ps(q + i + 8);
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            acc[r][0] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(rows + r * stride + i), acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(rows + r * stride + i + 8), acc[r][1]);
+        }
+    }
+    for (; i < dim; i += 8) {
+        __m256i m = tail_mask(dim - i);
+        __m256 qv = _mm256_maskload_ps(q + i, m);
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++)
+            acc[r][0] = _mm256_fmadd_ps(qv, _mm256_maskload_ps(rows + r * stride + i, m), acc[r][0]);
+    }
+    __m128 s = hsum4x8(_mm256_add_ps(acc[0][0], acc[0][1]), _mm256_add_ps(acc[1][0], acc[1][1]),
+                       _mm256_add_ps(acc[2][0], acc[2][1]), _mm256_add_ps(acc[3][0], acc[3][1]));
+    _mm_maskstore_ps(out, _mm_cmpgt_epi32(_mm_set1_epi32(nr), _mm_setr_epi32(0, 1, 2, 3)), s);
+}
+
+static void v8_dot_rows(const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim, float *out)
+{
+    int64_t j = 0;
+    for (; j + DOT_ROWS <= n_rows; j += DOT_ROWS)
+        dot_tile(q, rows + j * stride, stride, dim, out + j, DOT_ROWS);
+    switch (n_rows - j) {
+    case 3: dot_tile(q, rows + j * stride, stride, dim, out + j, 3); break;
+    case 2: dot_tile(q, rows + j * stride, stride, dim, out + j, 2); break;
+    case 1: dot_tile(q, rows + j * stride, stride, dim, out + j, 1); break;
+    default: break;
+    }
+}
+
+/* out[0..width) += sum_j w[j] * (rows + j*stride)[0..width), in nv vectors
+ * (width in (8 (nv - 1), 8 nv]): all but the last are whole. */
+FORCE_INLINE void axpy_slice(float *out, const float *w, const float *rows, int64_t stride, int64_t n_rows,
+                             int64_t width, const int nv)
+{
+    const __m256i ml = tail_mask(width - 8 * (nv - 1));
+    __m256 a[AXPY_VECS], b[AXPY_VECS];
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) {
+        a[v] = v < nv - 1 ? _mm256_loadu_ps(out + 8 * v) : _mm256_maskload_ps(out + 8 * v, ml);
+        b[v] = _mm256_setzero_ps();
+    }
+    int64_t j = 0;
+    for (; j + 2 <= n_rows; j += 2) {
+        const float *r0 = rows + j * stride, *r1 = r0 + stride;
+        __m256 w0 = _mm256_set1_ps(w[j]), w1 = _mm256_set1_ps(w[j + 1]);
+#pragma GCC unroll 4
+        for (int v = 0; v < nv - 1; v++) {
+            a[v] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(r0 + 8 * v), a[v]);
+            b[v] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(r1 + 8 * v), b[v]);
+        }
+        a[nv - 1] = _mm256_fmadd_ps(w0, _mm256_maskload_ps(r0 + 8 * (nv - 1), ml), a[nv - 1]);
+        b[nv - 1] = _mm256_fmadd_ps(w1, _mm256_maskload_ps(r1 + 8 * (nv - 1), ml), b[nv - 1]);
+    }
+    if (j < n_rows) {
+        const float *r0 = rows + j * stride;
+        __m256 w0 = _mm256_set1_ps(w[j]);
+#pragma GCC unroll 4
+        for (int v = 0; v < nv - 1; v++)
+            a[v] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(r0 + 8 * v), a[v]);
+        a[nv - 1] = _mm256_fmadd_ps(w0, _mm256_maskload_ps(r0 + 8 * (nv - 1), ml), a[nv - 1]);
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < nv - 1; v++)
+        _mm256_storeu_ps(out + 8 * v, _mm256_add_ps(a[v], b[v]));
+    _mm256_maskstore_ps(out + 8 * (nv - 1), ml, _mm256_add_ps(a[nv - 1], b[nv - 1]));
+}
+
+static void v8_axpy_rows(float *out, const float *w, const float *rows, int64_t stride, int64_t n_rows, int64_t dim)
+{
+    for (int64_t c = 0; c < dim; c += 8 * AXPY_VECS) {
+        int64_t width = dim - c < 8 * AXPY_VECS ? dim - c : 8 * AXPY_VECS;
+        switch ((width + 7) / 8) {
+        case 4: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 4); break;
+        case 3: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 3); break;
+        case 2: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 2); break;
+        default: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 1); break;
+        }
+    }
+}
+
 const ms_kernels_t ms_kernels_avx2 = {
     .name = "avx2",
     .dequant_row = v8_dequant_row,
@@ -424,6 +531,8 @@ const ms_kernels_t ms_kernels_avx2 = {
     .matmul = v8_matmul,
     .dot_f32 = v8_dot_f32,
     .axpy = v8_axpy,
+    .dot_rows = v8_dot_rows,
+    .axpy_rows = v8_axpy_rows,
     .rmsnorm = v8_rmsnorm,
     .swiglu = v8_swiglu,
     .softmax = v8_softmax,

@@ -493,6 +493,115 @@ static void v16_softmax(float *x, int64_t n)
     }
 }
 
+/* ---- attention over cached rows ------------------------------------------
+ * Scores take DOT_ROWS rows per pass: each query vector loaded serves them
+ * all and their sums reduce together. The weighted sum keeps an
+ * AXPY_VECS-vector slice of out in registers across all rows (two sets, even
+ * and odd rows, so twice as many FMA chains run at once); a head dim of 64 is
+ * a single slice. */
+#define DOT_ROWS 4
+#define AXPY_VECS 4
+
+/* Lane r of the result = sum of a_r's lanes. */
+FORCE_INLINE __m128 hsum4x16(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
+{
+    __m256 h[4];
+    const __m512 a[4] = { a0, a1, a2, a3 };
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+        h[r] = _mm256_add_ps(_mm512_castps512_ps256(a[r]), _mm512_extractf32x8_ps(a[r], 1));
+    __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* out[r] = q . (rows + r*stride)[0..dim) for r < nr <= DOT_ROWS. */
+FORCE_INLINE void dot_tile(const float *q, const float *rows, int64_t stride, int64_t dim, float *out, const int nr)
+{
+    __m512 acc[DOT_ROWS][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < DOT_ROWS; r++)
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= dim; i += 32) {
+        __m512 q0 = _mm512_loadu_ps(q + i), q1 = _mm512_loadu_ps(q + i + 16);
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            acc[r][0] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(rows + r * stride + i), acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(rows + r * stride + i + 16), acc[r][1]);
+        }
+    }
+    for (; i < dim; i += 16) {
+        __mmask16 m = dim - i >= 16 ? 0xffff : tail_mask(dim - i);
+        __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++)
+            acc[r][0] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, rows + r * stride + i), acc[r][0]);
+    }
+    __m128 s = hsum4x16(_mm512_add_ps(acc[0][0], acc[0][1]), _mm512_add_ps(acc[1][0], acc[1][1]),
+                        _mm512_add_ps(acc[2][0], acc[2][1]), _mm512_add_ps(acc[3][0], acc[3][1]));
+    _mm_mask_storeu_ps(out, (__mmask8)((1u << nr) - 1), s);
+}
+
+static void v16_dot_rows(const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim, float *out)
+{
+    int64_t j = 0;
+    for (; j + DOT_ROWS <= n_rows; j += DOT_ROWS)
+        dot_tile(q, rows + j * stride, stride, dim, out + j, DOT_ROWS);
+    switch (n_rows - j) {
+    case 3: dot_tile(q, rows + j * stride, stride, dim, out + j, 3); break;
+    case 2: dot_tile(q, rows + j * stride, stride, dim, out + j, 2); break;
+    case 1: dot_tile(q, rows + j * stride, stride, dim, out + j, 1); break;
+    default: break;
+    }
+}
+
+/* out[0..width) += sum_j w[j] * (rows + j*stride)[0..width), in nv vectors
+ * (width in (16 (nv - 1), 16 nv]). */
+FORCE_INLINE void axpy_slice(float *out, const float *w, const float *rows, int64_t stride, int64_t n_rows,
+                             int64_t width, const int nv)
+{
+    __mmask16 m[AXPY_VECS];
+    __m512 a[AXPY_VECS], b[AXPY_VECS];
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) {
+        m[v] = width - 16 * v >= 16 ? 0xffff : tail_mask(width - 16 * v);
+        a[v] = _mm512_maskz_loadu_ps(m[v], out + 16 * v);
+        b[v] = _mm512_setzero_ps();
+    }
+    int64_t j = 0;
+    for (; j + 2 <= n_rows; j += 2) {
+        const float *r0 = rows + j * stride, *r1 = r0 + stride;
+        __m512 w0 = _mm512_set1_ps(w[j]), w1 = _mm512_set1_ps(w[j + 1]);
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            a[v] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m[v], r0 + 16 * v), a[v]);
+            b[v] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m[v], r1 + 16 * v), b[v]);
+        }
+    }
+    if (j < n_rows) {
+        __m512 w0 = _mm512_set1_ps(w[j]);
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            a[v] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m[v], rows + j * stride + 16 * v), a[v]);
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++)
+        _mm512_mask_storeu_ps(out + 16 * v, m[v], _mm512_add_ps(a[v], b[v]));
+}
+
+static void v16_axpy_rows(float *out, const float *w, const float *rows, int64_t stride, int64_t n_rows, int64_t dim)
+{
+    for (int64_t c = 0; c < dim; c += 16 * AXPY_VECS) {
+        int64_t width = dim - c < 16 * AXPY_VECS ? dim - c : 16 * AXPY_VECS;
+        switch ((width + 15) / 16) {
+        case 4: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 4); break;
+        case 3: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 3); break;
+        case 2: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 2); break;
+        default: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 1); break;
+        }
+    }
+}
+
 const ms_kernels_t ms_kernels_avx512 = {
     .name = "avx512",
     .dequant_row = v16_dequant_row,
@@ -500,6 +609,8 @@ const ms_kernels_t ms_kernels_avx512 = {
     .matmul = v16_matmul,
     .dot_f32 = v16_dot_f32,
     .axpy = v16_axpy,
+    .dot_rows = v16_dot_rows,
+    .axpy_rows = v16_axpy_rows,
     .rmsnorm = v16_rmsnorm,
     .swiglu = v16_swiglu,
     .softmax = v16_softmax,

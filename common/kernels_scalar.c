@@ -148,6 +148,18 @@ static void sc_axpy(float *y, float a, const float *x, int64_t n)
         y[i] += a * x[i];
 }
 
+static void sc_dot_rows(const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim, float *out)
+{
+    for (int64_t j = 0; j < n_rows; j++)
+        out[j] = sc_dot_f32(q, rows + j * stride, dim);
+}
+
+static void sc_axpy_rows(float *out, const float *w, const float *rows, int64_t stride, int64_t n_rows, int64_t dim)
+{
+    for (int64_t j = 0; j < n_rows; j++)
+        sc_axpy(out, w[j], rows + j * stride, dim);
+}
+
 static void sc_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
 {
     double ss = 0.0; /* double: the mean of squares of a long row must not drift */
@@ -188,6 +200,8 @@ const ms_kernels_t ms_kernels_scalar = {
     .matmul = sc_matmul,
     .dot_f32 = sc_dot_f32,
     .axpy = sc_axpy,
+    .dot_rows = sc_dot_rows,
+    .axpy_rows = sc_axpy_rows,
     .rmsnorm = sc_rmsnorm,
     .swiglu = sc_swiglu,
     .softmax = sc_softmax,

@@ -348,13 +348,13 @@ static void attn_worker(void *arg, int ith, int nth)
         const float *kbase = kv_row(f, f->kc, f->k_dim, b->seq, c->il, 0) + g * hp->head_dim;
         const float *vbase = kv_row(f, f->vc, f->v_dim, b->seq, c->il, 0) + g * hp->head_dim_v;
         int n_pos = b->pos + 1;
+        k->dot_rows(q, kbase, f->k_dim, n_pos, hp->head_dim, scores);
         for (int j = 0; j < n_pos; j++)
-            scores[j] = k->dot_f32(q, kbase + (size_t)j * (size_t)f->k_dim, hp->head_dim) * scale;
+            scores[j] *= scale;
         k->softmax(scores, n_pos);
         float *out = f->att + t * f->o_dim + h * hp->head_dim_v;
         memset(out, 0, sizeof(float) * (size_t)hp->head_dim_v);
-        for (int j = 0; j < n_pos; j++)
-            k->axpy(out, scores[j], vbase + (size_t)j * (size_t)f->v_dim, hp->head_dim_v);
+        k->axpy_rows(out, scores, vbase, f->v_dim, n_pos, hp->head_dim_v);
     }
 }
 

@@ -2,6 +2,7 @@
  * scalar table against double-precision references, hand-computed values for
  * the conversions, RoPE and dequantisation, and the multi-threaded drivers. */
 #include <CUnit/CUnit.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -571,6 +572,136 @@ static void test_dot_axpy(void)
         }
 }
 
+/* ---- attention over cached rows ---------------------------------------- */
+
+static const int64_t rows_dim[] = { 1, 7, 16, 24, 64, 65, 128, 130 };
+static const int64_t rows_n[] = { 0, 1, 3, 17, 200 };
+enum { ROWS_DIM_MAX = 130, ROWS_N_MAX = 200, ROWS_STRIDE_MAX = 2 * ROWS_DIM_MAX + 17 };
+
+/* Packed rows, a little padding, and more than a row's worth between rows. */
+static int64_t rows_stride(int64_t dim, int s)
+{
+    return s == 0 ? dim : s == 1 ? dim + 3 : 2 * dim + 17;
+}
+
+/* n rows of dim values at stride; the padding and everything after hold NaN,
+ * so a kernel that reads past dim (or past n rows) yields NaN and fails. */
+static void rows_fill(float *rows, int64_t stride, int64_t n, int64_t dim)
+{
+    for (int64_t i = 0; i < ROWS_N_MAX * ROWS_STRIDE_MAX; i++)
+        rows[i] = NAN;
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < dim; i++)
+            rows[j * stride + i] = rnd_f(-1, 1);
+}
+
+/* Any order of summing dim products in float lies within dim * eps * mag of
+ * the exact sum (mag = sum of |products|); two such orders within twice that. */
+static void dot_rows_case(int64_t dim, int64_t n, int64_t stride)
+{
+    static float q[ROWS_DIM_MAX + 1], rows[ROWS_N_MAX * ROWS_STRIDE_MAX], out[ROWS_N_MAX + 1], sc[ROWS_N_MAX];
+    double ref[ROWS_N_MAX], mag[ROWS_N_MAX];
+    for (int64_t i = 0; i < dim; i++)
+        q[i] = rnd_f(-1, 1);
+    q[dim] = NAN;
+    rows_fill(rows, stride, n, dim);
+    for (int64_t j = 0; j < n; j++) {
+        ref[j] = mag[j] = 0;
+        for (int64_t i = 0; i < dim; i++) {
+            ref[j] += (double)q[i] * rows[j * stride + i];
+            mag[j] += fabs((double)q[i] * rows[j * stride + i]);
+        }
+    }
+    for (int ti = 0; ti < n_tables; ti++) {
+        out[n] = 42.0f;
+        tables[ti]->dot_rows(q, rows, stride, n, dim, out);
+        CU_ASSERT_EQUAL(out[n], 42.0f);
+        if (ti == 0)
+            memcpy(sc, out, sizeof(float) * (size_t)n);
+        for (int64_t j = 0; j < n; j++) {
+            double tol = (double)dim * FLT_EPSILON * mag[j];
+            bool ok = fabs(out[j] - ref[j]) <= tol && fabs(out[j] - sc[j]) <= 2 * tol;
+            if (!ok)
+                fprintf(stderr, "%s dot_rows dim %lld n %lld stride %lld row %lld: %g vs %g\n", tables[ti]->name,
+                        (long long)dim, (long long)n, (long long)stride, (long long)j, out[j], ref[j]);
+            CU_ASSERT(ok);
+        }
+    }
+}
+
+static void test_dot_rows(void)
+{
+    CU_ASSERT_STRING_EQUAL_FATAL(tables[0]->name, "scalar");
+    for (size_t d = 0; d < COUNT(rows_dim); d++)
+        for (size_t r = 0; r < COUNT(rows_n); r++)
+            for (int s = 0; s < 3; s++)
+                dot_rows_case(rows_dim[d], rows_n[r], rows_stride(rows_dim[d], s));
+}
+
+/* out[i] starts at y0[i] and gains n products: within (n + 1) * eps * mag. */
+static void axpy_rows_case(int64_t dim, int64_t n, int64_t stride)
+{
+    static float w[ROWS_N_MAX + 1], rows[ROWS_N_MAX * ROWS_STRIDE_MAX], y0[ROWS_DIM_MAX], out[ROWS_DIM_MAX + 1],
+        sc[ROWS_DIM_MAX];
+    double ref[ROWS_DIM_MAX], mag[ROWS_DIM_MAX];
+    for (int64_t j = 0; j < n; j++)
+        w[j] = rnd_f(-1, 1);
+    w[n] = NAN;
+    rows_fill(rows, stride, n, dim);
+    for (int64_t i = 0; i < dim; i++) {
+        y0[i] = rnd_f(-1, 1);
+        ref[i] = y0[i];
+        mag[i] = fabs(y0[i]);
+        for (int64_t j = 0; j < n; j++) {
+            ref[i] += (double)w[j] * rows[j * stride + i];
+            mag[i] += fabs((double)w[j] * rows[j * stride + i]);
+        }
+    }
+    for (int ti = 0; ti < n_tables; ti++) {
+        memcpy(out, y0, sizeof(float) * (size_t)dim);
+        out[dim] = 42.0f;
+        tables[ti]->axpy_rows(out, w, rows, stride, n, dim);
+        CU_ASSERT_EQUAL(out[dim], 42.0f);
+        if (ti == 0)
+            memcpy(sc, out, sizeof(float) * (size_t)dim);
+        if (n == 0)
+            CU_ASSERT(memcmp(out, y0, sizeof(float) * (size_t)dim) == 0);
+        for (int64_t i = 0; i < dim; i++) {
+            double tol = (double)(n + 1) * FLT_EPSILON * mag[i];
+            bool ok = fabs(out[i] - ref[i]) <= tol && fabs(out[i] - sc[i]) <= 2 * tol;
+            if (!ok)
+                fprintf(stderr, "%s axpy_rows dim %lld n %lld stride %lld col %lld: %g vs %g\n", tables[ti]->name,
+                        (long long)dim, (long long)n, (long long)stride, (long long)i, out[i], ref[i]);
+            CU_ASSERT(ok);
+        }
+    }
+}
+
+static void test_axpy_rows(void)
+{
+    CU_ASSERT_STRING_EQUAL_FATAL(tables[0]->name, "scalar");
+    for (size_t d = 0; d < COUNT(rows_dim); d++)
+        for (size_t r = 0; r < COUNT(rows_n); r++)
+            for (int s = 0; s < 3; s++)
+                axpy_rows_case(rows_dim[d], rows_n[r], rows_stride(rows_dim[d], s));
+}
+
+/* Hand values: q = (1, 2, 3) against rows (1, 0, 0), (0, 1, 1), (-1, 1, -1)
+ * gives 1, 5, -2; weights (0.5, 2, -1) over the same rows add
+ * (0.5 + 1, 2 - 1, 2 + 1) = (1.5, 1, 3) to out. */
+static void test_rows_hand(void)
+{
+    const float q[3] = { 1, 2, 3 }, w[3] = { 0.5f, 2, -1 };
+    const float rows[3][4] = { { 1, 0, 0, NAN }, { 0, 1, 1, NAN }, { -1, 1, -1, NAN } };
+    for (int ti = 0; ti < n_tables; ti++) {
+        float s[3], o[3] = { 10, 20, 30 };
+        tables[ti]->dot_rows(q, &rows[0][0], 4, 3, 3, s);
+        CU_ASSERT(s[0] == 1.0f && s[1] == 5.0f && s[2] == -2.0f);
+        tables[ti]->axpy_rows(o, w, &rows[0][0], 4, 3, 3);
+        CU_ASSERT(o[0] == 11.5f && o[1] == 21.0f && o[2] == 33.0f);
+    }
+}
+
 static void test_rmsnorm(void)
 {
     enum { N = 4096 + 5 };
@@ -787,6 +918,9 @@ static int ms_test_register(void)
         !CU_add_test(s, "matmul invalid jobs", test_matmul_invalid) ||
         !CU_add_test(s, "matmul multi on pools", test_matmul_multi) ||
         !CU_add_test(s, "dot and axpy", test_dot_axpy) ||
+        !CU_add_test(s, "dot_rows against double", test_dot_rows) ||
+        !CU_add_test(s, "axpy_rows against double", test_axpy_rows) ||
+        !CU_add_test(s, "dot_rows and axpy_rows hand values", test_rows_hand) ||
         !CU_add_test(s, "rmsnorm", test_rmsnorm) ||
         !CU_add_test(s, "swiglu", test_swiglu) ||
         !CU_add_test(s, "softmax", test_softmax) ||

@@ -19,6 +19,7 @@
 #include "gguf.h"
 #include "gguf_write.h"
 #include "placement.h"
+#include "progress.h"
 #include "shard.h"
 
 #define CMD "pack"
@@ -38,12 +39,6 @@ typedef struct {
     bool force;
 } pack_opts_t;
 
-typedef struct {
-    uint64_t total, done;
-    double t0, last;
-    int last_pct;
-    bool on, tty;
-} pack_progress_t;
 
 /* One tensor of an output file: a whole source tensor, or n_slabs expert
  * slabs of a merged source tensor. */
@@ -71,7 +66,7 @@ typedef struct {
     const char *model_base;
     int32_t *ids;   /* [n_layer][n_expert]: the experts host K holds, per layer */
     int32_t *n_ids; /* [n_layer] */
-    pack_progress_t pr;
+    ms_progress_t pr;
     ms_err_t err;
 } pack_t;
 
@@ -205,22 +200,6 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* A terminal gets one line rewritten each percent; a log gets a line every 10%. */
-static void progress(pack_progress_t *pr, uint64_t nbytes)
-{
-    pr->done += nbytes;
-    if (!pr->on)
-        return;
-    int pct = (int)(pr->done * 100 / pr->total);
-    if (pct == pr->last_pct || (!pr->tty && pct / 10 == pr->last_pct / 10))
-        return;
-    pr->last_pct = pct;
-    double dt = now_s() - pr->t0;
-    fprintf(stderr, "%smoeshard pack: %d%% (%.0f of %.0f MB, %.0f MB/s)%s", pr->tty ? "\r" : "", pct,
-            (double)pr->done / 1e6, (double)pr->total / 1e6, dt > 0 ? (double)pr->done / 1e6 / dt : 0.0,
-            pr->tty && pct < 100 ? "" : "\n");
-}
-
 /* ---- copying with digests ---- */
 
 /* The source pages are not needed again by this pass: let them leave the
@@ -244,7 +223,7 @@ static int copy_bytes(pack_t *pk, ms_gguf_writer_t *w, const uint8_t *p, uint64_
         int rc = ms_gguf_writer_write(w, p + off, len, &pk->err);
         if (rc)
             return rc;
-        progress(&pk->pr, len);
+        ms_progress_add(&pk->pr, len);
     }
     release_pages(p, n);
     return 0;
@@ -641,8 +620,7 @@ static int pack_run(pack_t *pk)
             total += ms_gguf_tensor(pk->g, i)->nbytes;
     for (int32_t k = 0; k < pk->o.hosts; k++)
         total += ms_placement_host_bytes(pk->pl, k);
-    pk->pr = (pack_progress_t){ .total = total, .t0 = now_s(), .last_pct = -1, .on = total >= PACK_PROGRESS_BYTES_MIN,
-                                .tty = isatty(STDERR_FILENO) == 1 };
+    ms_progress_init(&pk->pr, "moeshard pack", total, PACK_PROGRESS_BYTES_MIN);
     size_t n_dense = 0;
     uint64_t dense_bytes = 0;
     rc = write_dense(pk, &n_dense, &dense_bytes);

@@ -14,9 +14,10 @@
 #include <unistd.h>
 
 #include "err.h"
-#include "limits.h" /* before gguf_write.h: gguf.h uses MS_GGUF_DIMS_MAX */
+#include "limits.h"
 #include "gguf_write.h"
 #include "ms_assert.h"
+#include "progress.h"
 #include "types.h"
 
 /* Bounds of this tool only (the model-shape bounds are the runtime's, in limits.h). */
@@ -707,12 +708,6 @@ static uint64_t gm_encode(ms_type_t type, const float *x, uint64_t n, void *out)
     }
 }
 
-typedef struct {
-    uint64_t total, done;
-    int last_pct;
-    bool on, tty;
-} gm_progress_t;
-
 static void gm_fmt_bytes(char *buf, size_t cap, uint64_t b)
 {
     if (b >= 1000000000ull)
@@ -723,27 +718,10 @@ static void gm_fmt_bytes(char *buf, size_t cap, uint64_t b)
         snprintf(buf, cap, "%.0f kB", (double)b / 1e3);
 }
 
-/* A terminal gets one line rewritten each percent; a log gets a line every 10%. */
-static void gm_progress(gm_progress_t *pr, uint64_t nbytes)
-{
-    pr->done += nbytes;
-    if (!pr->on)
-        return;
-    int pct = (int)(pr->done * 100 / pr->total);
-    if (pct == pr->last_pct || (!pr->tty && pct / 10 == pr->last_pct / 10))
-        return;
-    pr->last_pct = pct;
-    char done[32], total[32];
-    gm_fmt_bytes(done, sizeof(done), pr->done);
-    gm_fmt_bytes(total, sizeof(total), pr->total);
-    fprintf(stderr, "%sgenmodel: %d%% (%s of %s)%s", pr->tty ? "\r" : "", pct, done, total,
-            pr->tty && pct < 100 ? "" : "\n");
-}
-
 /* Streams one tensor: values are drawn row block by row block, so memory use
  * is one chunk whatever the tensor's size. */
 static int gm_write_tensor(ms_gguf_writer_t *w, const gm_tensor_t *t, uint64_t seed, float *x, void *buf,
-                           gm_progress_t *pr, ms_err_t *err)
+                           ms_progress_t *pr, ms_err_t *err)
 {
     uint64_t rng = gm_rng_for(seed, t->name);
     uint64_t row = (uint64_t)t->ne[0], rows = (uint64_t)t->ne[1] * (uint64_t)t->ne[2];
@@ -760,7 +738,7 @@ static int gm_write_tensor(ms_gguf_writer_t *w, const gm_tensor_t *t, uint64_t s
         int rc = ms_gguf_writer_write(w, buf, nbytes, err);
         if (rc < 0)
             return rc;
-        gm_progress(pr, nbytes);
+        ms_progress_add(pr, nbytes);
     }
     return 0;
 }
@@ -769,7 +747,8 @@ static int gm_write_data(ms_gguf_writer_t *w, const gm_plan_t *p, const gm_cfg_t
 {
     float *x = gm_xcalloc(GM_CHUNK_ELEMS, sizeof(float));
     void *buf = gm_xcalloc(GM_CHUNK_ELEMS, sizeof(float));
-    gm_progress_t pr = {total, 0, -1, total >= GM_PROGRESS_BYTES_MIN, isatty(STDERR_FILENO) == 1};
+    ms_progress_t pr;
+    ms_progress_init(&pr, "genmodel", total, GM_PROGRESS_BYTES_MIN);
     int rc = 0;
     for (uint32_t i = 0; i < p->n && rc == 0; i++)
         rc = gm_write_tensor(w, &p->t[i], cfg->seed, x, buf, &pr, err);

@@ -24,6 +24,7 @@ typedef struct {
     ms_model_t *m;    /* NULL while only the hyperparameters are read */
     const char *arch;
     const char *path;
+    bool dense;       /* routed experts live elsewhere: not bound, not required */
     ms_err_t *err;
 } loader_t;
 
@@ -249,9 +250,11 @@ static int bind_layer(loader_t *ld, int il)
     }
     rc = rc ? rc : bind_vec(ld, NAME("ffn_norm.weight"), d, false, &L->ffn_norm);
     rc = rc ? rc : bind_mat(ld, NAME("ffn_gate_inp.weight"), d, E, 1, false, &L->router);
-    rc = rc ? rc : bind_mat(ld, NAME("ffn_gate_exps.weight"), d, hp->n_ff_exp, E, false, &L->gate_exps);
-    rc = rc ? rc : bind_mat(ld, NAME("ffn_up_exps.weight"), d, hp->n_ff_exp, E, false, &L->up_exps);
-    rc = rc ? rc : bind_mat(ld, NAME("ffn_down_exps.weight"), hp->n_ff_exp, d, E, false, &L->down_exps);
+    if (!ld->dense) { /* a dense load leaves them zeroed (n_mat 0), even when the file has them */
+        rc = rc ? rc : bind_mat(ld, NAME("ffn_gate_exps.weight"), d, hp->n_ff_exp, E, false, &L->gate_exps);
+        rc = rc ? rc : bind_mat(ld, NAME("ffn_up_exps.weight"), d, hp->n_ff_exp, E, false, &L->up_exps);
+        rc = rc ? rc : bind_mat(ld, NAME("ffn_down_exps.weight"), hp->n_ff_exp, d, E, false, &L->down_exps);
+    }
     if (!rc && hp->shared_expert) {
         int64_t fs = hp->n_ff_shexp;
         const ms_gguf_tensor_t *g = ms_gguf_find_tensor(ld->g, NAME("ffn_gate_inp_shexp.weight"));
@@ -331,7 +334,7 @@ int ms_hparams_read(const ms_gguf_t *g, ms_hparams_t *ret, ms_err_t *err)
 }
 
 /* What running needs beyond the hyperparameters: an embedding, and layer 0's
- * experts (and shared expert) present. */
+ * experts (unless they are computed elsewhere) and shared expert present. */
 static int check_runnable(loader_t *ld)
 {
     const ms_hparams_t *hp = ld->hp;
@@ -339,7 +342,12 @@ static int check_runnable(loader_t *ld)
         ms_err_set(ld->err, "%s: tensor 'token_embd.weight' is missing or not [%d, vocab]", ld->path, hp->n_embd);
         return -EINVAL;
     }
-    if (!ms_gguf_find_tensor(ld->g, "blk.0.ffn_gate_exps.weight")) {
+    if (!ld->dense && ms_gguf_find_kv(ld->g, "moeshard.dense.source")) {
+        ms_err_set(ld->err, "%s: this is the dense part of a packed model: its routed experts live in the host"
+                   " shards, so it runs only with the experts on expert hosts", ld->path);
+        return -EINVAL;
+    }
+    if (!ld->dense && !ms_gguf_find_tensor(ld->g, "blk.0.ffn_gate_exps.weight")) {
         ms_err_set(ld->err, "%s: tensor 'blk.0.ffn_gate_exps.weight' is missing or not 3-D (merged experts [d, ff, experts]);"
                    " only MoE models with merged expert tensors are supported", ld->path);
         return -EINVAL;
@@ -349,6 +357,19 @@ static int check_runnable(loader_t *ld)
         return -EINVAL;
     }
     return 0;
+}
+
+/* A dense part has no expert tensor to state the expert FFN width: take it
+ * from the metadata (ARCH.expert_feed_forward_length, which Qwen MoE files
+ * carry, else ARCH.feed_forward_length, the expert width in Mixtral files). */
+static int read_dense_ff(loader_t *ld)
+{
+    if (ld->hp->n_ff_exp > 0)
+        return 0;
+    char key[128];
+    snprintf(key, sizeof(key), "%s.expert_feed_forward_length", ld->arch);
+    const char *suffix = ms_gguf_find_kv(ld->g, key) ? "expert_feed_forward_length" : "feed_forward_length";
+    return get_int(ld, suffix, -1, 1, MS_FF_MAX, &ld->hp->n_ff_exp);
 }
 
 static int bind_globals(loader_t *ld)
@@ -369,13 +390,15 @@ static void count_bytes_per_token(ms_model_t *m)
     uint64_t per_layer_experts = 0;
     const ms_layer_t *L = &m->layers[0];
     per_layer_experts = L->gate_exps.mat_bytes + L->up_exps.mat_bytes + L->down_exps.mat_bytes;
+    /* a dense load binds no experts (per_layer_experts is 0): their bytes are
+     * read on the expert hosts, which report them (docs/cluster.md) */
     uint64_t tied_extra = m->output.data == m->tok_embd.data ? m->tok_embd.mat_bytes : 0;
     /* everything dense is read once per token, except the embedding (one row) */
     m->bytes_per_token = m->bytes_dense - m->tok_embd.mat_bytes + m->tok_embd.row_bytes + tied_extra
                        + (uint64_t)hp->n_layer * (uint64_t)hp->n_expert_used * per_layer_experts;
 }
 
-int ms_model_from_gguf(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_t *err)
+static int model_from_gguf(ms_gguf_t **gguf_p, bool dense, ms_model_t **ret_model, ms_err_t *err)
 {
     ms_model_t *m = calloc(1, sizeof(*m));
     if (!m) {
@@ -385,11 +408,14 @@ int ms_model_from_gguf(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_t *err
     }
     m->gguf = *gguf_p;
     *gguf_p = NULL;
-    loader_t ld = { .g = m->gguf, .hp = &m->hp, .m = m, .path = ms_gguf_path(m->gguf), .err = err };
+    m->experts_remote = dense;
+    loader_t ld = { .g = m->gguf, .hp = &m->hp, .m = m, .path = ms_gguf_path(m->gguf), .dense = dense, .err = err };
     int rc = ms_hparams_read(m->gguf, &m->hp, err);
     if (!rc)
         ld.arch = ms_arch_name(m->hp.arch);
     rc = rc ? rc : check_runnable(&ld);
+    if (!rc && dense)
+        rc = read_dense_ff(&ld);
     if (!rc) {
         m->layers = calloc((size_t)m->hp.n_layer, sizeof(*m->layers));
         if (!m->layers) {
@@ -409,13 +435,33 @@ int ms_model_from_gguf(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_t *err
     return 0;
 }
 
-int ms_model_load(const char *path, ms_model_t **ret_model, ms_err_t *err)
+int ms_model_from_gguf(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_t *err)
+{
+    return model_from_gguf(gguf_p, false, ret_model, err);
+}
+
+int ms_model_from_gguf_dense(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_t *err)
+{
+    return model_from_gguf(gguf_p, true, ret_model, err);
+}
+
+static int load(const char *path, bool dense, ms_model_t **ret_model, ms_err_t *err)
 {
     ms_gguf_t *g = NULL;
     int rc = ms_gguf_open(path, &g, err);
     if (rc)
         return rc;
-    return ms_model_from_gguf(&g, ret_model, err);
+    return model_from_gguf(&g, dense, ret_model, err);
+}
+
+int ms_model_load(const char *path, ms_model_t **ret_model, ms_err_t *err)
+{
+    return load(path, false, ret_model, err);
+}
+
+int ms_model_load_dense(const char *path, ms_model_t **ret_model, ms_err_t *err)
+{
+    return load(path, true, ret_model, err);
 }
 
 void ms_model_destroy(ms_model_t **self_p)

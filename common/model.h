@@ -84,7 +84,9 @@ typedef struct {
     ms_layer_t *layers;     /* [n_layer] */
     uint64_t bytes_dense;   /* every tensor that is not a routed expert */
     uint64_t bytes_experts; /* the routed experts */
-    uint64_t bytes_per_token; /* weight bytes read for one decoded token (top-k experts, one embedding row) */
+    uint64_t bytes_per_token; /* weight bytes read for one decoded token (top-k experts, one embedding row);
+                               * with experts_remote the dense weights only */
+    bool experts_remote;    /* loaded dense: routed-expert weights are not bound (n_mat 0, data NULL) */
 } ms_model_t;
 
 const char *ms_arch_name(ms_arch_t arch);
@@ -105,6 +107,16 @@ int ms_model_load(const char *path, ms_model_t **ret_model, ms_err_t *err);
 /* Same, over an already opened file whose ownership passes to the model
  * (also on failure: *gguf_p is consumed either way). */
 int ms_model_from_gguf(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_t *err);
+
+/* The dense part only, for a coordinator whose routed experts are computed
+ * elsewhere: a pack's dense.gguf (no expert tensors) or a full model (its
+ * expert tensors are ignored). Layers' gate/up/down_exps stay zeroed,
+ * experts_remote is set, bytes_experts is 0 and bytes_per_token counts the
+ * dense weights only. n_ff_exp comes from the expert tensors when present,
+ * else from ARCH.expert_feed_forward_length, else ARCH.feed_forward_length
+ * (-EINVAL naming the key when neither is there). Other errors as ms_model_load. */
+int ms_model_load_dense(const char *path, ms_model_t **ret_model, ms_err_t *err);
+int ms_model_from_gguf_dense(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_t *err);
 void ms_model_destroy(ms_model_t **self_p);
 
 /* Pointer to expert e's matrix inside a 3-D expert weight. */

@@ -11,6 +11,7 @@
 #include "kernels.h"
 #include "model.h"
 #include "pool.h"
+#include "wire.h"
 
 typedef struct ms_expert_backend ms_expert_backend_t;
 
@@ -31,6 +32,51 @@ struct ms_expert_backend {
  * kernels, for up to max_tokens tokens per step. -EINVAL, -ENOMEM. */
 int ms_backend_local_new(const ms_model_t *m, ms_pool_t *pool, const ms_kernels_t *k, int max_tokens,
                          ms_expert_backend_t **ret_backend);
+
+/* ---- the network backend (backend_net.c): experts computed on expertd hosts ---- */
+
+#define MS_BACKEND_NET_DEADLINE_MS_DEFAULT 10000 /* per dispatch (and for the Hello round) */
+#define MS_BACKEND_NET_DEADLINE_MS_MAX     3600000
+#define MS_BACKEND_NET_EPOCH               1     /* placement epoch of a fresh pack (docs/pack.md) */
+
+typedef struct {
+    ms_wire_dtype_t wire;   /* activations and replies on the wire: f32 (exact), bf16, f16 */
+    int32_t deadline_ms;    /* [1, MS_BACKEND_NET_DEADLINE_MS_MAX]: per dispatch and for the Hello round */
+    int32_t max_tokens;     /* [1, MS_BATCH_TOKENS_MAX]: tokens per submit, buffers sized for it */
+    ms_pool_t *pool;        /* its spin window is set to 0 before blocking on the network; may be NULL */
+} ms_backend_net_params_t;
+
+/* f32, MS_BACKEND_NET_DEADLINE_MS_DEFAULT, MS_BATCH_TOKENS_MAX tokens, no pool. */
+ms_backend_net_params_t ms_backend_net_defaults(void);
+
+/* Traffic counters; "last" is the most recent dispatch (one layer of one step). */
+typedef struct {
+    uint64_t dispatches;              /* submits completed by a successful wait */
+    uint64_t messages_sent;           /* ExpertBatch messages (at most one per host per dispatch) */
+    uint64_t bytes_sent, bytes_received;           /* since creation: headers + tensor frames */
+    uint64_t last_bytes_sent, last_bytes_received; /* the last dispatch */
+    uint64_t stale_dropped;           /* replies of another request or epoch, dropped */
+    uint64_t frames_copied;           /* frames sent by copy because ZeroMQ still held the zero-copy buffer */
+    uint64_t expert_bytes_per_token;  /* from the hosts' Hello: n_layer x top-k x bytes of one slice */
+} ms_backend_net_stats_t;
+
+/* Connects one DEALER socket per endpoint (its own ZeroMQ context), asks each
+ * host for Hello and builds the (layer, expert) -> hosts table; a slice goes
+ * to the first host in endpoint order that holds it. Fails with one message
+ * in err: -EINVAL for bad parameters or an endpoint ZeroMQ refuses (naming it),
+ * -ETIMEDOUT naming every host that did not answer Hello within the deadline,
+ * -EPROTO for a bad Hello reply, -EINVAL when a host serves another model
+ * (layers, hidden size or expert count differ), -ENOENT listing the slices no
+ * host holds (and the endpoints asked), -ENOMEM.
+ * submit refuses (-EINVAL) a layer, token count, k or expert id out of range;
+ * a send that fails is reported by wait. wait fails (-ETIMEDOUT, -EIO for an
+ * Error reply, -EPROTO for a malformed one) naming the host and the layer;
+ * late replies of a failed dispatch are dropped by request id and epoch. */
+int ms_backend_net_new(const ms_model_t *m, const char *const *endpoints, int n_hosts,
+                       const ms_backend_net_params_t *p, ms_expert_backend_t **ret_backend, ms_err_t *err);
+
+/* -EINVAL when b is not a network backend. */
+int ms_backend_net_stats(const ms_expert_backend_t *b, ms_backend_net_stats_t *ret_stats);
 
 /* Accepts NULL and *self_p == NULL; NULLs *self_p. */
 void ms_backend_destroy(ms_expert_backend_t **self_p);

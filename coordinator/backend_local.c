@@ -65,6 +65,8 @@ static void local_destroy(ms_expert_backend_t *self)
 int ms_backend_local_new(const ms_model_t *m, ms_pool_t *pool, const ms_kernels_t *k, int max_tokens,
                          ms_expert_backend_t **ret_backend)
 {
+    if (m->experts_remote) /* a dense part: its experts live on expert hosts */
+        return -EINVAL;
     local_backend_t *b = calloc(1, sizeof(*b));
     if (!b)
         return -ENOMEM;

@@ -1,5 +1,6 @@
-/* moeshard run: the whole model in one process (embedded mode). Prompt ->
- * tokens -> batched prefill -> decode loop with the sampler, streaming text. */
+/* moeshard run: the whole model in one process (embedded mode), or with the
+ * routed experts on expert hosts (--hosts). Prompt -> tokens -> batched
+ * prefill -> decode loop with the sampler, streaming text. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "backend.h"
@@ -36,15 +38,22 @@ typedef struct {
     bool parse_special;
     bool seed_set;
     ms_sampler_params_t sp;
+    const char *hosts;         /* --hosts as given */
+    ms_wire_dtype_t wire;
+    int64_t deadline_ms;
+    bool wire_set, deadline_set;
 } run_opts_t;
 
 static void run_help(void)
 {
     ms_sampler_params_t d = ms_sampler_defaults();
-    printf("usage: moeshard run --model M.gguf (--prompt TEXT | --prompt-file F) [options]\n\n"
+    printf("usage: moeshard run --model M.gguf (--prompt TEXT | --prompt-file F) [options]\n"
+           "       moeshard run --model (M.gguf | PACK_DIR) --hosts EP,EP,... (--prompt TEXT | --prompt-file F) [options]\n\n"
            "Generates text with the whole model in this process and streams it to stdout;\n"
-           "one summary line with prefill and decode speed goes to stderr.\n\n"
-           "  -m, --model FILE         GGUF model (required)\n"
+           "one summary line with prefill and decode speed goes to stderr. With --hosts the\n"
+           "routed experts are computed by expertd hosts instead (docs/cluster.md).\n\n"
+           "  -m, --model FILE         GGUF model (required); with --hosts also a folder written by\n"
+           "                           'moeshard pack' (its dense.gguf is loaded)\n"
            "  -p, --prompt TEXT        prompt text\n"
            "  -f, --prompt-file FILE   read the prompt from FILE\n"
            "  -n, --n-predict N        tokens to generate (default 128; stops early at end-of-text)\n"
@@ -61,13 +70,21 @@ static void run_help(void)
            "      --no-special         treat special-token text in the prompt as plain text\n"
            "      --dump-logits FILE   write float32 logits as .npy [rows, vocab]: one row after each\n"
            "                           prompt token, then one after each generated token fed back\n"
+           "      --hosts EP,EP,...    compute the routed experts on these expertd hosts (ZeroMQ endpoints,\n"
+           "                           e.g. tcp://10.0.0.5:5555); every (layer, expert) must be held by one\n"
+           "                           of them; the model's own expert tensors are then not read\n"
+           "      --wire f32|bf16|f16  activations on the wire with --hosts (default f32: exact)\n"
+           "      --deadline-ms N      with --hosts: wait at most N ms for a host's reply (default %d)\n"
            "  -v, --verbose            more log lines on stderr\n"
            "  -h, --help               this help\n",
            d.temp, d.top_k, d.top_p, d.min_p, d.repeat_penalty, d.repeat_last_n, ms_pool_default_threads(),
-           RUN_BATCH_DEFAULT, MS_BATCH_TOKENS_MAX);
+           RUN_BATCH_DEFAULT, MS_BATCH_TOKENS_MAX, MS_BACKEND_NET_DEADLINE_MS_DEFAULT);
 }
 
-enum { OPT_TEMP = 1000, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REPPEN, OPT_REPN, OPT_NOSPECIAL, OPT_DUMP };
+enum { OPT_TEMP = 1000, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REPPEN, OPT_REPN, OPT_NOSPECIAL, OPT_DUMP, OPT_HOSTS,
+       OPT_WIRE, OPT_DEADLINE };
+
+static bool parse_wire(const char *s, ms_wire_dtype_t *ret);
 
 /* Returns -1 to continue, or an exit status. */
 static int parse_opts(int argc, char **argv, run_opts_t *o)
@@ -83,6 +100,8 @@ static int parse_opts(int argc, char **argv, run_opts_t *o)
         { "ctx", required_argument, 0, 'c' },         { "batch", required_argument, 0, 'b' },
         { "no-special", no_argument, 0, OPT_NOSPECIAL }, { "dump-logits", required_argument, 0, OPT_DUMP },
         { "verbose", no_argument, 0, 'v' },           { "help", no_argument, 0, 'h' },
+        { "hosts", required_argument, 0, OPT_HOSTS }, { "wire", required_argument, 0, OPT_WIRE },
+        { "deadline-ms", required_argument, 0, OPT_DEADLINE },
         { 0, 0, 0, 0 },
     };
     int64_t v;
@@ -110,6 +129,9 @@ static int parse_opts(int argc, char **argv, run_opts_t *o)
         case 'b': ok = coord_parse_i64(CMD, "--batch", optarg, 1, MS_BATCH_TOKENS_MAX, &o->n_batch); break;
         case OPT_NOSPECIAL: o->parse_special = false; break;
         case OPT_DUMP: o->dump_logits = optarg; break;
+        case OPT_HOSTS: o->hosts = optarg; break;
+        case OPT_WIRE: ok = parse_wire(optarg, &o->wire); o->wire_set = true; break;
+        case OPT_DEADLINE: ok = coord_parse_i64(CMD, "--deadline-ms", optarg, 1, MS_BACKEND_NET_DEADLINE_MS_MAX, &o->deadline_ms); o->deadline_set = true; break;
         case 'v': ms_log_set_level(MS_LOG_DEBUG); break;
         case 'h': run_help(); return COORD_EXIT_OK;
         case ':': coord_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]); return COORD_EXIT_USAGE;
@@ -130,7 +152,57 @@ static int parse_opts(int argc, char **argv, run_opts_t *o)
         coord_usage_error(CMD, "give exactly one of --prompt and --prompt-file");
         return COORD_EXIT_USAGE;
     }
+    if (!o->hosts && (o->wire_set || o->deadline_set)) {
+        coord_usage_error(CMD, "--wire and --deadline-ms apply only with --hosts");
+        return COORD_EXIT_USAGE;
+    }
     return -1;
+}
+
+static bool parse_wire(const char *s, ms_wire_dtype_t *ret)
+{
+    if (ms_wire_dtype_parse(s, ret) == 0)
+        return true;
+    fprintf(stderr, "moeshard %s: --wire expects f32, bf16 or f16, not '%s'\n", CMD, s);
+    return false;
+}
+
+/* Splits --hosts at commas into *ret_eps (pointers into *ret_buf; the caller
+ * frees both). -EINVAL (a usage error, printed) or -ENOMEM. */
+static int split_hosts(const char *list, char **ret_buf, const char ***ret_eps, int *ret_n)
+{
+    size_t n = 1;
+    for (const char *c = list; *c; c++)
+        n += *c == ',';
+    if (n > MS_HOSTS_MAX) {
+        coord_usage_error(CMD, "--hosts lists %zu endpoints (at most %d)", n, MS_HOSTS_MAX);
+        return -EINVAL;
+    }
+    char *buf = strdup(list);
+    const char **eps = calloc(n, sizeof(*eps));
+    if (!buf || !eps) {
+        free(buf);
+        free(eps);
+        ms_log_error("out of memory");
+        return -ENOMEM;
+    }
+    int i = 0;
+    for (char *p = buf, *next; p; p = next) {
+        next = strchr(p, ',');
+        if (next)
+            *next++ = '\0';
+        eps[i++] = p;
+        if (!*p) {
+            coord_usage_error(CMD, "--hosts: endpoint %d is empty (expected EP,EP,... such as tcp://HOST:PORT)", i);
+            free(buf);
+            free(eps);
+            return -EINVAL;
+        }
+    }
+    *ret_buf = buf;
+    *ret_eps = eps;
+    *ret_n = i;
+    return 0;
 }
 
 static double now_s(void)
@@ -157,6 +229,10 @@ typedef struct {
     float *logits;
     const ms_kernels_t *k;
     int32_t n_ctx;
+    char *hosts_buf;        /* --hosts split at commas */
+    const char **hosts;     /* [n_hosts] into hosts_buf */
+    int n_hosts;
+    char *dense_path;       /* PACK_DIR/dense.gguf */
 } run_t;
 
 static void run_release(run_t *r)
@@ -172,6 +248,9 @@ static void run_release(run_t *r)
     free(r->prompt_ids);
     free(r->batch);
     free(r->logits);
+    free(r->hosts_buf);
+    free(r->hosts);
+    free(r->dense_path);
 }
 
 static int load_prompt(run_t *r)
@@ -203,17 +282,89 @@ static int load_prompt(run_t *r)
     return 0;
 }
 
+/* The whole model, or with --hosts its dense part: a pack folder's
+ * dense.gguf, or a full model whose expert tensors are left unread. */
+static int load_model(run_t *r, ms_err_t *err)
+{
+    struct stat st;
+    bool is_dir = stat(r->o.model_path, &st) == 0 && S_ISDIR(st.st_mode);
+    if (!r->o.hosts) {
+        if (!is_dir)
+            return ms_model_load(r->o.model_path, &r->model, err);
+        ms_err_set(err, "%s is a folder: a pack from 'moeshard pack' runs with its experts on hosts (--hosts EP,...)",
+                   r->o.model_path);
+        return -EINVAL;
+    }
+    const char *path = r->o.model_path;
+    if (is_dir) {
+        if (asprintf(&r->dense_path, "%s/dense.gguf", r->o.model_path) < 0) {
+            r->dense_path = NULL;
+            return -ENOMEM;
+        }
+        path = r->dense_path;
+    }
+    return ms_model_load_dense(path, &r->model, err);
+}
+
+static bool is_expert_tensor(ms_str_t name)
+{
+    static const char suffix[] = "_exps.weight";
+    size_t n = sizeof(suffix) - 1;
+    return name.len >= n && memcmp(name.ptr + name.len - n, suffix, n) == 0;
+}
+
+/* Maps every page of the weights this process reads now: loading is not
+ * part of the first request's time. With remote experts only the dense
+ * tensors are touched, so a full model does not cost its experts' memory. */
+static int prefault(const ms_model_t *m)
+{
+    const ms_gguf_t *g = m->gguf;
+    if (!m->experts_remote) {
+        uint64_t data = ms_gguf_data_offset(g);
+        return ms_gguf_prefault(g, data, ms_gguf_file_size(g) - data);
+    }
+    for (uint64_t i = 0; i < ms_gguf_n_tensors(g); i++) {
+        const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
+        int rc = is_expert_tensor(t->name) ? 0 : ms_gguf_prefault(g, t->file_offset, t->nbytes);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int make_backend(run_t *r, int n_batch)
+{
+    if (!r->o.hosts) {
+        int rc = ms_backend_local_new(r->model, r->pool, r->k, n_batch, &r->backend);
+        if (rc)
+            ms_log_error("cannot set up the expert computation: %s", strerror(-rc));
+        return rc;
+    }
+    ms_backend_net_params_t p = ms_backend_net_defaults();
+    p.wire = r->o.wire;
+    if (r->o.deadline_ms)
+        p.deadline_ms = (int32_t)r->o.deadline_ms;
+    p.max_tokens = n_batch;
+    p.pool = r->pool;
+    ms_err_t err = { { 0 } };
+    int rc = ms_backend_net_new(r->model, r->hosts, r->n_hosts, &p, &r->backend, &err);
+    if (rc)
+        ms_log_error("%s", err.msg);
+    else
+        ms_log_debug("experts on %d hosts, wire %s, deadline %d ms", r->n_hosts, ms_wire_dtype_name(p.wire),
+                     p.deadline_ms);
+    return rc;
+}
+
 static int setup(run_t *r)
 {
     ms_err_t err = { { 0 } };
-    int rc = ms_model_load(r->o.model_path, &r->model, &err);
+    int rc = load_model(r, &err);
     if (rc) {
-        ms_log_error("%s", err.msg);
+        ms_log_error("%s", err.msg[0] ? err.msg : strerror(-rc));
         return rc;
     }
-    /* map every page now: loading is not part of the first request's time */
-    uint64_t data = ms_gguf_data_offset(r->model->gguf);
-    rc = ms_gguf_prefault(r->model->gguf, data, ms_gguf_file_size(r->model->gguf) - data);
+    rc = prefault(r->model);
     if (rc)
         ms_log_warn("%s: could not read the weights in ahead (%s); the first tokens will be slower",
                     r->o.model_path, strerror(-rc));
@@ -242,11 +393,9 @@ static int setup(run_t *r)
     }
     r->k = ms_kernels_best();
     int n_batch = (int)(r->o.n_batch ? r->o.n_batch : RUN_BATCH_DEFAULT);
-    rc = ms_backend_local_new(r->model, r->pool, r->k, n_batch, &r->backend);
-    if (rc) {
-        ms_log_error("cannot set up the expert computation: %s", strerror(-rc));
+    rc = make_backend(r, n_batch);
+    if (rc)
         return rc;
-    }
     ms_forward_params_t fp = { .n_ctx = r->n_ctx, .n_seq_max = 1, .n_batch_max = n_batch };
     rc = ms_forward_new(r->model, &fp, r->pool, r->k, r->backend, &r->fwd, &err);
     if (rc) {
@@ -375,22 +524,37 @@ static int decode(run_t *r, int *ret_gen, int *ret_steps)
     return rc;
 }
 
+/* Traffic counters of the network backend; zeros in embedded mode. */
+static void net_stats(const run_t *r, ms_backend_net_stats_t *ret)
+{
+    if (!r->o.hosts || ms_backend_net_stats(r->backend, ret))
+        *ret = (ms_backend_net_stats_t){ 0 };
+}
+
 int coord_cmd_run(int argc, char **argv)
 {
     run_t r = { .o = { .n_predict = 128, .parse_special = true, .sp = ms_sampler_defaults() } };
     int status = parse_opts(argc, argv, &r.o);
     if (status >= 0)
         return status;
-    int rc = setup(&r);
+    int rc = r.o.hosts ? split_hosts(r.o.hosts, &r.hosts_buf, &r.hosts, &r.n_hosts) : 0;
+    if (rc) {
+        run_release(&r);
+        return rc == -EINVAL ? COORD_EXIT_USAGE : COORD_EXIT_FAIL;
+    }
+    rc = setup(&r);
     double t0 = now_s(), t1 = t0, t2 = t0;
     int gen = 0, steps = 0;
+    ms_backend_net_stats_t net0 = { 0 }, net1 = { 0 };
     if (!rc) {
         rc = prefill(&r);
         t1 = now_s();
+        net_stats(&r, &net0);
     }
     if (!rc) {
         rc = decode(&r, &gen, &steps);
         t2 = now_s();
+        net_stats(&r, &net1);
     }
     if (!rc && r.npy && ms_npy_close(&r.npy)) {
         ms_log_error("writing '%s' failed", r.o.dump_logits);
@@ -400,13 +564,25 @@ int coord_cmd_run(int argc, char **argv)
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         double pf = t1 > t0 ? (double)r.n_prompt / (t1 - t0) : 0, dc = t2 > t1 && steps ? steps / (t2 - t1) : 0;
+        char net[160] = "";
+        if (r.o.hosts) {
+            uint64_t bytes = net1.bytes_sent + net1.bytes_received - net0.bytes_sent - net0.bytes_received;
+            snprintf(net, sizeof(net), ", experts on %d hosts (wire %s): network %.1f kB/decode step", r.n_hosts,
+                     ms_wire_dtype_name(r.o.wire), steps ? (double)bytes / steps / 1e3 : 0.0);
+        }
         fprintf(stderr,
                 "moeshard: prefill %.1f tok/s (%zu tokens, %.3f s), decode %.1f tok/s (%d steps, %.3f s), "
                 "generated %d tokens, weights/token %.1f MB, peak-rss %.1f MB, kv-cache %.1f MB, "
-                "kernels %s, threads %d, seed %" PRIu64 "\n",
-                pf, r.n_prompt, t1 - t0, dc, steps, t2 - t1, gen, (double)r.model->bytes_per_token / 1e6,
+                "kernels %s, threads %d, seed %" PRIu64 "%s\n",
+                pf, r.n_prompt, t1 - t0, dc, steps, t2 - t1, gen,
+                (double)(r.model->bytes_per_token + net1.expert_bytes_per_token) / 1e6,
                 (double)ru.ru_maxrss * 1024.0 / 1e6, (double)ms_forward_kv_bytes(r.fwd) / 1e6, r.k->name,
-                ms_pool_size(r.pool), r.o.sp.seed);
+                ms_pool_size(r.pool), r.o.sp.seed, net);
+        if (r.o.hosts)
+            ms_log_debug("network: %" PRIu64 " dispatches, %" PRIu64 " batches sent, %" PRIu64 " frames sent by copy,"
+                         " %" PRIu64 " stale replies dropped, %.1f kB sent, %.1f kB received", net1.dispatches,
+                         net1.messages_sent, net1.frames_copied, net1.stale_dropped, (double)net1.bytes_sent / 1e3,
+                         (double)net1.bytes_received / 1e3);
     }
     run_release(&r);
     return rc ? COORD_EXIT_FAIL : COORD_EXIT_OK;

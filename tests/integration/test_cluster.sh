@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# The cluster on one machine: tiny models packed for 3 hosts, 3 expertd on
+# 127.0.0.1, and `moeshard run --hosts` must print the same greedy tokens as
+# the embedded run with logits within 1e-4 (f32 wire); bf16 wire within a
+# loose bound; replicas; the errors for a dead endpoint and a missing host.
+# Then, where network namespaces work, the same with each expertd in its own
+# namespace. Kills only the pids it started; removes only what it created.
+set -euo pipefail
+BIN=${MS_BIN:-$PWD/build/bin}
+PY=/usr/bin/python3
+tmp=$(mktemp -d)
+pids=()
+netns=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    for n in "${netns[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+RUN_TIMEOUT=60
+PROMPT="The quick brown fox jumps over the lazy dog"
+
+free_ports() { # N free TCP ports on 127.0.0.1, space separated
+    "$PY" - "$1" <<'PYEOF'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PYEOF
+}
+
+# start_host NAME MODEL ENDPOINT [NETNS]: one expertd; its pid joins pids.
+start_host() {
+    local name=$1 model=$2 ep=$3 ns=${4:-}
+    if [ -n "$ns" ]; then
+        ip netns exec "$ns" "$BIN/expertd" --listen "$ep" --model "$model" --threads 1 2>"$tmp/$name.log" &
+    else
+        "$BIN/expertd" --listen "$ep" --model "$model" --threads 1 2>"$tmp/$name.log" &
+    fi
+    pids+=($!)
+}
+
+# wait_serving NAME...: until each log says it serves (10 s at most).
+wait_serving() {
+    local name i
+    for name in "$@"; do
+        for ((i = 0; i < 100; i++)); do
+            grep -q "serving" "$tmp/$name.log" 2>/dev/null && break
+            sleep 0.1
+        done
+        grep -q "serving" "$tmp/$name.log" || fail "expertd $name did not start: $(cat "$tmp/$name.log")"
+    done
+}
+
+stop_hosts() { # stops every expertd started so far
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    pids=()
+}
+
+# run_model OUT MODEL [options...]: 64 greedy tokens; stdout to OUT.txt, logits to OUT.npy.
+run_model() {
+    local out=$1 model=$2
+    shift 2
+    timeout "$RUN_TIMEOUT" "$BIN/moeshard" run --model "$model" -p "$PROMPT" -n 64 --temp 0 \
+        --dump-logits "$out.npy" "$@" >"$out.txt" 2>"$out.err" || fail "run $out failed: $(cat "$out.err")"
+}
+
+# max |a - b| over two logit dumps of the same shape, printed.
+max_diff() {
+    "$PY" - "$1" "$2" <<'PYEOF'
+import sys
+import numpy as np
+a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+assert a.shape == b.shape and a.shape[0] > 64, (a.shape, b.shape)
+print("%.3g %.3g" % (float(np.abs(a.astype(np.float64) - b).max()), float(np.abs(b).max())))
+PYEOF
+}
+
+# Like max_diff over the rows up to and including the first whose greedy
+# choice differs (after it the two runs continue from different tokens).
+prefix_diff() {
+    "$PY" - "$1" "$2" <<'PYEOF'
+import sys
+import numpy as np
+a, b = np.load(sys.argv[1]).astype(np.float64), np.load(sys.argv[2])
+assert a.shape == b.shape, (a.shape, b.shape)
+flips = np.nonzero(a.argmax(axis=1) != b.argmax(axis=1))[0]
+n = int(flips[0]) + 1 if len(flips) else a.shape[0]
+what = "all %d rows, same tokens" % n if not len(flips) else "%d of %d rows, first greedy flip at row %d" % (n, a.shape[0], n - 1)
+print("%.3g %.3g %s" % (float(np.abs(a[:n] - b[:n]).max()), float(np.abs(b[:n]).max()), what))
+PYEOF
+}
+
+# same_as_embedded NAME REF: tokens identical, logits within 1e-4.
+same_as_embedded() {
+    local name=$1 ref=$2
+    cmp -s "$tmp/$name.txt" "$tmp/$ref.txt" || fail "$name: tokens differ from the embedded run"
+    read -r diff _ < <(max_diff "$tmp/$name.npy" "$tmp/$ref.npy")
+    echo "$name: max logit difference to embedded $diff"
+    "$PY" -c "import sys; sys.exit(0 if float('$diff') <= 1e-4 else 1)" || fail "$name: logits differ by $diff"
+}
+
+hosts_of() { # endpoints for ports on host address $1
+    local addr=$1 out="" p
+    shift
+    for p in "$@"; do out+="${out:+,}tcp://$addr:$p"; done
+    echo "$out"
+}
+
+# ---- loopback: llama and qwen2moe, replicas 1 ----
+for arch in llama qwen2moe; do
+    "$BIN/genmodel" --arch "$arch" --type f32 --out "$tmp/$arch.gguf" >/dev/null 2>&1 || fail "genmodel $arch"
+    "$BIN/moeshard" pack "$tmp/$arch.gguf" --hosts 3 --replicas 1 --out "$tmp/$arch-p1" >/dev/null \
+        || fail "pack $arch"
+    run_model "$tmp/$arch-embedded" "$tmp/$arch.gguf"
+    read -r -a ports < <(free_ports 3)
+    for k in 0 1 2; do start_host "$arch-h$k" "$tmp/$arch-p1/host-$k.gguf" "tcp://127.0.0.1:${ports[$k]}"; done
+    wait_serving "$arch-h0" "$arch-h1" "$arch-h2"
+    H=$(hosts_of 127.0.0.1 "${ports[@]}")
+    run_model "$tmp/$arch-pack" "$tmp/$arch-p1" --hosts "$H"
+    same_as_embedded "$arch-pack" "$arch-embedded"
+    grep -q "experts on 3 hosts (wire f32)" "$tmp/$arch-pack.err" || fail "summary: $(cat "$tmp/$arch-pack.err")"
+    run_model "$tmp/$arch-full" "$tmp/$arch.gguf" --hosts "$H"   # a full model: its experts unused
+    same_as_embedded "$arch-full" "$arch-embedded"
+    # bf16 halves the bytes and rounds each activation and partial sum to 8
+    # significant bits (relative error <= 2^-9); through two layers of these
+    # random weights that moves logits by a few 1e-2 of their magnitude. Once
+    # a greedy choice flips the two runs continue from different text, so only
+    # the rows up to the first flip are compared. The bound (5% of the largest
+    # logit) only catches a broken conversion.
+    run_model "$tmp/$arch-bf16" "$tmp/$arch-p1" --hosts "$H" --wire bf16
+    read -r diff mag rows < <(prefix_diff "$tmp/$arch-bf16.npy" "$tmp/$arch-embedded.npy")
+    echo "$arch-bf16: max logit difference to embedded $diff (largest |logit| $mag; $rows)"
+    "$PY" -c "import sys; sys.exit(0 if float('$diff') <= 0.05 * float('$mag') else 1)" \
+        || fail "$arch bf16: logits differ by $diff"
+    stop_hosts
+done
+
+# ---- replicas 2 over 3 hosts: all three, then any two cover every slice ----
+"$BIN/moeshard" pack "$tmp/qwen2moe.gguf" --hosts 3 --replicas 2 --out "$tmp/q-p2" >/dev/null || fail "pack R=2"
+read -r -a ports < <(free_ports 3)
+for k in 0 1 2; do start_host "q2-h$k" "$tmp/q-p2/host-$k.gguf" "tcp://127.0.0.1:${ports[$k]}"; done
+wait_serving q2-h0 q2-h1 q2-h2
+run_model "$tmp/q2-all" "$tmp/q-p2" --hosts "$(hosts_of 127.0.0.1 "${ports[@]}")"
+same_as_embedded q2-all qwen2moe-embedded
+run_model "$tmp/q2-two" "$tmp/q-p2" --hosts "$(hosts_of 127.0.0.1 "${ports[1]}" "${ports[2]}")"
+same_as_embedded q2-two qwen2moe-embedded
+stop_hosts
+
+# ---- errors ----
+set +e
+read -r -a ports < <(free_ports 3)
+start=$(date +%s)
+timeout "$RUN_TIMEOUT" "$BIN/moeshard" run --model "$tmp/qwen2moe-p1" --hosts "tcp://127.0.0.1:${ports[0]}" \
+    --deadline-ms 2000 -p "x" -n 4 >/dev/null 2>"$tmp/dead.err"
+rc=$?
+elapsed=$(($(date +%s) - start))
+[ $rc -eq 1 ] && grep -q "no Hello reply within 2000 ms from tcp://127.0.0.1:${ports[0]}" "$tmp/dead.err" \
+    || fail "nothing listening: rc $rc: $(cat "$tmp/dead.err")"
+[ $elapsed -le 6 ] || fail "nothing listening: took $elapsed s with a 2 s deadline"
+
+for k in 0 1; do start_host "miss-h$k" "$tmp/qwen2moe-p1/host-$k.gguf" "tcp://127.0.0.1:${ports[$k]}"; done
+wait_serving miss-h0 miss-h1
+timeout "$RUN_TIMEOUT" "$BIN/moeshard" run --model "$tmp/qwen2moe-p1" \
+    --hosts "$(hosts_of 127.0.0.1 "${ports[@]}")" --deadline-ms 2000 -p "x" -n 4 >/dev/null 2>"$tmp/miss.err"
+rc=$?
+[ $rc -eq 1 ] || fail "host-2 not started: rc $rc: $(cat "$tmp/miss.err")"
+grep -q "no Hello reply within 2000 ms from tcp://127.0.0.1:${ports[2]} .*; without it, no live host holds" \
+    "$tmp/miss.err" || fail "host-2 not started: $(cat "$tmp/miss.err")"
+stop_hosts
+# the same two hosts, the third not even listed
+for k in 0 1; do start_host "miss2-h$k" "$tmp/qwen2moe-p1/host-$k.gguf" "tcp://127.0.0.1:${ports[$k]}"; done
+wait_serving miss2-h0 miss2-h1
+timeout "$RUN_TIMEOUT" "$BIN/moeshard" run --model "$tmp/qwen2moe-p1" \
+    --hosts "$(hosts_of 127.0.0.1 "${ports[0]}" "${ports[1]}")" -p "x" -n 4 >/dev/null 2>"$tmp/miss2.err"
+rc=$?
+set -e
+[ $rc -eq 1 ] || fail "two of three hosts: rc $rc: $(cat "$tmp/miss2.err")"
+# both messages list exactly host-2's slices (plan.json), compactly
+for f in miss miss2; do
+    "$PY" - "$tmp/qwen2moe-p1/plan.json" "$tmp/$f.err" <<'PYEOF' || fail "missing slices: $(cat "$tmp/$f.err")"
+import json, re, sys
+plan = json.load(open(sys.argv[1]))
+msg = open(sys.argv[2]).read()
+missing = {layer: ids for layer, ids in plan["host_files"][2]["slices"]}
+n = sum(len(v) for v in missing.values())
+m = re.search(r"no live host holds (.*) \((\d+) slices; hosts: ", msg)
+assert m and int(m.group(2)) == n, msg
+listed = {}
+for part in m.group(1).split("; "):
+    lm = re.fullmatch(r"layer (\d+) experts? ([\d,-]+)", part)
+    assert lm, part
+    ids = []
+    for r in lm.group(2).split(","):
+        a, _, b = r.partition("-")
+        ids += list(range(int(a), int(b or a) + 1))
+    listed[int(lm.group(1))] = ids
+assert listed == missing, (listed, missing)
+PYEOF
+done
+stop_hosts
+echo "loopback: ok"
+
+# ---- network namespaces: each expertd in its own, the coordinator in a fourth ----
+# Every address lives in a namespace this test creates (192.0.2.0/24, TEST-NET-1),
+# so nothing is added to the root namespace's links, addresses or routes.
+tag="ms$$"
+if ! ip netns add "${tag}c" 2>/dev/null; then
+    echo "skipping the network namespace part: 'ip netns add' is not permitted here"
+    exit 0
+fi
+netns+=("${tag}c")
+ip -n "${tag}c" link set lo up
+read -r -a ports < <(free_ports 3)
+H=""
+for k in 0 1 2; do
+    ns="${tag}h$k"
+    ip netns add "$ns"
+    netns+=("$ns")
+    ip link add "${tag}c$k" netns "${tag}c" type veth peer name "${tag}h$k" netns "$ns"
+    ip -n "${tag}c" addr add "192.0.2.$((4 * k + 1))/30" dev "${tag}c$k"
+    ip -n "$ns" addr add "192.0.2.$((4 * k + 2))/30" dev "${tag}h$k"
+    ip -n "${tag}c" link set "${tag}c$k" up
+    ip -n "$ns" link set "${tag}h$k" up
+    ip -n "$ns" link set lo up
+    start_host "ns-h$k" "$tmp/qwen2moe-p1/host-$k.gguf" "tcp://192.0.2.$((4 * k + 2)):${ports[$k]}" "$ns"
+    H+="${H:+,}tcp://192.0.2.$((4 * k + 2)):${ports[$k]}"
+done
+wait_serving ns-h0 ns-h1 ns-h2
+ip netns exec "${tag}c" timeout "$RUN_TIMEOUT" "$BIN/moeshard" run --model "$tmp/qwen2moe-p1" --hosts "$H" \
+    -p "$PROMPT" -n 64 --temp 0 --dump-logits "$tmp/ns.npy" >"$tmp/ns.txt" 2>"$tmp/ns.err" \
+    || fail "run across namespaces: $(cat "$tmp/ns.err")"
+same_as_embedded ns qwen2moe-embedded
+echo "network namespaces: ok"

@@ -96,15 +96,27 @@ static void mm_multi_thread(void *arg, int ith, int nth)
     }
 }
 
+/* Below this much work (weight bytes x tokens) a product runs on the caller:
+ * handing it to the pool costs a synchronisation worth more than its half
+ * (a 32-expert router of 35 KB takes ~1.5 us alone). */
+#define MS_MM_INLINE_BYTES (128u << 10)
+
 void ms_matmul_multi(ms_pool_t *pool, const ms_kernels_t *k, const ms_mm_t *jobs, int n_jobs)
 {
     mm_multi_ctx_t c = { .k = k, .jobs = jobs, .n_jobs = n_jobs, .units = 0 };
-    for (int j = 0; j < n_jobs; j++)
+    uint64_t work = 0;
+    for (int j = 0; j < n_jobs; j++) {
         c.units += mm_units(&jobs[j]);
+        work += ms_type_row_bytes(jobs[j].type, (uint64_t)jobs[j].n_in) * (uint64_t)jobs[j].n_out *
+                (uint64_t)jobs[j].n_tok;
+    }
     if (c.units == 0)
         return;
-    ms_pool_run(c.units > 1 ? pool : NULL, mm_multi_thread, &c);
+    ms_pool_run(c.units > 1 && work >= MS_MM_INLINE_BYTES ? pool : NULL, mm_multi_thread, &c);
 }
+
+/* Rows of activations quantised on the caller rather than the pool. */
+#define MS_QUANT_INLINE_ELEMS (64 * 1024)
 
 typedef struct {
     const ms_kernels_t *k;
@@ -131,7 +143,8 @@ void ms_act_quantize_rows(ms_pool_t *pool, const ms_kernels_t *k, ms_type_t type
                       .xq = xq, .xq_row = ms_act_row_bytes(type, n_in) };
     if (c.xq_row == 0 || n_tok <= 0)
         return;
-    ms_pool_run(n_tok > 1 ? pool : NULL, quant_thread, &c);
+    /* a few rows (decode: one per chosen expert) cost less than a pool handoff */
+    ms_pool_run(n_tok * n_in > MS_QUANT_INLINE_ELEMS ? pool : NULL, quant_thread, &c);
 }
 
 /* Element offsets of the two values rotated by frequency i. */

@@ -139,9 +139,11 @@ static const q8_tile_fn q8_tiles[Q8_MR][Q8_MT] = {
  * quants already biased to unsigned, scales already broadcast. */
 #define Q8_VEC_PAIRS_MAX 128 /* rows up to 8192 values take the decode path */
 
-/* One token (decode): each weight row streams once; two accumulators keep
- * the FMA chain off the critical path, and the activation side costs
- * nothing per row beyond two L1 loads per pair. */
+/* One token (decode): each weight row streams once, and the activation side
+ * costs nothing per row beyond two L1 loads per pair. The accumulation order
+ * is q8_tile's exactly (one accumulator, pairs in order, a lone last block
+ * last), so a token's result does not depend on how many tokens share the
+ * call: continuous batching gives the same logits as a request run alone. */
 static void q8_matvec(const ms_mm_t *mm, int64_t r0, int64_t r1)
 {
     int64_t nb = mm->n_in / MS_QK8_0, np = nb / 2;
@@ -160,26 +162,33 @@ static void q8_matvec(const ms_mm_t *mm, int64_t r0, int64_t r1)
     }
     for (int64_t r = r0; r < r1; r++) {
         const ms_block_q8_0_t *w = (const ms_block_q8_0_t *)mm->w + r * nb;
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        __m512 acc = _mm512_setzero_ps();
         int64_t p = 0;
+        /* two pairs per iteration (their integer sums are independent), added
+         * to the one accumulator in pair order */
         for (; p + 2 <= np; p += 2) {
             __m512i w0 = q8_load2(w + 2 * p), w1 = q8_load2(w + 2 * p + 2);
-            __m512i s0 = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, xv[p], w0), _mm512_dpbusd_epi32(zero, bias, w0));
-            __m512i s1 = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, xv[p + 1], w1), _mm512_dpbusd_epi32(zero, bias, w1));
-            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(q8_scale2(w + 2 * p), xd[p]), acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(q8_scale2(w + 2 * p + 2), xd[p + 1]), acc1);
+            __m512i s0 = _mm512_dpbusd_epi32(_mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, w0)), xv[p], w0);
+            __m512i s1 =
+                _mm512_dpbusd_epi32(_mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, w1)), xv[p + 1], w1);
+            __m512 d0 = _mm512_mul_ps(q8_scale2(w + 2 * p), xd[p]);
+            __m512 d1 = _mm512_mul_ps(q8_scale2(w + 2 * p + 2), xd[p + 1]);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), d0, acc);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), d1, acc);
         }
         for (; p < np; p++) {
             __m512i w0 = q8_load2(w + 2 * p);
-            __m512i s0 = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, xv[p], w0), _mm512_dpbusd_epi32(zero, bias, w0));
-            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(q8_scale2(w + 2 * p), xd[p]), acc0);
+            __m512i corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, w0));
+            __m512i s0 = _mm512_dpbusd_epi32(corr, xv[p], w0);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(q8_scale2(w + 2 * p), xd[p]), acc);
         }
         if (nb % 2) {
             __m512i w0 = q8_load1(w + nb - 1);
-            __m512i s0 = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, xv[np], w0), _mm512_dpbusd_epi32(zero, bias, w0));
-            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(q8_scale1(w + nb - 1), xd[np]), acc1);
+            __m512i corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, w0));
+            __m512i s0 = _mm512_dpbusd_epi32(corr, xv[np], w0);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(q8_scale1(w + nb - 1), xd[np]), acc);
         }
-        mm->y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        mm->y[r] = _mm512_reduce_add_ps(acc);
     }
 }
 

@@ -444,6 +444,40 @@ static void test_matmul_shapes(void)
                 }
 }
 
+/* A token's result must not depend on the other tokens of the call (its
+ * tile shape): continuous batching relies on it for outputs identical to a
+ * request run alone. Bit-for-bit, for every table, type and batch size. */
+static void test_matmul_batch_invariant(void)
+{
+    static const int64_t n_toks[] = { 2, 3, 4, 5, 8, 9, 17 };
+    static const int64_t n_ins[] = { 96, 1056 };
+    for (int ti = 0; ti < n_tables; ti++)
+        for (size_t ty = 0; ty < COUNT(mm_types); ty++)
+            for (size_t a = 0; a < COUNT(n_ins); a++)
+                for (size_t b = 0; b < COUNT(n_toks); b++) {
+                    mm_case_t c;
+                    case_new(&c, mm_types[ty], 37, n_ins[a], n_toks[b]);
+                    case_run(tables[ti], &c);
+                    size_t xb = ms_act_row_bytes(c.type, c.n_in);
+                    float *solo = malloc(sizeof(float) * (size_t)c.ldy);
+                    int bad = 0;
+                    for (int64_t t = 0; t < c.n_tok; t++) {
+                        ms_mm_t one = case_job(&c, solo);
+                        one.x = c.x + t * c.ldx;
+                        one.xq = xb ? (const char *)c.xq + (size_t)t * xb : NULL;
+                        one.n_tok = 1;
+                        tables[ti]->matmul(&one, 0, c.n_out);
+                        bad += memcmp(solo, c.y + t * c.ldy, sizeof(float) * (size_t)c.n_out) != 0;
+                    }
+                    if (bad)
+                        fprintf(stderr, "%s: type %d n_in %lld: %d of %lld tokens differ alone and in a batch\n",
+                                tables[ti]->name, (int)c.type, (long long)c.n_in, bad, (long long)c.n_tok);
+                    CU_ASSERT_EQUAL(bad, 0);
+                    free(solo);
+                    case_free(&c);
+                }
+}
+
 /* The largest products the int8 paths can meet: w = -128 against x = -127
  * (maddubs would saturate int16 if the sign trick were wrong). */
 static void test_matmul_q8_extremes(void)
@@ -915,6 +949,7 @@ static int ms_test_register(void)
         !CU_add_test(s, "quantize act", test_quantize_act) ||
         !CU_add_test(s, "matmul all shapes and types", test_matmul_shapes) ||
         !CU_add_test(s, "matmul q8 extremes", test_matmul_q8_extremes) ||
+        !CU_add_test(s, "matmul: a token's result independent of its batch", test_matmul_batch_invariant) ||
         !CU_add_test(s, "matmul invalid jobs", test_matmul_invalid) ||
         !CU_add_test(s, "matmul multi on pools", test_matmul_multi) ||
         !CU_add_test(s, "dot and axpy", test_dot_axpy) ||

@@ -129,7 +129,7 @@ test: tests-build
 
 DEB_PKGS := build-essential pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler \
             liburing-dev libssl-dev libcunit1-dev libpcre2-dev libmicrohttpd-dev libjansson-dev \
-            libsystemd-dev python3 python3-numpy
+            libsystemd-dev python3 python3-numpy curl iproute2 procps
 deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root (it installs Debian packages with apt-get)" >&2; exit 1; fi
 	apt-get update -qq

@@ -75,8 +75,25 @@ typedef struct {
 int ms_backend_net_new(const ms_model_t *m, const char *const *endpoints, int n_hosts,
                        const ms_backend_net_params_t *p, ms_expert_backend_t **ret_backend, ms_err_t *err);
 
-/* -EINVAL when b is not a network backend. */
+/* -EINVAL when b is not a network backend. The figures are those of the
+ * last completed dispatch (wait); safe to call from any thread. */
 int ms_backend_net_stats(const ms_expert_backend_t *b, ms_backend_net_stats_t *ret_stats);
+
+/* One host's figures, as of the last completed dispatch. */
+typedef struct {
+    const char *endpoint;            /* borrowed: lives as long as the backend */
+    uint32_t slices_held;            /* from its Hello */
+    uint64_t memory_bytes;           /* bytes of expert slices it holds (Hello) */
+    uint64_t bytes_sent, bytes_received;
+    uint64_t replies;                /* replies awaited and received */
+    double rtt_ms_mean;              /* send to reply, over those replies */
+    int64_t last_reply_us;           /* CLOCK_MONOTONIC microseconds of the last reply; 0: none */
+} ms_backend_net_host_stats_t;
+
+/* Hosts of a network backend, or -EINVAL. */
+int ms_backend_net_n_hosts(const ms_expert_backend_t *b);
+/* -EINVAL when b is not a network backend or h is out of range; any thread. */
+int ms_backend_net_host_stats(const ms_expert_backend_t *b, int h, ms_backend_net_host_stats_t *ret_stats);
 
 /* Accepts NULL and *self_p == NULL; NULLs *self_p. */
 void ms_backend_destroy(ms_expert_backend_t **self_p);

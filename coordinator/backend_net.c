@@ -3,6 +3,7 @@
 #include "backend.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -35,6 +36,11 @@ typedef struct {
     atomic_int frame_held;   /* 1 while ZeroMQ holds frame (cleared from its I/O thread) */
     ms_wire_rx_t rx;         /* the reply, kept (no copy) until combined */
     const void *reply;       /* its tensor frame, [n_tok][d] of the wire dtype */
+    /* figures for status (published with the backend's counters) */
+    uint32_t slices_held;
+    uint64_t memory_bytes;
+    uint64_t bytes_sent, bytes_received, replies, rtt_us_sum;
+    int64_t sent_at_us, last_reply_us; /* last_reply_us 0: none yet */
 } net_host_t;
 
 /* What the Hello round collects before the slice table is built. */
@@ -69,12 +75,24 @@ typedef struct {
     bool submitted;
     uint64_t next_id;
     ms_backend_net_stats_t st;
+    /* a copy of st and the hosts' figures, for readers on other threads */
+    pthread_mutex_t pub_lock;
+    bool pub_lock_init;
+    ms_backend_net_stats_t pub;
+    ms_backend_net_host_stats_t *pub_hosts; /* [n_hosts] */
 } net_backend_t;
 
 ms_backend_net_params_t ms_backend_net_defaults(void)
 {
     return (ms_backend_net_params_t){ .wire = MS_WIRE_F32, .deadline_ms = MS_BACKEND_NET_DEADLINE_MS_DEFAULT,
                                       .max_tokens = MS_BATCH_TOKENS_MAX, .pool = NULL };
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static int64_t now_ms(void)
@@ -193,8 +211,10 @@ static int recv_one(net_backend_t *b, int h, ms_wire_rx_t **ret_rx)
         ms_wire_rx_close(rx);
         return rc;
     }
-    for (int i = 0; i < rx->n_parts; i++)
+    for (int i = 0; i < rx->n_parts; i++) {
         b->st.bytes_received += ms_wire_rx_size(rx, i);
+        H->bytes_received += ms_wire_rx_size(rx, i);
+    }
     *ret_rx = rx;
     return 1;
 }
@@ -250,6 +270,11 @@ static int handle_readable(net_backend_t *b, int h, on_reply_fn on_reply, ms_err
             continue;
         }
         H->pending = false;
+        H->last_reply_us = now_us();
+        if (H->sent_at_us) { /* a batch's reply (the Hello round is not timed) */
+            H->replies++;
+            H->rtt_us_sum += (uint64_t)(H->last_reply_us - H->sent_at_us);
+        }
         rc = on_reply(b, h, err);
         if (rc)
             return rc;
@@ -359,6 +384,8 @@ static int on_hello(net_backend_t *b, int h, ms_err_t *err)
         size_t s = (size_t)hi->held[i].layer * (size_t)b->n_expert + (size_t)hi->held[i].expert;
         bits[s / 64] |= 1ull << (s % 64);
     }
+    H->slices_held = hi->n_held;
+    H->memory_bytes = hi->memory_bytes;
     if (hi->n_held && hi->memory_bytes / hi->n_held > hs->slice_bytes)
         hs->slice_bytes = hi->memory_bytes / hi->n_held;
     return 0;
@@ -567,6 +594,8 @@ static int send_batch(net_backend_t *b, net_host_t *H, const float *x)
     b->st.messages_sent++;
     b->st.last_bytes_sent += len + bytes;
     b->st.bytes_sent += len + bytes;
+    H->bytes_sent += len + bytes;
+    H->sent_at_us = now_us();
     return 0;
 }
 
@@ -637,6 +666,23 @@ static void combine(net_backend_t *b, float *out)
     }
 }
 
+/* Copies the counters for ms_backend_net_stats and _host_stats, which may
+ * run on another thread (a status request) while this one dispatches. */
+static void publish(net_backend_t *b)
+{
+    pthread_mutex_lock(&b->pub_lock);
+    b->pub = b->st;
+    for (int h = 0; h < b->n_hosts; h++) {
+        const net_host_t *H = &b->hosts[h];
+        b->pub_hosts[h] = (ms_backend_net_host_stats_t){
+            .endpoint = H->endpoint, .slices_held = H->slices_held, .memory_bytes = H->memory_bytes,
+            .bytes_sent = H->bytes_sent, .bytes_received = H->bytes_received, .replies = H->replies,
+            .rtt_ms_mean = H->replies ? (double)H->rtt_us_sum / (double)H->replies / 1e3 : 0.0,
+            .last_reply_us = H->last_reply_us };
+    }
+    pthread_mutex_unlock(&b->pub_lock);
+}
+
 static int report_send_failure(net_backend_t *b, ms_err_t *err)
 {
     for (int h = 0; h < b->n_hosts; h++) {
@@ -676,6 +722,7 @@ static int net_wait(ms_expert_backend_t *self, float *out, ms_err_t *err)
     }
     b->st.last_bytes_received = b->st.bytes_received - received0;
     drop_pending(b);
+    publish(b);
     return rc;
 }
 
@@ -702,6 +749,9 @@ static void net_destroy(ms_expert_backend_t *self)
         free(H->frame);
     }
     free(b->hosts);
+    free(b->pub_hosts);
+    if (b->pub_lock_init)
+        pthread_mutex_destroy(&b->pub_lock);
     free(b->items);
     free(b->first);
     free(b->holders);
@@ -750,11 +800,12 @@ static int alloc_backend(net_backend_t *b, const char *const *endpoints, ms_err_
 {
     size_t rows = (size_t)b->p.max_tokens;
     b->hosts = calloc((size_t)b->n_hosts, sizeof(*b->hosts));
+    b->pub_hosts = calloc((size_t)b->n_hosts, sizeof(*b->pub_hosts));
     b->items = calloc((size_t)b->n_hosts, sizeof(*b->items));
     b->hdr = malloc(MS_WIRE_HEADER_BYTES_MAX);
     b->copy = malloc(rows * (size_t)b->d * b->wbytes);
     b->conv = malloc(rows * (size_t)b->d * sizeof(float));
-    int rc = b->hosts && b->items && b->hdr && b->copy && b->conv ? ms_wire_msg_new(&b->msg) : -ENOMEM;
+    int rc = b->hosts && b->pub_hosts && b->items && b->hdr && b->copy && b->conv ? ms_wire_msg_new(&b->msg) : -ENOMEM;
     for (int h = 0; !rc && h < b->n_hosts; h++)
         rc = alloc_host(b, &b->hosts[h], endpoints[h]);
     if (rc)
@@ -783,6 +834,8 @@ int ms_backend_net_new(const ms_model_t *m, const char *const *endpoints, int n_
     b->wbytes = ms_wire_dtype_bytes(p->wire);
     b->n_hosts = n_hosts;
     b->next_id = 1;
+    pthread_mutex_init(&b->pub_lock, NULL);
+    b->pub_lock_init = true;
     rc = alloc_backend(b, endpoints, err);
     b->zctx = rc ? NULL : zmq_ctx_new();
     if (!rc && !b->zctx) {
@@ -796,6 +849,7 @@ int ms_backend_net_new(const ms_model_t *m, const char *const *endpoints, int n_
         net_destroy(&b->base);
         return rc;
     }
+    publish(b);
     *ret_backend = &b->base;
     return 0;
 }
@@ -804,6 +858,27 @@ int ms_backend_net_stats(const ms_expert_backend_t *self, ms_backend_net_stats_t
 {
     if (!self || self->submit != net_submit)
         return -EINVAL;
-    *ret_stats = ((const net_backend_t *)self)->st;
+    net_backend_t *b = (net_backend_t *)self;
+    pthread_mutex_lock(&b->pub_lock);
+    *ret_stats = b->pub;
+    pthread_mutex_unlock(&b->pub_lock);
+    return 0;
+}
+
+int ms_backend_net_n_hosts(const ms_expert_backend_t *self)
+{
+    if (!self || self->submit != net_submit)
+        return -EINVAL;
+    return ((const net_backend_t *)self)->n_hosts;
+}
+
+int ms_backend_net_host_stats(const ms_expert_backend_t *self, int h, ms_backend_net_host_stats_t *ret_stats)
+{
+    if (!self || self->submit != net_submit || h < 0 || h >= ((const net_backend_t *)self)->n_hosts)
+        return -EINVAL;
+    net_backend_t *b = (net_backend_t *)self;
+    pthread_mutex_lock(&b->pub_lock);
+    *ret_stats = b->pub_hosts[h];
+    pthread_mutex_unlock(&b->pub_lock);
     return 0;
 }

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "chat.h"
 #include "err.h"
 #include "limits.h"
 #include "gguf_write.h"
@@ -30,6 +31,7 @@
 #define GM_PROGRESS_BYTES_MIN (64ull << 20)  /* smaller files are written without progress lines */
 #define GM_ALIGNMENT          32
 #define GM_DEFAULT_SEED       1
+#define GM_CHAT_NONE          (-1)           /* --chat-template none: no tokenizer.chat_template */
 
 _Static_assert(GM_CHUNK_ELEMS >= MS_FF_MAX && GM_CHUNK_ELEMS >= MS_HIDDEN_MAX &&
                GM_CHUNK_ELEMS >= (uint64_t)MS_HEADS_MAX * MS_HEAD_DIM_MAX,
@@ -54,20 +56,22 @@ typedef struct {
     bool add_bos;
     float rope_base, eps;
     gm_shape_t tiny;       /* vocab 0: bytes + GM_TINY_MERGES merges + control tokens */
+    int chat_default;      /* ms_chat_family_t or GM_CHAT_NONE: the template such models ship with */
 } gm_arch_info_t;
 
 /* Tiny shapes: {vocab, layers, hidden, heads, kv_heads, head_dim, experts, top_k, ff, shared_ff, ctx}. */
 static const gm_arch_info_t gm_archs[GM_ARCH_COUNT] = {
     [GM_ARCH_LLAMA] = {.name = "llama", .pre = "llama-bpe", .add_bos = true, .rope_base = 1e6f, .eps = 1e-5f,
-                       .tiny = {0, 2, 64, 4, 2, 16, 4, 2, 96, 0, 512}},
+                       .tiny = {0, 2, 64, 4, 2, 16, 4, 2, 96, 0, 512}, .chat_default = MS_CHAT_MISTRAL},
     [GM_ARCH_QWEN2MOE] = {.name = "qwen2moe", .pre = "qwen2", .qkv_bias = true, .shared_expert = true,
                           .expert_ff_key = true, .rope_base = 1e6f, .eps = 1e-6f,
-                          .tiny = {0, 2, 64, 4, 2, 16, 8, 2, 32, 64, 512}},
+                          .tiny = {0, 2, 64, 4, 2, 16, 8, 2, 32, 64, 512}, .chat_default = MS_CHAT_CHATML},
     /* head_dim 24 != hidden / heads on purpose: key_length must be honoured */
     [GM_ARCH_QWEN3MOE] = {.name = "qwen3moe", .pre = "qwen2", .qk_norm_per_head = true, .expert_ff_key = true,
-                          .rope_base = 1e6f, .eps = 1e-6f, .tiny = {0, 2, 64, 4, 2, 24, 8, 2, 32, 0, 512}},
+                          .rope_base = 1e6f, .eps = 1e-6f, .tiny = {0, 2, 64, 4, 2, 24, 8, 2, 32, 0, 512},
+                          .chat_default = MS_CHAT_CHATML},
     [GM_ARCH_OLMOE] = {.name = "olmoe", .pre = "default", .qk_norm_full = true, .rope_base = 1e4f, .eps = 1e-5f,
-                       .tiny = {0, 2, 64, 4, 4, 16, 8, 2, 32, 0, 512}},
+                       .tiny = {0, 2, 64, 4, 4, 16, 8, 2, 32, 0, 512}, .chat_default = GM_CHAT_NONE},
 };
 
 /* The benchmark model: Mixtral-shaped, ~1.8 GB in q8_0. shared_ff is used by qwen2moe only. */
@@ -82,6 +86,8 @@ typedef struct {
     uint64_t seed;
     const char *out;
     gm_shape_t s;
+    int chat;              /* ms_chat_family_t, or GM_CHAT_NONE */
+    bool chat_given;
 } gm_cfg_t;
 
 /* ---------------------------------------------------------------- errors */
@@ -653,6 +659,9 @@ static void gm_meta_tokenizer(ms_gguf_writer_t *w, const gm_cfg_t *cfg, const gm
     gm_check(ms_gguf_writer_add_u32(w, "tokenizer.ggml.eot_token_id", v->eot), "eot_token_id");
     gm_check(ms_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", gm_archs[cfg->arch].add_bos),
              "add_bos_token");
+    if (cfg->chat != GM_CHAT_NONE)
+        gm_check(ms_gguf_writer_add_str(w, "tokenizer.chat_template", ms_chat_jinja((ms_chat_family_t)cfg->chat)),
+                 "tokenizer.chat_template");
     free(lens);
 }
 
@@ -780,7 +789,8 @@ static const gm_num_opt_t gm_num_opts[] = {
 };
 #define GM_N_NUM_OPTS (sizeof(gm_num_opts) / sizeof(gm_num_opts[0]))
 
-enum { GM_OPT_ARCH = 256, GM_OPT_OUT, GM_OPT_TYPE, GM_OPT_SEED, GM_OPT_SHAPE, GM_OPT_TIED, GM_OPT_HELP, GM_OPT_NUM };
+enum { GM_OPT_ARCH = 256, GM_OPT_OUT, GM_OPT_TYPE, GM_OPT_SEED, GM_OPT_SHAPE, GM_OPT_TIED, GM_OPT_CHAT, GM_OPT_HELP,
+       GM_OPT_NUM };
 
 static const struct option gm_long_opts[] = {
     {"arch", required_argument, NULL, GM_OPT_ARCH},
@@ -789,6 +799,7 @@ static const struct option gm_long_opts[] = {
     {"seed", required_argument, NULL, GM_OPT_SEED},
     {"shape", required_argument, NULL, GM_OPT_SHAPE},
     {"tied", no_argument, NULL, GM_OPT_TIED},
+    {"chat-template", required_argument, NULL, GM_OPT_CHAT},
     {"help", no_argument, NULL, GM_OPT_HELP},
     {"vocab-size", required_argument, NULL, GM_OPT_NUM + 0},
     {"layers", required_argument, NULL, GM_OPT_NUM + 1},
@@ -803,7 +814,7 @@ static const struct option gm_long_opts[] = {
     {"ctx", required_argument, NULL, GM_OPT_NUM + 10},
     {NULL, 0, NULL, 0},
 };
-_Static_assert(sizeof(gm_long_opts) / sizeof(gm_long_opts[0]) == 7 + GM_N_NUM_OPTS + 1,
+_Static_assert(sizeof(gm_long_opts) / sizeof(gm_long_opts[0]) == 8 + GM_N_NUM_OPTS + 1,
                "every numeric option has its long option");
 
 static const struct { const char *name; ms_type_t type; } gm_types[] = {
@@ -836,6 +847,9 @@ static void gm_usage(void)
            "  --seed N          weight seed, 0..2^64-1 (default %d)\n"
            "  --shape S         tiny|bench: default dimensions (default tiny)\n"
            "  --tied            omit output.weight: the output head is token_embd\n"
+           "  --chat-template F chatml|mistral|deepseek|qwen3|none: tokenizer.chat_template in the\n"
+           "                    family's Jinja form (default chatml for qwen2moe and qwen3moe,\n"
+           "                    mistral for llama, none for olmoe)\n"
            "  --vocab-size N    tokens, >= 256 bytes + control tokens (default: tiny 64 merges, bench 4096)\n"
            "  --layers N --hidden N --heads N --kv-heads N --head-dim N\n"
            "  --experts N --top-k N --ff N (expert FFN width) --shared-ff N (qwen2moe only)\n"
@@ -885,6 +899,16 @@ static ms_type_t gm_parse_type(const char *s)
     gm_die("--type '%s' is not supported (supported: f32, f16, bf16, q8_0)", s);
 }
 
+static int gm_parse_chat(const char *s)
+{
+    ms_chat_family_t f;
+    if (strcmp(s, "none") == 0)
+        return GM_CHAT_NONE;
+    if (ms_chat_family_parse(s, &f) == 0)
+        return (int)f;
+    gm_die("--chat-template '%s' is not supported (supported: chatml, mistral, deepseek, qwen3, none)", s);
+}
+
 static void gm_parse_opt(gm_cfg_t *cfg, gm_shape_t *given, int opt, const char *arg, bool *arch_given)
 {
     switch (opt) {
@@ -893,6 +917,7 @@ static void gm_parse_opt(gm_cfg_t *cfg, gm_shape_t *given, int opt, const char *
     case GM_OPT_TYPE: cfg->type = gm_parse_type(arg); cfg->type_given = true; break;
     case GM_OPT_SEED: cfg->seed = gm_parse_u64("seed", arg, 0, UINT64_MAX); break;
     case GM_OPT_TIED: cfg->tied = true; break;
+    case GM_OPT_CHAT: cfg->chat = gm_parse_chat(arg); cfg->chat_given = true; break;
     case GM_OPT_SHAPE:
         if (strcmp(arg, "tiny") != 0 && strcmp(arg, "bench") != 0)
             gm_die("--shape '%s' is not supported (supported: tiny, bench)", arg);
@@ -942,6 +967,8 @@ static void gm_apply_defaults(gm_cfg_t *cfg, const gm_shape_t *given)
         cfg->s.vocab = 256 + GM_TINY_MERGES + gm_n_control(cfg->arch);
     if (!cfg->type_given)
         cfg->type = cfg->bench ? MS_TYPE_Q8_0 : MS_TYPE_F32;
+    if (!cfg->chat_given)
+        cfg->chat = a->chat_default;
     if (given->shared_ff && !a->shared_expert)
         gm_die("--shared-ff applies to qwen2moe only (%s has no shared expert)", a->name);
     for (size_t i = 0; i < GM_N_NUM_OPTS; i++) {

@@ -1,0 +1,460 @@
+/* The coordinator's client endpoint (serve.h). One thread owns the ROUTER
+ * socket; the scheduler's callback hands events over through an inproc
+ * PUSH/PULL pair, because ZeroMQ sockets are not shared between threads. */
+#include "serve.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "client_wire.h"
+#include "log.h"
+#include "wire_zmq.h"
+
+#define SERVE_EV_TEXT_MAX MS_CW_TEXT_BYTES_MAX
+
+/* What the scheduler thread hands to the server thread for one event. */
+typedef struct {
+    ms_gen_event_kind_t kind;
+    uint64_t id;
+    int32_t token;
+    uint32_t len;
+    ms_gen_stats_t st;
+    char reason[MS_CW_REASON_BYTES_MAX + 1];
+    char message[MS_WIRE_ERROR_BYTES_MAX + 1];
+    char text[SERVE_EV_TEXT_MAX];
+} serve_ev_t;
+
+/* A client request in flight. */
+typedef struct {
+    bool used;
+    uint64_t sched_id;
+    uint64_t client_id;
+    unsigned char route[MS_WIRE_ID_BYTES_MAX];
+    size_t route_len;
+    uint64_t seed;
+    bool client_gone;
+} serve_req_t;
+
+struct coord_server {
+    coord_server_params_t p;
+    void *zctx, *router, *push, *pull;
+    char inproc[64];
+    serve_req_t *reqs;            /* [n_reqs] */
+    int n_reqs;
+    unsigned char *hdr;           /* encoding buffer, MS_WIRE_HEADER_BYTES_MAX */
+    serve_ev_t ev_out;            /* the scheduler thread's staging copy */
+    serve_ev_t ev_in;             /* the server thread's */
+    ms_cw_msg_t msg;
+    double t_start;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------- the scheduler's side */
+
+void coord_server_on_event(void *ctx, const ms_gen_event_t *ev)
+{
+    coord_server_t *s = ctx;
+    serve_ev_t *e = &s->ev_out;
+    e->kind = ev->kind;
+    e->id = ev->id;
+    e->token = ev->token;
+    e->len = 0;
+    e->reason[0] = e->message[0] = '\0';
+    if (ev->kind == MS_GEN_TOKEN) {
+        e->len = (uint32_t)(ev->len < SERVE_EV_TEXT_MAX ? ev->len : SERVE_EV_TEXT_MAX);
+        memcpy(e->text, ev->text, e->len);
+    } else if (ev->kind == MS_GEN_DONE) {
+        e->st = *ev->stats;
+        snprintf(e->reason, sizeof(e->reason), "%s", ev->reason);
+    } else {
+        snprintf(e->message, sizeof(e->message), "%s", ev->message);
+    }
+    size_t bytes = offsetof(serve_ev_t, text) + e->len;
+    /* inproc with no high-water mark: this never blocks the scheduler */
+    if (zmq_send(s->push, e, bytes, 0) < 0)
+        ms_log_error("request %" PRIu64 ": handing an event to the client thread failed: %s", ev->id,
+                     zmq_strerror(zmq_errno()));
+}
+
+/* ------------------------------------------------------------- replies */
+
+static void send_to(coord_server_t *s, const unsigned char *route, size_t route_len, size_t len, bool *ret_gone)
+{
+    int rc = ms_wire_zmq_send(s->router, route, route_len, s->hdr, len, NULL, 0);
+    if (rc == -EHOSTUNREACH && ret_gone)
+        *ret_gone = true;
+    else if (rc)
+        ms_log_warn("sending a reply to a client failed: %s", zmq_strerror(-rc));
+}
+
+static void reply_error(coord_server_t *s, const unsigned char *route, size_t route_len, uint64_t client_id,
+                        int code, const char *message)
+{
+    size_t len;
+    if (ms_cw_encode_error(client_id, code, message, s->hdr, MS_WIRE_HEADER_BYTES_MAX, &len) == 0)
+        send_to(s, route, route_len, len, NULL);
+}
+
+static void send_event(coord_server_t *s, serve_req_t *r, const ms_cw_event_t *ev)
+{
+    size_t len;
+    int rc = ms_cw_encode_event(r->client_id, ev, s->hdr, MS_WIRE_HEADER_BYTES_MAX, &len);
+    if (rc) {
+        ms_log_error("request %" PRIu64 ": encoding an event failed: %s", r->sched_id, strerror(-rc));
+        return;
+    }
+    bool gone = false;
+    send_to(s, r->route, r->route_len, len, &gone);
+    if (gone && !r->client_gone) {
+        /* the client disconnected: its tokens would go nowhere */
+        r->client_gone = true;
+        ms_log_info("request %" PRIu64 ": the client is gone; cancelling", r->sched_id);
+        ms_sched_cancel(s->p.sched, r->sched_id);
+    }
+}
+
+static serve_req_t *find_sched(coord_server_t *s, uint64_t id)
+{
+    for (int i = 0; i < s->n_reqs; i++)
+        if (s->reqs[i].used && s->reqs[i].sched_id == id)
+            return &s->reqs[i];
+    return NULL;
+}
+
+static serve_req_t *find_client(coord_server_t *s, const void *route, size_t route_len, uint64_t client_id)
+{
+    for (int i = 0; i < s->n_reqs; i++) {
+        serve_req_t *r = &s->reqs[i];
+        if (r->used && r->client_id == client_id && r->route_len == route_len && !memcmp(r->route, route, route_len))
+            return r;
+    }
+    return NULL;
+}
+
+/* The figures of `moeshard run`'s summary line. */
+static void fill_summary(coord_server_t *s, const serve_req_t *r, const ms_gen_stats_t *st, ms_cw_event_t *ev)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    ms_backend_net_stats_t ns = { 0 };
+    if (s->p.n_hosts)
+        ms_backend_net_stats(s->p.backend, &ns);
+    ev->n_prompt = st->n_prompt;
+    ev->n_gen = st->n_gen;
+    ev->n_decode_steps = st->n_decode_steps;
+    ev->prefill_s = st->prefill_s;
+    ev->decode_s = st->decode_s;
+    ev->queued_s = st->queued_s;
+    ev->weights_bytes_per_token = s->p.m->bytes_per_token + ns.expert_bytes_per_token;
+    ev->kv_bytes = ms_sched_kv_bytes(s->p.sched);
+    ev->peak_rss_bytes = (uint64_t)ru.ru_maxrss * 1024;
+    snprintf(ev->kernels, sizeof(ev->kernels), "%s", ms_sched_kernels_name(s->p.sched));
+    ev->threads = ms_sched_threads(s->p.sched);
+    ev->seed = r->seed;
+    ev->n_hosts = s->p.n_hosts;
+    ev->wire = s->p.wire;
+    ev->net_bytes_decode = st->net_bytes_decode;
+}
+
+/* One event from the scheduler, to its client. */
+static void forward_event(coord_server_t *s, const serve_ev_t *e)
+{
+    serve_req_t *r = find_sched(s, e->id);
+    if (!r)
+        return; /* its client slot was never filled (submit failed) */
+    static ms_cw_event_t ev;
+    memset(&ev, 0, offsetof(ms_cw_event_t, text));
+    ev.token = e->token;
+    if (e->kind == MS_GEN_TOKEN) {
+        ev.kind = MS_CW_EV_TEXT;
+        ev.len = e->len;
+        memcpy(ev.text, e->text, e->len);
+        ev.reason[0] = ev.message[0] = ev.kernels[0] = '\0';
+    } else if (e->kind == MS_GEN_DONE) {
+        ev = (ms_cw_event_t){ .kind = MS_CW_EV_DONE };
+        snprintf(ev.reason, sizeof(ev.reason), "%s", e->reason);
+        fill_summary(s, r, &e->st, &ev);
+        ms_log_info("request %" PRIu64 ": %s after %d tokens (prompt %d tokens, %.3f s queued, %.3f s prefill, "
+                    "%.3f s decode)", r->sched_id, !strcmp(e->reason, "cancelled") ? "cancelled" : "done",
+                    e->st.n_gen, e->st.n_prompt, e->st.queued_s, e->st.prefill_s, e->st.decode_s);
+    } else {
+        ev = (ms_cw_event_t){ .kind = MS_CW_EV_ERROR };
+        snprintf(ev.message, sizeof(ev.message), "%s", e->message);
+        ms_log_error("request %" PRIu64 ": %s", r->sched_id, e->message);
+    }
+    if (!r->client_gone || e->kind != MS_GEN_TOKEN)
+        send_event(s, r, &ev);
+    if (e->kind != MS_GEN_TOKEN)
+        r->used = false;
+}
+
+static void drain_events(coord_server_t *s)
+{
+    for (;;) {
+        int n = zmq_recv(s->pull, &s->ev_in, sizeof(s->ev_in), ZMQ_DONTWAIT);
+        if (n < 0)
+            return;
+        if ((size_t)n < offsetof(serve_ev_t, text) || (size_t)n > sizeof(s->ev_in))
+            continue; /* cannot happen: only our own callback writes here */
+        forward_event(s, &s->ev_in);
+    }
+}
+
+/* ------------------------------------------------------------- requests */
+
+static ms_gen_params_t gen_params(const ms_cw_generate_t *g)
+{
+    ms_gen_params_t p = { .n_predict = g->n_predict, .parse_special = !g->no_special, .add_bos = true };
+    p.sp = (ms_sampler_params_t){ .temp = g->temp, .top_k = g->top_k, .top_p = g->top_p, .min_p = g->min_p,
+                                  .repeat_penalty = g->repeat_penalty, .repeat_last_n = g->repeat_last_n,
+                                  .seed = g->seed };
+    return p;
+}
+
+static void on_generate(coord_server_t *s, const unsigned char *route, size_t route_len)
+{
+    const ms_cw_msg_t *m = &s->msg;
+    if (find_client(s, route, route_len, m->request_id)) {
+        reply_error(s, route, route_len, m->request_id, EEXIST, "a request with this id is already running");
+        return;
+    }
+    serve_req_t *r = NULL;
+    for (int i = 0; !r && i < s->n_reqs; i++)
+        r = s->reqs[i].used ? NULL : &s->reqs[i];
+    if (!r) {
+        reply_error(s, route, route_len, m->request_id, EBUSY, "the coordinator is at its request limit; try later");
+        return;
+    }
+    ms_gen_params_t gp = gen_params(&m->gen);
+    ms_err_t err = { { 0 } };
+    uint64_t id;
+    int rc = ms_sched_submit(s->p.sched, m->gen.prompt, m->gen.prompt_len, &gp, coord_server_on_event, s, &id, &err);
+    if (rc) {
+        ms_log_info("refused a request: %s", err.msg);
+        reply_error(s, route, route_len, m->request_id, -rc, err.msg);
+        return;
+    }
+    *r = (serve_req_t){ .used = true, .sched_id = id, .client_id = m->request_id, .route_len = route_len,
+                        .seed = m->gen.seed };
+    memcpy(r->route, route, route_len);
+    ms_log_info("request %" PRIu64 ": %zu prompt bytes, n_predict %d, temp %.2f, seed %" PRIu64, id,
+                m->gen.prompt_len, m->gen.n_predict, m->gen.temp, m->gen.seed);
+    ms_cw_event_t ev = { .kind = MS_CW_EV_ACCEPTED };
+    send_event(s, r, &ev);
+}
+
+static void on_cancel(coord_server_t *s, const unsigned char *route, size_t route_len)
+{
+    serve_req_t *r = find_client(s, route, route_len, s->msg.request_id);
+    if (!r || ms_sched_cancel(s->p.sched, r->sched_id)) {
+        reply_error(s, route, route_len, s->msg.request_id, ENOENT, "no such request (finished or never started)");
+        return;
+    }
+    ms_log_info("request %" PRIu64 ": cancel requested by the client", r->sched_id);
+}
+
+static void host_status(coord_server_t *s, int h, ms_cw_host_t *out)
+{
+    ms_backend_net_host_stats_t hs = { 0 };
+    ms_backend_net_host_stats(s->p.backend, h, &hs);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    *out = (ms_cw_host_t){ .slices_held = hs.slices_held, .memory_bytes = hs.memory_bytes,
+                           .last_reply_age_ms = hs.last_reply_us ? (now - hs.last_reply_us) / 1000 : -1,
+                           .rtt_ms_mean = hs.rtt_ms_mean, .bytes_sent = hs.bytes_sent,
+                           .bytes_received = hs.bytes_received, .batches = hs.replies };
+    snprintf(out->endpoint, sizeof(out->endpoint), "%s", hs.endpoint ? hs.endpoint : "?");
+}
+
+static void on_status(coord_server_t *s, const unsigned char *route, size_t route_len)
+{
+    ms_sched_stats_t ss;
+    ms_sched_stats(s->p.sched, &ss);
+    ms_cw_status_t st = { .uptime_ms = (uint64_t)((now_s() - s->t_start) * 1e3), .active = ss.active,
+                          .queued = ss.queued, .n_seq_max = (uint32_t)s->p.n_seq_max,
+                          .requests_done = ss.requests_done, .tokens_generated = ss.tokens_generated,
+                          .prompt_tokens = ss.prompt_tokens, .decode_tok_s = ss.decode_tok_s,
+                          .prefill_tok_s = ss.prefill_tok_s, .wire = s->p.wire };
+    snprintf(st.model, sizeof(st.model), "%s", s->p.model_name);
+    snprintf(st.arch, sizeof(st.arch), "%s", ms_arch_name(s->p.m->hp.arch));
+    ms_cw_host_t *hosts = s->p.n_hosts ? calloc((size_t)s->p.n_hosts, sizeof(*hosts)) : NULL;
+    if (s->p.n_hosts && !hosts) {
+        reply_error(s, route, route_len, s->msg.request_id, ENOMEM, "out of memory");
+        return;
+    }
+    for (int h = 0; h < s->p.n_hosts; h++)
+        host_status(s, h, &hosts[h]);
+    st.hosts = hosts;
+    st.n_hosts = (uint32_t)s->p.n_hosts;
+    size_t len;
+    if (ms_cw_encode_status(s->msg.request_id, &st, s->hdr, MS_WIRE_HEADER_BYTES_MAX, &len) == 0)
+        send_to(s, route, route_len, len, NULL);
+    free(hosts);
+}
+
+/* One message from a client: [routing id][header]. */
+static void on_client(coord_server_t *s, ms_wire_rx_t *rx)
+{
+    if (rx->n_parts != 2 || rx->n_dropped || ms_wire_rx_size(rx, 0) > MS_WIRE_ID_BYTES_MAX) {
+        ms_log_warn("a client sent a message of %d parts (expected 2: a header only); ignored",
+                    rx->n_parts + (int)rx->n_dropped);
+        if (rx->n_parts >= 1 && ms_wire_rx_size(rx, 0) <= MS_WIRE_ID_BYTES_MAX)
+            reply_error(s, ms_wire_rx_data(rx, 0), ms_wire_rx_size(rx, 0), 0, EPROTO,
+                        "expected one header frame per message");
+        return;
+    }
+    const unsigned char *route = ms_wire_rx_data(rx, 0);
+    size_t route_len = ms_wire_rx_size(rx, 0);
+    ms_err_t err = { { 0 } };
+    int rc = ms_cw_decode(ms_wire_rx_data(rx, 1), ms_wire_rx_size(rx, 1), &s->msg, &err);
+    if (!rc && s->msg.kind == MS_CW_GENERATE)
+        on_generate(s, route, route_len);
+    else if (!rc && s->msg.kind == MS_CW_CANCEL)
+        on_cancel(s, route, route_len);
+    else if (!rc && s->msg.kind == MS_CW_STATUS_QUERY)
+        on_status(s, route, route_len);
+    else {
+        if (!rc)
+            snprintf(err.msg, sizeof(err.msg), "a coordinator takes Generate, Cancel and StatusQuery, not kind %d",
+                     (int)s->msg.kind);
+        ms_log_warn("bad client message: %s", err.msg);
+        reply_error(s, route, route_len, s->msg.request_id, EPROTO, err.msg);
+    }
+    ms_cw_msg_clear(&s->msg);
+}
+
+static void drain_clients(coord_server_t *s)
+{
+    for (;;) {
+        ms_wire_rx_t rx;
+        int rc = ms_wire_zmq_recv(s->router, &rx, ZMQ_DONTWAIT);
+        if (rc == 0)
+            on_client(s, &rx);
+        ms_wire_rx_close(&rx);
+        if (rc)
+            return;
+    }
+}
+
+int coord_server_run(coord_server_t *s)
+{
+    zmq_pollitem_t items[3] = { { .socket = s->router, .events = ZMQ_POLLIN },
+                                { .socket = s->pull, .events = ZMQ_POLLIN },
+                                { .fd = s->p.sig_fd, .events = ZMQ_POLLIN } };
+    for (;;) {
+        int n = zmq_poll(items, 3, -1);
+        if (n < 0) {
+            if (zmq_errno() == EINTR)
+                continue;
+            ms_log_error("polling the client sockets failed: %s", zmq_strerror(zmq_errno()));
+            return -1;
+        }
+        if (items[1].revents & ZMQ_POLLIN)
+            drain_events(s);
+        if (items[0].revents & ZMQ_POLLIN)
+            drain_clients(s);
+        if (items[2].revents & ZMQ_POLLIN) {
+            struct signalfd_siginfo si;
+            if (read(s->p.sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+                return (int)si.ssi_signo;
+        }
+    }
+}
+
+void coord_server_flush(coord_server_t *s)
+{
+    drain_events(s);
+}
+
+/* ------------------------------------------------------------- creation */
+
+static int open_sockets(coord_server_t *s, ms_err_t *err)
+{
+    int zero = 0, one = 1;
+    s->zctx = zmq_ctx_new();
+    s->router = s->zctx ? zmq_socket(s->zctx, ZMQ_ROUTER) : NULL;
+    s->push = s->zctx ? zmq_socket(s->zctx, ZMQ_PUSH) : NULL;
+    s->pull = s->zctx ? zmq_socket(s->zctx, ZMQ_PULL) : NULL;
+    if (!s->router || !s->push || !s->pull) {
+        ms_err_set(err, "cannot create ZeroMQ sockets: %s", zmq_strerror(zmq_errno()));
+        return -ENOMEM;
+    }
+    snprintf(s->inproc, sizeof(s->inproc), "inproc://coord-events-%p", (void *)s);
+    zmq_setsockopt(s->push, ZMQ_SNDHWM, &zero, sizeof(zero));
+    zmq_setsockopt(s->pull, ZMQ_RCVHWM, &zero, sizeof(zero));
+    zmq_setsockopt(s->router, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
+    int rc = ms_wire_zmq_limits(s->router);
+    if (rc || zmq_bind(s->pull, s->inproc) || zmq_connect(s->push, s->inproc)) {
+        ms_err_set(err, "cannot set up the event channel: %s", zmq_strerror(zmq_errno()));
+        return -EIO;
+    }
+    if (zmq_bind(s->router, s->p.listen)) {
+        rc = -zmq_errno();
+        ms_err_set(err, "cannot listen on %s: %s", s->p.listen, zmq_strerror(-rc));
+        return rc;
+    }
+    return 0;
+}
+
+int coord_server_new(const coord_server_params_t *p, coord_server_t **ret_server, ms_err_t *err)
+{
+    if (!p || !p->listen || !p->m || !p->sched || p->n_seq_max < 1) {
+        ms_err_set(err, "server: listen endpoint, model and scheduler are required");
+        return -EINVAL;
+    }
+    coord_server_t *s = calloc(1, sizeof(*s));
+    if (!s) {
+        ms_err_set(err, "out of memory");
+        return -ENOMEM;
+    }
+    s->p = *p;
+    s->t_start = now_s();
+    s->n_reqs = COORD_SERVE_REQUESTS_MAX;
+    s->reqs = calloc((size_t)s->n_reqs, sizeof(*s->reqs));
+    s->hdr = malloc(MS_WIRE_HEADER_BYTES_MAX);
+    int rc = s->reqs && s->hdr ? open_sockets(s, err) : -ENOMEM;
+    if (rc == -ENOMEM && err && !err->msg[0])
+        ms_err_set(err, "out of memory");
+    if (rc) {
+        coord_server_destroy(&s);
+        return rc;
+    }
+    *ret_server = s;
+    return 0;
+}
+
+void coord_server_destroy(coord_server_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    coord_server_t *s = *self_p;
+    if (s->router)
+        zmq_close(s->router);
+    if (s->push)
+        zmq_close(s->push);
+    if (s->pull)
+        zmq_close(s->pull);
+    if (s->zctx)
+        zmq_ctx_term(s->zctx);
+    free(s->reqs);
+    free(s->hdr);
+    free(s);
+    *self_p = NULL;
+}

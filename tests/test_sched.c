@@ -23,10 +23,7 @@
 #define T_TOKENS_MAX 128
 #define T_TEXT_MAX 65536
 
-static char tmp_dir[256];
-static ms_model_t *model;
-static ms_tokenizer_t *tok;
-static ms_pool_t *pool;
+#include "tiny_model_fixture.h"
 
 /* ------------------------------------------------- a backend that can fail */
 
@@ -457,50 +454,14 @@ static void test_step_failure(void)
 
 /* ------------------------------------------------------------------ fixture */
 
-static int run_genmodel(const char *out)
-{
-    char gen[700];
-    const char *b = getenv("MS_BIN"), *build = getenv("BUILD");
-    if (b)
-        snprintf(gen, sizeof(gen), "%s/genmodel", b);
-    else
-        snprintf(gen, sizeof(gen), "%s/bin/genmodel", build ? build : "build");
-    pid_t pid = fork();
-    if (pid == 0) {
-        execl(gen, gen, "--arch", "qwen2moe", "--type", "f32", "--out", out, (char *)NULL);
-        _exit(127);
-    }
-    int status;
-    if (pid < 0 || waitpid(pid, &status, 0) != pid)
-        return -1;
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
-}
-
 static int suite_init(void)
 {
-    const char *t = getenv("TMPDIR");
-    snprintf(tmp_dir, sizeof(tmp_dir), "%s/sched-XXXXXX", t ? t : "/tmp");
-    if (!mkdtemp(tmp_dir))
-        return -1;
-    char path[400];
-    snprintf(path, sizeof(path), "%s/m.gguf", tmp_dir);
-    ms_err_t err = { { 0 } };
-    if (run_genmodel(path) || ms_model_load(path, &model, &err) || ms_tokenizer_new_from_gguf(model->gguf, &tok, &err)
-        || ms_pool_new(2, &pool)) {
-        fprintf(stderr, "sched fixture: %s\n", err.msg);
-        return -1;
-    }
-    return 0;
+    return fixture_init("sched");
 }
 
 static int suite_clean(void)
 {
-    ms_pool_destroy(&pool);
-    ms_tokenizer_destroy(&tok);
-    ms_model_destroy(&model);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return fixture_clean();
 }
 
 static int ms_test_register(void)

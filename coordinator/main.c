@@ -9,7 +9,7 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } commands[] = {
-    { "run", coord_cmd_run, "generate text from a prompt with the whole model in this process" },
+    { "run", coord_cmd_run, "generate text from a prompt in this process (experts here or on expertd hosts)" },
     { "tokenize", coord_cmd_tokenize, "print the token ids of a text as generation sees them" },
     { "inspect", coord_cmd_inspect, "describe a GGUF model: architecture, shapes, tensor types, sizes" },
     { "pack", coord_cmd_pack, "split a model into a dense part and one expert shard per host" },

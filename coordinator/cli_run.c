@@ -524,11 +524,50 @@ static int decode(run_t *r, int *ret_gen, int *ret_steps)
     return rc;
 }
 
-/* Traffic counters of the network backend; zeros in embedded mode. */
-static void net_stats(const run_t *r, ms_backend_net_stats_t *ret)
+/* Counters of the network backend at one moment; the summary reports the
+ * differences over decode, where every dispatch carries exactly one token. */
+typedef struct {
+    ms_backend_net_stats_t st;
+    uint64_t replies;      /* over all hosts */
+    double rtt_ms_sum;     /* send-to-reply times of those replies */
+} net_snap_t;
+
+/* Zeros in embedded mode. */
+static void net_snap(const run_t *r, net_snap_t *ret)
 {
-    if (!r->o.hosts || ms_backend_net_stats(r->backend, ret))
-        *ret = (ms_backend_net_stats_t){ 0 };
+    *ret = (net_snap_t){ 0 };
+    if (!r->o.hosts || ms_backend_net_stats(r->backend, &ret->st)) {
+        ret->st = (ms_backend_net_stats_t){ 0 };
+        return;
+    }
+    for (int h = 0; h < r->n_hosts; h++) {
+        ms_backend_net_host_stats_t hs;
+        if (ms_backend_net_host_stats(r->backend, h, &hs))
+            continue;
+        ret->replies += hs.replies;
+        ret->rtt_ms_sum += hs.rtt_ms_mean * (double)hs.replies;
+    }
+}
+
+static double ratio(double num, double den)
+{
+    return den > 0 ? num / den : 0.0;
+}
+
+/* The network part of the summary line. A decode dispatch is one layer of
+ * one token, so per dispatch is per token per layer; hosts touched is the
+ * batches sent per dispatch; rtt is a host's mean send-to-reply time. */
+static void format_net(const run_t *r, const net_snap_t *a, const net_snap_t *b, int steps, char *out, size_t cap)
+{
+    double sent = (double)(b->st.bytes_sent - a->st.bytes_sent);
+    double recv = (double)(b->st.bytes_received - a->st.bytes_received);
+    double disp = (double)(b->st.dispatches - a->st.dispatches);
+    snprintf(out, cap,
+             ", experts on %d hosts (wire %s): network %.1f kB/decode step"
+             "; per token and layer: sent %.0f B, received %.0f B, %.2f hosts, rtt %.3f ms",
+             r->n_hosts, ms_wire_dtype_name(r->o.wire), ratio(sent + recv, steps) / 1e3, ratio(sent, disp),
+             ratio(recv, disp), ratio((double)(b->st.messages_sent - a->st.messages_sent), disp),
+             ratio(b->rtt_ms_sum - a->rtt_ms_sum, (double)(b->replies - a->replies)));
 }
 
 int coord_cmd_run(int argc, char **argv)
@@ -545,17 +584,18 @@ int coord_cmd_run(int argc, char **argv)
     rc = setup(&r);
     double t0 = now_s(), t1 = t0, t2 = t0;
     int gen = 0, steps = 0;
-    ms_backend_net_stats_t net0 = { 0 }, net1 = { 0 };
+    net_snap_t snap0 = { 0 }, snap1 = { 0 };
     if (!rc) {
         rc = prefill(&r);
         t1 = now_s();
-        net_stats(&r, &net0);
+        net_snap(&r, &snap0);
     }
     if (!rc) {
         rc = decode(&r, &gen, &steps);
         t2 = now_s();
-        net_stats(&r, &net1);
+        net_snap(&r, &snap1);
     }
+    const ms_backend_net_stats_t net1 = snap1.st;
     if (!rc && r.npy && ms_npy_close(&r.npy)) {
         ms_log_error("writing '%s' failed", r.o.dump_logits);
         rc = -EIO;
@@ -564,12 +604,9 @@ int coord_cmd_run(int argc, char **argv)
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         double pf = t1 > t0 ? (double)r.n_prompt / (t1 - t0) : 0, dc = t2 > t1 && steps ? steps / (t2 - t1) : 0;
-        char net[160] = "";
-        if (r.o.hosts) {
-            uint64_t bytes = net1.bytes_sent + net1.bytes_received - net0.bytes_sent - net0.bytes_received;
-            snprintf(net, sizeof(net), ", experts on %d hosts (wire %s): network %.1f kB/decode step", r.n_hosts,
-                     ms_wire_dtype_name(r.o.wire), steps ? (double)bytes / steps / 1e3 : 0.0);
-        }
+        char net[320] = "";
+        if (r.o.hosts)
+            format_net(&r, &snap0, &snap1, steps, net, sizeof(net));
         fprintf(stderr,
                 "moeshard: prefill %.1f tok/s (%zu tokens, %.3f s), decode %.1f tok/s (%d steps, %.3f s), "
                 "generated %d tokens, weights/token %.1f MB, peak-rss %.1f MB, kv-cache %.1f MB, "

@@ -126,7 +126,8 @@ int ms_cw_encode_event(uint64_t request_id, const ms_cw_event_t *ev, void *buf, 
 
 int ms_cw_encode_status(uint64_t request_id, const ms_cw_status_t *st, void *buf, size_t cap, size_t *ret_len)
 {
-    if (!st || st->n_hosts > MS_HOSTS_MAX || (st->n_hosts && !st->hosts))
+    if (!st || st->n_hosts > MS_HOSTS_MAX || (st->n_hosts && !st->hosts) ||
+        !memchr(st->chat_family, '\0', sizeof(st->chat_family)))
         return -EINVAL;
     Moeshard__HostStatus *hs = calloc(st->n_hosts ? st->n_hosts : 1, sizeof(*hs));
     Moeshard__HostStatus **hp = calloc(st->n_hosts ? st->n_hosts : 1, sizeof(*hp));
@@ -166,6 +167,7 @@ int ms_cw_encode_status(uint64_t request_id, const ms_cw_status_t *st, void *buf
     m.n_hosts = st->n_hosts;
     m.hosts = hp;
     m.wire = dtype_pb(st->wire);
+    m.chat_template_family = (char *)st->chat_family;
     env.kind_case = MOESHARD__ENVELOPE__KIND_STATUS;
     env.status = &m;
     int rc = pack_env(&env, buf, cap, ret_len);
@@ -265,6 +267,8 @@ static int decode_status(ms_cw_msg_t *msg, const Moeshard__StatusReply *s, ms_er
                             .wire = dtype_ms(s->wire) };
     int rc = copy_str(st->model, sizeof(st->model), s->model, "StatusReply.model", err);
     rc = rc ? rc : copy_str(st->arch, sizeof(st->arch), s->arch, "StatusReply.arch", err);
+    rc = rc ? rc : copy_str(st->chat_family, sizeof(st->chat_family), s->chat_template_family,
+                            "StatusReply.chat_template_family", err);
     if (rc || !s->n_hosts)
         return rc;
     st->hosts = calloc(s->n_hosts, sizeof(*st->hosts));

@@ -17,6 +17,7 @@
 #define MS_CW_TEXT_BYTES_MAX   (3 * MS_TOKEN_BYTES_MAX + 8) /* one event's text (a token as valid UTF-8) */
 #define MS_CW_NAME_BYTES_MAX   255                    /* model name, endpoint, kernels name */
 #define MS_CW_REASON_BYTES_MAX 31
+#define MS_CW_FAMILY_BYTES_MAX 31                     /* a chat template family name */
 
 _Static_assert(MS_CW_PROMPT_BYTES_MAX + 4096 <= MS_WIRE_HEADER_BYTES_MAX, "a Generate fits the header bound");
 _Static_assert((uint64_t)MS_HOSTS_MAX * (MS_CW_NAME_BYTES_MAX + 96) + 4096 <= MS_WIRE_HEADER_BYTES_MAX,
@@ -82,6 +83,10 @@ typedef struct {
     uint64_t requests_done, tokens_generated, prompt_tokens;
     double decode_tok_s, prefill_tok_s;
     ms_wire_dtype_t wire;
+    /* the served model's chat template family (ms_chat_family_name), "" when
+     * it has none or one not recognised; a newer server may name a family
+     * this side does not know, so readers check it */
+    char chat_family[MS_CW_FAMILY_BYTES_MAX + 1];
     uint32_t n_hosts;
     ms_cw_host_t *hosts;  /* [n_hosts]; decoded: owned by the message */
 } ms_cw_status_t;

@@ -3,6 +3,7 @@
  * the model's chat template and sent as one Generate; the reply streams
  * back and joins the conversation. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -15,22 +16,22 @@
 
 #include "chat.h"
 #include "cli.h"
+#include "client.h"
 #include "client_wire.h"
 #include "limits.h"
 #include "sampler.h"
-#include "wire_zmq.h"
 
 #define CMD "chat"
 #define CHAT_N_PREDICT_DEFAULT 256
 #define CHAT_TIMEOUT_MS_DEFAULT 30000
-#define CHAT_TIMEOUT_MS_MAX 3600000
-#define CHAT_POLL_MS 100          /* how often a wait looks at Ctrl-C */
+#define CHAT_TIMEOUT_MS_MAX COORD_CLIENT_TIMEOUT_MS_MAX
 #define CHAT_CANCEL_WAIT_MS 2000  /* for the coordinator to confirm a cancel */
 
 typedef struct {
     const char *server;
     const char *system;
     ms_chat_family_t family;
+    bool family_set;           /* by --template, or learnt from the coordinator's status */
     int64_t n_predict;
     int64_t timeout_ms;
     ms_sampler_params_t sp;
@@ -42,19 +43,25 @@ typedef struct {
     chat_opts_t o;
     ms_chat_msg_t *msgs;
     size_t n_msgs;
-    void *zctx, *sock;
-    unsigned char *hdr;        /* encode buffer, MS_WIRE_HEADER_BYTES_MAX */
-    uint64_t next_id;
+    coord_client_t *cl;
+    int intr_pipe[2];          /* written by the SIGINT handler, watched by the client's waits */
     char *reply;               /* the reply being streamed */
     size_t reply_len, reply_cap;
 } chat_t;
 
-static volatile sig_atomic_t chat_interrupted;
+static int chat_intr_wr = -1; /* the write end of chat_t.intr_pipe */
 
+/* A byte on the pipe wakes a wait at once, where a flag would be seen only
+ * after the wait ends; errno is kept for the getline it interrupts. */
 static void on_sigint(int sig)
 {
     (void)sig;
-    chat_interrupted = 1;
+    int saved = errno;
+    if (chat_intr_wr >= 0) {
+        ssize_t n = write(chat_intr_wr, "", 1);
+        (void)n; /* a full pipe already holds a pending Ctrl-C */
+    }
+    errno = saved;
 }
 
 static void chat_help(void)
@@ -67,7 +74,8 @@ static void chat_help(void)
            "coordinator stops generating it); Ctrl-D ends the chat.\n\n"
            "  -S, --server EP          the coordinator's client endpoint (required)\n"
            "      --template F         chat template family: chatml, mistral, deepseek or qwen3\n"
-           "                           (default chatml; use the family of the served model's template)\n"
+           "                           (default: the served model's, as the coordinator reports it;\n"
+           "                           chatml when it reports none)\n"
            "      --system TEXT        a system message that opens the conversation\n"
            "  -n, --n-predict N        tokens per reply at most (default %d)\n"
            "      --temp T             temperature; 0 = greedy (default %.2f)\n"
@@ -97,7 +105,7 @@ static bool parse_opt(chat_opts_t *o, int c, const char *arg)
     bool ok = true;
     switch (c) {
     case 'S': o->server = arg; break;
-    case OPT_TEMPLATE: ok = parse_family(arg, &o->family); break;
+    case OPT_TEMPLATE: ok = o->family_set = parse_family(arg, &o->family); break;
     case OPT_SYSTEM: o->system = arg; break;
     case 'n': ok = coord_parse_i64(CMD, "--n-predict", arg, 1, MS_CONTEXT_MAX, &o->n_predict); break;
     case OPT_TEMP: ok = coord_parse_f32(CMD, "--temp", arg, 0, 100, &o->sp.temp); break;
@@ -151,13 +159,6 @@ static int parse_opts(int argc, char **argv, chat_opts_t *o)
     return -1;
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
 /* ------------------------------------------------------- the conversation */
 
 static void chat_release(chat_t *c)
@@ -165,12 +166,12 @@ static void chat_release(chat_t *c)
     for (size_t i = 0; i < c->n_msgs; i++)
         free((char *)c->msgs[i].content);
     free(c->msgs);
-    free(c->hdr);
     free(c->reply);
-    if (c->sock)
-        zmq_close(c->sock);
-    if (c->zctx)
-        zmq_ctx_term(c->zctx);
+    coord_client_destroy(&c->cl);
+    chat_intr_wr = -1;
+    for (int i = 0; i < 2; i++)
+        if (c->intr_pipe[i] >= 0)
+            close(c->intr_pipe[i]);
 }
 
 /* Appends a message holding a copy of text[0..len). */
@@ -218,105 +219,94 @@ static int reply_append(chat_t *c, const char *s, size_t n)
 
 static int chat_connect(chat_t *c)
 {
-    c->zctx = zmq_ctx_new();
-    c->sock = c->zctx ? zmq_socket(c->zctx, ZMQ_DEALER) : NULL;
-    c->hdr = malloc(MS_WIRE_HEADER_BYTES_MAX);
-    if (!c->sock || !c->hdr) {
-        fprintf(stderr, "moeshard chat: cannot set up a ZeroMQ socket: %s\n", zmq_strerror(zmq_errno()));
-        return -ENOMEM;
+    if (pipe2(c->intr_pipe, O_CLOEXEC | O_NONBLOCK)) {
+        int rc = -errno;
+        fprintf(stderr, "moeshard chat: cannot watch for Ctrl-C: %s\n", strerror(-rc));
+        return rc;
     }
-    int rc = ms_wire_zmq_limits(c->sock);
-    if (!rc && zmq_connect(c->sock, c->o.server) != 0)
-        rc = -zmq_errno();
+    chat_intr_wr = c->intr_pipe[1];
+    ms_err_t err = { { 0 } };
+    int rc = coord_client_new(c->o.server, c->o.timeout_ms, c->intr_pipe[0], &c->cl, &err);
     if (rc)
-        fprintf(stderr, "moeshard chat: cannot connect to '%s': %s\n", c->o.server, zmq_strerror(-rc));
+        fprintf(stderr, "moeshard chat: cannot connect: %s\n", err.msg);
     return rc;
 }
 
-static int send_generate(chat_t *c, const char *prompt, uint64_t id)
+static int send_generate(chat_t *c, const char *prompt, uint64_t *ret_id)
 {
     const ms_sampler_params_t *sp = &c->o.sp;
     ms_cw_generate_t g = { .prompt = prompt, .prompt_len = strlen(prompt), .n_predict = (int32_t)c->o.n_predict,
                            .temp = sp->temp, .top_p = sp->top_p, .min_p = sp->min_p,
                            .repeat_penalty = sp->repeat_penalty, .top_k = sp->top_k,
                            .repeat_last_n = sp->repeat_last_n, .seed = sp->seed };
-    size_t len;
-    int rc = ms_cw_encode_generate(id, &g, c->hdr, MS_WIRE_HEADER_BYTES_MAX, &len);
-    if (!rc)
-        rc = ms_wire_zmq_send(c->sock, NULL, 0, c->hdr, len, NULL, 0);
+    int rc = coord_client_send_generate(c->cl, &g, ret_id);
     if (rc)
         fprintf(stderr, "moeshard chat: cannot send the request (%zu prompt bytes): %s\n", g.prompt_len,
                 strerror(-rc));
     return rc;
 }
 
-static void send_cancel(chat_t *c, uint64_t id)
+/* Reports a wait that failed (not by Ctrl-C); returns rc. */
+static int wait_failed(const chat_t *c, int rc, const ms_err_t *err)
 {
-    size_t len;
-    if (ms_cw_encode_cancel(id, c->hdr, MS_WIRE_HEADER_BYTES_MAX, &len) == 0)
-        ms_wire_zmq_send(c->sock, NULL, 0, c->hdr, len, NULL, 0);
-}
-
-/* Waits up to wait_ms for one message of request id and decodes it into
- * *msg. -ETIMEDOUT, -EINTR (Ctrl-C), -EPROTO (printed). Messages of earlier
- * requests (a cancelled reply's tail) are skipped. */
-static int recv_for(chat_t *c, uint64_t id, double wait_ms, ms_cw_msg_t *msg)
-{
-    double deadline = now_ms() + wait_ms;
-    for (;;) {
-        if (chat_interrupted)
-            return -EINTR;
-        double left = deadline - now_ms();
-        if (left <= 0)
-            return -ETIMEDOUT;
-        zmq_pollitem_t it = { .socket = c->sock, .events = ZMQ_POLLIN };
-        if (zmq_poll(&it, 1, left < CHAT_POLL_MS ? (long)left + 1 : CHAT_POLL_MS) <= 0)
-            continue; /* timeout slice or EINTR: the loop head decides */
-        ms_wire_rx_t rx;
-        int rc = ms_wire_zmq_recv(c->sock, &rx, ZMQ_DONTWAIT);
-        ms_err_t err = { { 0 } };
-        bool decoded = false;
-        if (!rc && (rx.n_parts != 1 || rx.n_dropped))
-            snprintf(err.msg, sizeof(err.msg), "expected one frame, got %d", rx.n_parts + (int)rx.n_dropped);
-        else if (!rc) {
-            rc = ms_cw_decode(ms_wire_rx_data(&rx, 0), ms_wire_rx_size(&rx, 0), msg, &err);
-            decoded = true;
-        }
-        ms_wire_rx_close(&rx);
-        if (rc == -EAGAIN)
-            continue;
-        if (rc || err.msg[0]) {
-            fprintf(stderr, "moeshard chat: bad reply from %s: %s\n", c->o.server, err.msg[0] ? err.msg : strerror(-rc));
-            if (decoded)
-                ms_cw_msg_clear(msg);
-            return -EPROTO;
-        }
-        if (msg->request_id == id && (msg->kind == MS_CW_EVENT || msg->kind == MS_CW_ERROR))
-            return 0;
-        ms_cw_msg_clear(msg);
-    }
+    if (rc == -ETIMEDOUT)
+        fprintf(stderr, "\nmoeshard chat: no word from %s for %" PRId64 " ms; is 'moeshard serve' running there?\n",
+                c->o.server, c->o.timeout_ms);
+    else if (rc == -EPROTO)
+        fprintf(stderr, "moeshard chat: bad reply from %s: %s\n", c->o.server, err->msg);
+    else
+        fprintf(stderr, "moeshard chat: %s\n", err->msg);
+    return rc;
 }
 
 /* After Ctrl-C: asks the coordinator to stop and waits briefly for its word. */
 static void cancel_reply(chat_t *c, uint64_t id)
 {
-    chat_interrupted = 0;
-    send_cancel(c, id);
-    double deadline = now_ms() + CHAT_CANCEL_WAIT_MS;
+    ms_err_t err = { { 0 } };
+    if (coord_client_cancel(c->cl, id, CHAT_CANCEL_WAIT_MS, &err) == -EPROTO)
+        wait_failed(c, -EPROTO, &err);
+}
+
+/* Without --template: the family the coordinator reports for its model,
+ * chatml (with a note) when it reports none or one this client lacks.
+ * 0, or -errno of a failed query (reported). */
+static int learn_family(chat_t *c)
+{
     ms_cw_msg_t msg;
-    while (now_ms() < deadline && recv_for(c, id, deadline - now_ms(), &msg) == 0) {
-        bool last = msg.kind == MS_CW_ERROR || msg.ev.kind == MS_CW_EV_DONE || msg.ev.kind == MS_CW_EV_ERROR;
-        ms_cw_msg_clear(&msg);
-        if (last)
-            break;
+    ms_err_t err = { { 0 } };
+    int rc = coord_client_status(c->cl, &msg, &err);
+    if (rc == -EINTR) {
+        fprintf(stderr, "\n[cancelled]\n");
+        return rc;
     }
-    chat_interrupted = 0;
+    if (rc && rc != -EREMOTEIO)
+        return wait_failed(c, rc, &err);
+    const char *name = rc ? "" : msg.status.chat_family;
+    c->o.family = MS_CHAT_CHATML;
+    if (rc)
+        fprintf(stderr, "moeshard chat: the coordinator did not say which chat template its model uses (%s); "
+                        "using chatml (choose with --template)\n", err.msg);
+    else if (!name[0])
+        fprintf(stderr, "moeshard chat: the served model has no chat template moeshard recognises; "
+                        "using chatml (choose with --template)\n");
+    else if (ms_chat_family_parse(name, &c->o.family))
+        fprintf(stderr, "moeshard chat: the served model's chat template family '%s' is unknown to this client; "
+                        "using chatml (choose with --template)\n", name);
+    c->o.family_set = true;
+    if (!rc)
+        ms_cw_msg_clear(&msg);
+    return 0;
 }
 
 /* One event: text is printed and kept. Returns 1 when the reply is
  * complete, 0 to keep reading, or -errno (message printed). */
 static int on_message(chat_t *c, const ms_cw_msg_t *msg)
 {
+    if (msg->kind != MS_CW_ERROR && msg->kind != MS_CW_EVENT) {
+        fprintf(stderr, "moeshard chat: bad reply from %s: a message of kind %d to Generate\n", c->o.server,
+                (int)msg->kind);
+        return -EPROTO;
+    }
     if (msg->kind == MS_CW_ERROR) {
         /* a refusal ends this turn only, whatever its code */
         fprintf(stderr, "moeshard chat: the coordinator refused the request: %s\n", msg->error.message);
@@ -343,17 +333,15 @@ static int stream_reply(chat_t *c, uint64_t id)
     c->reply_len = 0;
     for (;;) {
         ms_cw_msg_t msg;
-        int rc = recv_for(c, id, (double)c->o.timeout_ms, &msg);
+        ms_err_t err = { { 0 } };
+        int rc = coord_client_recv(c->cl, id, &msg, &err);
         if (rc == -EINTR) {
             cancel_reply(c, id);
             fprintf(stderr, "\n[reply cancelled]\n");
             return rc;
         }
-        if (rc == -ETIMEDOUT)
-            fprintf(stderr, "\nmoeshard chat: no word from %s for %" PRId64 " ms; is 'moeshard serve' running there?\n",
-                    c->o.server, c->o.timeout_ms);
         if (rc)
-            return rc;
+            return wait_failed(c, rc, &err);
         rc = on_message(c, &msg);
         ms_cw_msg_clear(&msg);
         if (rc)
@@ -366,7 +354,10 @@ static int stream_reply(chat_t *c, uint64_t id)
  * -EPROTO end the chat, the others only the turn. */
 static int chat_turn(chat_t *c, const char *line, size_t len)
 {
-    int rc = chat_push(c, "user", line, len);
+    int rc = c->o.family_set ? 0 : learn_family(c);
+    if (rc)
+        return rc;
+    rc = chat_push(c, "user", line, len);
     if (rc) {
         fprintf(stderr, "moeshard chat: the conversation is full (%d messages); start a new chat\n",
                 MS_CHAT_MESSAGES_MAX);
@@ -375,11 +366,11 @@ static int chat_turn(chat_t *c, const char *line, size_t len)
     char *prompt = NULL;
     ms_err_t err = { { 0 } };
     rc = ms_chat_render(c->o.family, c->msgs, c->n_msgs, NULL, &prompt, &err);
-    uint64_t id = ++c->next_id;
+    uint64_t id = 0;
     if (rc)
         fprintf(stderr, "moeshard chat: %s\n", err.msg);
     else
-        rc = send_generate(c, prompt, id);
+        rc = send_generate(c, prompt, &id);
     free(prompt);
     if (!rc)
         rc = stream_reply(c, id);
@@ -427,7 +418,8 @@ static int chat_loop(chat_t *c)
 int coord_cmd_chat(int argc, char **argv)
 {
     chat_t c = { .o = { .family = MS_CHAT_CHATML, .n_predict = CHAT_N_PREDICT_DEFAULT,
-                        .timeout_ms = CHAT_TIMEOUT_MS_DEFAULT, .sp = ms_sampler_defaults() } };
+                        .timeout_ms = CHAT_TIMEOUT_MS_DEFAULT, .sp = ms_sampler_defaults() },
+                 .intr_pipe = { -1, -1 } };
     int status = parse_opts(argc, argv, &c.o);
     if (status >= 0)
         return status;

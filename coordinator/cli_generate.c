@@ -14,17 +14,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <zmq.h>
-
 #include "cli.h"
+#include "client.h"
 #include "client_wire.h"
 #include "limits.h"
-#include "log.h"
 #include "sampler.h"
-#include "wire_zmq.h"
 
 #define GEN_TIMEOUT_MS_DEFAULT 60000
-#define GEN_TIMEOUT_MS_MAX     3600000
+#define GEN_TIMEOUT_MS_MAX     COORD_CLIENT_TIMEOUT_MS_MAX
 #define GEN_CANCEL_WAIT_MS     3000 /* after Ctrl-C: how long to wait for the coordinator's acknowledgement */
 #define GEN_EXIT_INTERRUPTED   130
 
@@ -36,97 +33,31 @@ typedef struct {
     bool seed_set, no_special;
 } gen_opts_t;
 
-static int64_t now_ms(void)
+/* Ctrl-C and SIGTERM become readable on a signalfd the client's waits
+ * watch, so a request is cancelled on the coordinator rather than cut off. */
+static int open_client(const char *cmd, const char *server, int64_t timeout_ms, int *sig_fd, coord_client_t **ret)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* A DEALER connected to the coordinator, and a signalfd for SIGINT/SIGTERM. */
-typedef struct {
-    void *zctx, *sock;
-    int sig_fd;
-    unsigned char *hdr;
-    ms_cw_msg_t msg;
-} client_t;
-
-static int client_open(client_t *c, const char *cmd, const char *server)
-{
-    c->sig_fd = -1;
-    c->hdr = malloc(MS_WIRE_HEADER_BYTES_MAX);
-    c->zctx = zmq_ctx_new();
-    c->sock = c->zctx ? zmq_socket(c->zctx, ZMQ_DEALER) : NULL;
-    if (!c->hdr || !c->sock || ms_wire_zmq_limits(c->sock)) {
-        fprintf(stderr, "moeshard %s: cannot set up a ZeroMQ socket: %s\n", cmd, zmq_strerror(zmq_errno()));
-        return -EIO;
-    }
-    if (zmq_connect(c->sock, server)) {
-        coord_usage_error(cmd, "--server '%s' is not a ZeroMQ endpoint ZeroMQ accepts (%s); expected tcp://HOST:PORT",
-                          server, zmq_strerror(zmq_errno()));
-        return -EINVAL;
-    }
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     sigprocmask(SIG_BLOCK, &set, NULL);
-    c->sig_fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-    return c->sig_fd < 0 ? -errno : 0;
-}
-
-static void client_close(client_t *c)
-{
-    if (c->sock)
-        zmq_close(c->sock);
-    if (c->zctx)
-        zmq_ctx_term(c->zctx);
-    if (c->sig_fd >= 0)
-        close(c->sig_fd);
-    free(c->hdr);
-    ms_cw_msg_clear(&c->msg);
-}
-
-static int client_send(client_t *c, size_t len)
-{
-    return ms_wire_zmq_send(c->sock, NULL, 0, c->hdr, len, NULL, 0);
-}
-
-/* Waits until deadline for a message (1, decoded into c->msg), a signal (2),
- * or nothing (0); -EPROTO for a malformed reply (printed). */
-static int client_wait(client_t *c, const char *cmd, int64_t deadline)
-{
-    zmq_pollitem_t items[2] = { { .socket = c->sock, .events = ZMQ_POLLIN }, { .fd = c->sig_fd, .events = ZMQ_POLLIN } };
-    for (;;) {
-        int64_t left = deadline - now_ms();
-        if (left <= 0)
-            return 0;
-        if (zmq_poll(items, 2, (long)left) < 0 && zmq_errno() != EINTR)
-            return -EIO;
-        if (items[1].revents & ZMQ_POLLIN) {
-            struct signalfd_siginfo si;
-            if (read(c->sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si))
-                return 2;
-        }
-        if (!(items[0].revents & ZMQ_POLLIN))
-            continue;
-        ms_wire_rx_t rx;
-        int rc = ms_wire_zmq_recv(c->sock, &rx, ZMQ_DONTWAIT);
-        ms_err_t err = { { 0 } };
-        ms_cw_msg_clear(&c->msg);
-        if (!rc && (rx.n_parts != 1 || rx.n_dropped))
-            rc = -EPROTO, snprintf(err.msg, sizeof(err.msg), "a reply of %d parts", rx.n_parts);
-        if (!rc)
-            rc = ms_cw_decode(ms_wire_rx_data(&rx, 0), ms_wire_rx_size(&rx, 0), &c->msg, &err);
-        ms_wire_rx_close(&rx);
-        if (rc == -EAGAIN)
-            continue;
-        if (rc) {
-            fprintf(stderr, "moeshard %s: the coordinator sent a malformed reply: %s\n", cmd, err.msg);
-            return -EPROTO;
-        }
-        return 1;
+    *sig_fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (*sig_fd < 0) {
+        fprintf(stderr, "moeshard %s: cannot watch for Ctrl-C: %s\n", cmd, strerror(errno));
+        return COORD_EXIT_FAIL;
     }
+    ms_err_t err = { { 0 } };
+    int rc = coord_client_new(server, timeout_ms, *sig_fd, ret, &err);
+    if (rc == -EINVAL) {
+        coord_usage_error(cmd, "--server %s; expected tcp://HOST:PORT", err.msg);
+        return COORD_EXIT_USAGE;
+    }
+    if (rc) {
+        fprintf(stderr, "moeshard %s: %s\n", cmd, err.msg);
+        return COORD_EXIT_FAIL;
+    }
+    return -1;
 }
 
 /* ------------------------------------------------------------- generate */
@@ -238,20 +169,15 @@ static void print_summary(const ms_cw_event_t *e)
 }
 
 /* After Ctrl-C: Cancel, then wait a little for the coordinator to say so. */
-static int cancel_request(client_t *c, uint64_t id)
+static int cancel_request(coord_client_t *c, uint64_t id)
 {
-    size_t len;
     fflush(stdout);
-    if (ms_cw_encode_cancel(id, c->hdr, MS_WIRE_HEADER_BYTES_MAX, &len) == 0 && client_send(c, len) == 0) {
-        int64_t deadline = now_ms() + GEN_CANCEL_WAIT_MS;
-        int rc;
-        while ((rc = client_wait(c, "generate", deadline)) == 1) {
-            if (c->msg.kind == MS_CW_ERROR || (c->msg.kind == MS_CW_EVENT && c->msg.ev.kind >= MS_CW_EV_DONE))
-                break;
-        }
-        if (rc != 1)
-            fprintf(stderr, "moeshard generate: the coordinator did not acknowledge the cancel\n");
-    }
+    ms_err_t err = { { 0 } };
+    int rc = coord_client_cancel(c, id, GEN_CANCEL_WAIT_MS, &err);
+    if (rc == -EPROTO)
+        fprintf(stderr, "moeshard generate: the coordinator sent a malformed reply: %s\n", err.msg);
+    if (rc == -ETIMEDOUT || rc == -EINTR || rc == -EPROTO)
+        fprintf(stderr, "moeshard generate: the coordinator did not acknowledge the cancel\n");
     fprintf(stderr, "moeshard generate: interrupted; request cancelled\n");
     return GEN_EXIT_INTERRUPTED;
 }
@@ -289,32 +215,40 @@ static int on_reply(const ms_cw_msg_t *m, uint64_t id)
     }
 }
 
-static int generate(client_t *c, const gen_opts_t *o)
+/* A failed wait's message; the exit status. */
+static int wait_failed(int rc, const ms_err_t *err, const gen_opts_t *o)
 {
-    uint64_t id;
-    if (getrandom(&id, sizeof(id), 0) != sizeof(id))
-        id = (uint64_t)now_ms();
+    if (rc == -ETIMEDOUT)
+        fprintf(stderr, "\nmoeshard generate: no reply from the coordinator at %s within %" PRId64 " ms "
+                        "(is 'moeshard serve' running there?)\n", o->server, o->timeout_ms);
+    else if (rc == -EPROTO)
+        fprintf(stderr, "moeshard generate: the coordinator sent a malformed reply: %s\n", err->msg);
+    else
+        fprintf(stderr, "moeshard generate: %s\n", err->msg);
+    return COORD_EXIT_FAIL;
+}
+
+static int generate(coord_client_t *c, const gen_opts_t *o)
+{
     ms_cw_generate_t g = { .prompt = o->prompt, .prompt_len = strlen(o->prompt), .n_predict = (int32_t)o->n_predict,
                            .temp = o->sp.temp, .top_p = o->sp.top_p, .min_p = o->sp.min_p,
                            .repeat_penalty = o->sp.repeat_penalty, .top_k = o->sp.top_k,
                            .repeat_last_n = o->sp.repeat_last_n, .seed = o->sp.seed, .no_special = o->no_special };
-    size_t len;
-    if (ms_cw_encode_generate(id, &g, c->hdr, MS_WIRE_HEADER_BYTES_MAX, &len) || client_send(c, len)) {
+    uint64_t id;
+    if (coord_client_send_generate(c, &g, &id)) {
         fprintf(stderr, "moeshard generate: sending the request to %s failed\n", o->server);
         return COORD_EXIT_FAIL;
     }
     for (;;) {
-        int rc = client_wait(c, "generate", now_ms() + o->timeout_ms);
-        if (rc == 0) {
-            fprintf(stderr, "\nmoeshard generate: no reply from the coordinator at %s within %" PRId64 " ms "
-                            "(is 'moeshard serve' running there?)\n", o->server, o->timeout_ms);
-            return COORD_EXIT_FAIL;
-        }
-        if (rc == 2)
+        ms_cw_msg_t msg;
+        ms_err_t err = { { 0 } };
+        int rc = coord_client_recv(c, id, &msg, &err);
+        if (rc == -EINTR)
             return cancel_request(c, id);
-        if (rc < 0)
-            return COORD_EXIT_FAIL;
-        int st = on_reply(&c->msg, id);
+        if (rc)
+            return wait_failed(rc, &err, o);
+        int st = on_reply(&msg, id);
+        ms_cw_msg_clear(&msg);
         if (st >= 0)
             return st;
     }
@@ -329,10 +263,14 @@ int coord_cmd_generate(int argc, char **argv)
     if (!o.seed_set && getrandom(&o.sp.seed, sizeof(o.sp.seed), 0) != sizeof(o.sp.seed))
         o.sp.seed = (uint64_t)time(NULL);
     o.sp.seed &= INT64_MAX; /* printable and accepted back by --seed */
-    client_t c = { 0 };
-    int rc = client_open(&c, "generate", o.server);
-    st = rc == -EINVAL ? COORD_EXIT_USAGE : rc ? COORD_EXIT_FAIL : generate(&c, &o);
-    client_close(&c);
+    coord_client_t *c = NULL;
+    int sig_fd = -1;
+    st = open_client("generate", o.server, o.timeout_ms, &sig_fd, &c);
+    if (st < 0)
+        st = generate(c, &o);
+    coord_client_destroy(&c);
+    if (sig_fd >= 0)
+        close(sig_fd);
     return st;
 }
 
@@ -341,13 +279,15 @@ int coord_cmd_generate(int argc, char **argv)
 static void status_help(void)
 {
     printf("usage: moeshard status --server tcp://HOST:PORT [--timeout-ms N]\n\n"
-           "Prints a running coordinator's view: model, uptime, requests, tokens/s and, with expert\n"
-           "hosts, each host's slices, memory, health (age of its last reply), round-trip time and traffic.\n");
+           "Prints a running coordinator's view: model, its chat template family, uptime, requests,\n"
+           "tokens/s and, with expert hosts, each host's slices, memory, health (age of its last\n"
+           "reply), round-trip time and traffic.\n");
 }
 
 static void print_status(const ms_cw_status_t *s)
 {
     printf("model      %s (%s)\n", s->model, s->arch);
+    printf("template   %s\n", s->chat_family[0] ? s->chat_family : "none recognised (chat falls back to chatml)");
     printf("uptime     %.1f s\n", (double)s->uptime_ms / 1e3);
     printf("requests   %u active, %u queued (at most %u at once), %" PRIu64 " done\n", s->active, s->queued,
            s->n_seq_max, s->requests_done);
@@ -371,6 +311,30 @@ static void print_status(const ms_cw_status_t *s)
                (double)h->memory_bytes / 1e6, age, h->rtt_ms_mean, h->batches, (double)h->bytes_sent / 1e6,
                (double)h->bytes_received / 1e6);
     }
+}
+
+static int status_query(coord_client_t *c, const char *server, int64_t timeout_ms)
+{
+    ms_cw_msg_t msg;
+    ms_err_t err = { { 0 } };
+    int rc = coord_client_status(c, &msg, &err);
+    if (!rc) {
+        print_status(&msg.status);
+        ms_cw_msg_clear(&msg);
+        return COORD_EXIT_OK;
+    }
+    if (rc == -EINTR)
+        return GEN_EXIT_INTERRUPTED;
+    if (rc == -ETIMEDOUT)
+        fprintf(stderr, "moeshard status: no reply from the coordinator at %s within %" PRId64 " ms\n", server,
+                timeout_ms);
+    else if (rc == -EREMOTEIO)
+        fprintf(stderr, "moeshard status: the coordinator answered with an error: %s\n", err.msg);
+    else if (rc == -EPROTO)
+        fprintf(stderr, "moeshard status: the coordinator sent a malformed reply: %s\n", err.msg);
+    else
+        fprintf(stderr, "moeshard status: %s\n", err.msg);
+    return COORD_EXIT_FAIL;
 }
 
 int coord_cmd_status(int argc, char **argv)
@@ -403,27 +367,13 @@ int coord_cmd_status(int argc, char **argv)
         coord_usage_error("status", "expected --server EP and no other arguments");
         return COORD_EXIT_USAGE;
     }
-    client_t c = { 0 };
-    int rc = client_open(&c, "status", server);
-    size_t len;
-    int st = rc == -EINVAL ? COORD_EXIT_USAGE : rc ? COORD_EXIT_FAIL : -1;
-    if (st < 0 && (ms_cw_encode_status_query(1, c.hdr, MS_WIRE_HEADER_BYTES_MAX, &len) || client_send(&c, len)))
-        st = COORD_EXIT_FAIL;
-    if (st < 0) {
-        rc = client_wait(&c, "status", now_ms() + timeout_ms);
-        if (rc == 1 && c.msg.kind == MS_CW_STATUS) {
-            print_status(&c.msg.status);
-            st = COORD_EXIT_OK;
-        } else {
-            if (rc == 0)
-                fprintf(stderr, "moeshard status: no reply from the coordinator at %s within %" PRId64 " ms\n",
-                        server, timeout_ms);
-            else if (rc == 1)
-                fprintf(stderr, "moeshard status: the coordinator answered with an error: %s\n",
-                        c.msg.kind == MS_CW_ERROR ? c.msg.error.message : "unexpected reply");
-            st = rc == 2 ? GEN_EXIT_INTERRUPTED : COORD_EXIT_FAIL;
-        }
-    }
-    client_close(&c);
+    coord_client_t *c = NULL;
+    int sig_fd = -1;
+    int st = open_client("status", server, timeout_ms, &sig_fd, &c);
+    if (st < 0)
+        st = status_query(c, server, timeout_ms);
+    coord_client_destroy(&c);
+    if (sig_fd >= 0)
+        close(sig_fd);
     return st;
 }

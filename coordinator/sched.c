@@ -555,7 +555,9 @@ static int prepare(const ms_sched_t *s, const char *prompt, size_t len, const ms
     return 0;
 }
 
-static int enqueue(ms_sched_t *s, sched_req_t *r, ms_err_t *err)
+/* Queues r and hands its id back under the lock: once it is queued the
+ * scheduler thread may finish and free r at any moment. */
+static int enqueue(ms_sched_t *s, sched_req_t *r, uint64_t *ret_id, ms_err_t *err)
 {
     pthread_mutex_lock(&s->lock);
     int rc = 0;
@@ -567,6 +569,7 @@ static int enqueue(ms_sched_t *s, sched_req_t *r, ms_err_t *err)
         rc = -EBUSY;
     } else {
         r->id = s->next_id++;
+        *ret_id = r->id;
         r->t_submit = now_s();
         if (s->tail)
             s->tail->next = r;
@@ -600,10 +603,8 @@ int ms_sched_submit(ms_sched_t *s, const char *prompt, size_t len, const ms_gen_
     r->ctx = ctx;
     rc = prepare(s, prompt, len, p, r, err);
     uint64_t id = 0;
-    if (!rc) {
-        rc = enqueue(s, r, err);
-        id = r->id; /* read before the scheduler may finish and free it */
-    }
+    if (!rc)
+        rc = enqueue(s, r, &id, err);
     if (rc) {
         req_free(r);
         return rc;

@@ -16,6 +16,7 @@
 
 #include <zmq.h>
 
+#include "chat.h"
 #include "client_wire.h"
 #include "log.h"
 #include "wire_zmq.h"
@@ -56,6 +57,7 @@ struct coord_server {
     serve_ev_t ev_in;             /* the server thread's */
     ms_cw_msg_t msg;
     double t_start;
+    char chat_family[MS_CW_FAMILY_BYTES_MAX + 1]; /* for StatusReply; "" when not recognised */
 };
 
 static double now_s(void)
@@ -294,6 +296,7 @@ static void on_status(coord_server_t *s, const unsigned char *route, size_t rout
                           .prefill_tok_s = ss.prefill_tok_s, .wire = s->p.wire };
     snprintf(st.model, sizeof(st.model), "%s", s->p.model_name);
     snprintf(st.arch, sizeof(st.arch), "%s", ms_arch_name(s->p.m->hp.arch));
+    snprintf(st.chat_family, sizeof(st.chat_family), "%s", s->chat_family);
     ms_cw_host_t *hosts = s->p.n_hosts ? calloc((size_t)s->p.n_hosts, sizeof(*hosts)) : NULL;
     if (s->p.n_hosts && !hosts) {
         reply_error(s, route, route_len, s->msg.request_id, ENOMEM, "out of memory");
@@ -413,6 +416,21 @@ static int open_sockets(coord_server_t *s, ms_err_t *err)
     return 0;
 }
 
+/* The family status reports, so that 'moeshard chat' renders with the
+ * model's own template; "" (clients fall back to chatml) when the model has
+ * no template or one no renderer follows. */
+static void detect_chat_family(coord_server_t *s)
+{
+    ms_chat_family_t f;
+    ms_err_t e = { { 0 } };
+    if (ms_chat_detect(s->p.m->gguf, &f, &e)) {
+        ms_log_info("serve: %s; status reports no chat template family", e.msg);
+        return;
+    }
+    snprintf(s->chat_family, sizeof(s->chat_family), "%s", ms_chat_family_name(f));
+    ms_log_debug("serve: chat template family %s", s->chat_family);
+}
+
 int coord_server_new(const coord_server_params_t *p, coord_server_t **ret_server, ms_err_t *err)
 {
     if (!p || !p->listen || !p->m || !p->sched || p->n_seq_max < 1) {
@@ -426,6 +444,7 @@ int coord_server_new(const coord_server_params_t *p, coord_server_t **ret_server
     }
     s->p = *p;
     s->t_start = now_s();
+    detect_chat_family(s);
     s->n_reqs = COORD_SERVE_REQUESTS_MAX;
     s->reqs = calloc((size_t)s->n_reqs, sizeof(*s->reqs));
     s->hdr = malloc(MS_WIRE_HEADER_BYTES_MAX);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "client_wire.h"
+#include "moeshard.pb-c.h"
 
 static uint8_t buf[1 << 16];
 
@@ -138,6 +139,55 @@ static void test_refusals(void)
     ms_cw_msg_clear(&m);
 }
 
+/* StatusReply.chat_template_family: each family name, "" (none recognised),
+ * the longest name the bound allows, and one past it refused by the decoder
+ * (written with protobuf-c directly, as a peer that ignores the bound would). */
+static void test_status_chat_family(void)
+{
+    static const char *names[] = { "chatml", "mistral", "deepseek", "qwen3", "" };
+    ms_cw_msg_t m;
+    ms_err_t err = { { 0 } };
+    size_t len = 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        ms_cw_status_t st = { .uptime_ms = 5 };
+        strcpy(st.chat_family, names[i]);
+        CU_ASSERT_EQUAL_FATAL(ms_cw_encode_status(20 + i, &st, buf, sizeof(buf), &len), 0);
+        CU_ASSERT_EQUAL_FATAL(ms_cw_decode(buf, len, &m, &err), 0);
+        CU_ASSERT_EQUAL(m.kind, MS_CW_STATUS);
+        CU_ASSERT_EQUAL(m.request_id, 20 + i);
+        CU_ASSERT_STRING_EQUAL(m.status.chat_family, names[i]);
+        CU_ASSERT_EQUAL(m.status.uptime_ms, 5);
+        ms_cw_msg_clear(&m);
+    }
+    ms_cw_status_t st = { 0 };
+    memset(st.chat_family, 'x', MS_CW_FAMILY_BYTES_MAX);
+    CU_ASSERT_EQUAL_FATAL(ms_cw_encode_status(30, &st, buf, sizeof(buf), &len), 0);
+    CU_ASSERT_EQUAL_FATAL(ms_cw_decode(buf, len, &m, &err), 0);
+    CU_ASSERT_EQUAL(strlen(m.status.chat_family), MS_CW_FAMILY_BYTES_MAX);
+    ms_cw_msg_clear(&m);
+    /* not NUL-terminated inside its array: the encoder refuses it */
+    memset(st.chat_family, 'x', sizeof(st.chat_family));
+    CU_ASSERT_EQUAL(ms_cw_encode_status(31, &st, buf, sizeof(buf), &len), -EINVAL);
+
+    char longer[MS_CW_FAMILY_BYTES_MAX + 2];
+    memset(longer, 'y', sizeof(longer) - 1);
+    longer[sizeof(longer) - 1] = '\0';
+    Moeshard__StatusReply r;
+    moeshard__status_reply__init(&r);
+    r.chat_template_family = longer;
+    Moeshard__Envelope env;
+    moeshard__envelope__init(&env);
+    env.version_major = MS_WIRE_VERSION_MAJOR;
+    env.request_id = 32;
+    env.kind_case = MOESHARD__ENVELOPE__KIND_STATUS;
+    env.status = &r;
+    len = moeshard__envelope__pack(&env, buf);
+    err.msg[0] = '\0';
+    CU_ASSERT_EQUAL(ms_cw_decode(buf, len, &m, &err), -EPROTO);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "chat_template_family"));
+    ms_cw_msg_clear(&m);
+}
+
 static int ms_test_register(void)
 {
     CU_pSuite s = CU_add_suite("client_wire", NULL, NULL);
@@ -146,6 +196,7 @@ static int ms_test_register(void)
     return (CU_add_test(s, "Generate round trip", test_generate_round_trip) &&
             CU_add_test(s, "GenEvent round trips", test_event_round_trip) &&
             CU_add_test(s, "Status, Cancel, Error round trips", test_status_cancel_error_round_trip) &&
+            CU_add_test(s, "StatusReply chat template family", test_status_chat_family) &&
             CU_add_test(s, "malformed and out-of-bound input refused", test_refusals))
                ? 0
                : -1;

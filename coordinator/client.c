@@ -1,0 +1,234 @@
+/* One DEALER to the coordinator (client.h): request ids, sending, and the
+ * wait that multiplexes replies with the user's Ctrl-C. */
+#include "client.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "wire_zmq.h"
+
+#define CLIENT_INTR_READ_BYTES 128 /* one signalfd_siginfo, or a burst of self-pipe bytes */
+
+struct coord_client {
+    void *zctx, *sock;
+    int intr_fd;
+    int64_t timeout_ms;
+    uint64_t next_id;
+    unsigned char *hdr; /* encode buffer of MS_WIRE_HEADER_BYTES_MAX */
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int client_connect(coord_client_t *c, const char *server, ms_err_t *err)
+{
+    c->zctx = zmq_ctx_new();
+    c->sock = c->zctx ? zmq_socket(c->zctx, ZMQ_DEALER) : NULL;
+    if (!c->sock) {
+        ms_err_set(err, "cannot set up a ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
+        return -EIO;
+    }
+    int rc = ms_wire_zmq_limits(c->sock);
+    if (rc) {
+        ms_err_set(err, "cannot set the ZeroMQ socket's limits: %s", zmq_strerror(-rc));
+        return -EIO;
+    }
+    if (zmq_connect(c->sock, server)) {
+        ms_err_set(err, "'%s' is not an endpoint ZeroMQ accepts (%s)", server, zmq_strerror(zmq_errno()));
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int coord_client_new(const char *server, int64_t timeout_ms, int intr_fd, coord_client_t **ret_client,
+                     ms_err_t *err)
+{
+    if (!server || timeout_ms < 1 || timeout_ms > COORD_CLIENT_TIMEOUT_MS_MAX) {
+        ms_err_set(err, "a client needs an endpoint and a timeout in [1, %d] ms", COORD_CLIENT_TIMEOUT_MS_MAX);
+        return -EINVAL;
+    }
+    coord_client_t *c = calloc(1, sizeof(*c));
+    if (!c || !(c->hdr = malloc(MS_WIRE_HEADER_BYTES_MAX))) {
+        free(c);
+        ms_err_set(err, "out of memory");
+        return -ENOMEM;
+    }
+    c->intr_fd = intr_fd;
+    c->timeout_ms = timeout_ms;
+    /* a random start keeps ids of successive runs apart in the coordinator's log */
+    if (getrandom(&c->next_id, sizeof(c->next_id), 0) != sizeof(c->next_id))
+        c->next_id = (uint64_t)now_ms();
+    int rc = client_connect(c, server, err);
+    if (rc) {
+        coord_client_destroy(&c);
+        return rc;
+    }
+    *ret_client = c;
+    return 0;
+}
+
+void coord_client_destroy(coord_client_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    coord_client_t *c = *self_p;
+    if (c->sock)
+        zmq_close(c->sock);
+    if (c->zctx)
+        zmq_ctx_term(c->zctx);
+    free(c->hdr);
+    free(c);
+    *self_p = NULL;
+}
+
+/* ------------------------------------------------------------- sending */
+
+static int send_hdr(coord_client_t *c, size_t len)
+{
+    return ms_wire_zmq_send(c->sock, NULL, 0, c->hdr, len, NULL, 0);
+}
+
+int coord_client_send_generate(coord_client_t *c, const ms_cw_generate_t *g, uint64_t *ret_id)
+{
+    uint64_t id = ++c->next_id;
+    size_t len = 0;
+    int rc = ms_cw_encode_generate(id, g, c->hdr, MS_WIRE_HEADER_BYTES_MAX, &len);
+    rc = rc ? rc : send_hdr(c, len);
+    if (!rc)
+        *ret_id = id;
+    return rc;
+}
+
+/* ----------------------------------------------------------- receiving */
+
+/* Drains the interrupt descriptor; true when it was readable. */
+static bool take_interrupt(coord_client_t *c, short revents)
+{
+    if (!(revents & ZMQ_POLLIN))
+        return false;
+    char buf[CLIENT_INTR_READ_BYTES];
+    return read(c->intr_fd, buf, sizeof(buf)) > 0;
+}
+
+/* Takes one waiting message off the socket and decodes it. 0, -EAGAIN
+ * (nothing complete yet), -EPROTO (err). */
+static int take_message(coord_client_t *c, ms_cw_msg_t *msg, ms_err_t *err)
+{
+    ms_wire_rx_t rx;
+    int rc = ms_wire_zmq_recv(c->sock, &rx, ZMQ_DONTWAIT);
+    if (rc && rc != -EAGAIN) {
+        ms_err_set(err, "receiving a reply failed: %s", strerror(-rc));
+        rc = -EPROTO;
+    } else if (!rc && (rx.n_parts != 1 || rx.n_dropped)) {
+        ms_err_set(err, "a reply of %d frames (expected one header frame)", rx.n_parts + (int)rx.n_dropped);
+        rc = -EPROTO;
+    } else if (!rc) {
+        rc = ms_cw_decode(ms_wire_rx_data(&rx, 0), ms_wire_rx_size(&rx, 0), msg, err);
+        if (rc == -ENOMEM)
+            ms_err_set(err, "out of memory decoding a reply");
+        if (rc)
+            ms_cw_msg_clear(msg);
+        rc = rc ? -EPROTO : 0;
+    }
+    ms_wire_rx_close(&rx);
+    return rc;
+}
+
+/* The next message of id before deadline (now_ms clock); see coord_client_recv. */
+static int recv_until(coord_client_t *c, uint64_t id, int64_t deadline, ms_cw_msg_t *msg, ms_err_t *err)
+{
+    zmq_pollitem_t it[2] = { { .socket = c->sock, .events = ZMQ_POLLIN }, { .fd = c->intr_fd, .events = ZMQ_POLLIN } };
+    int n_items = c->intr_fd >= 0 ? 2 : 1;
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        if (left <= 0)
+            return -ETIMEDOUT;
+        it[0].revents = it[1].revents = 0;
+        if (zmq_poll(it, n_items, (long)left) < 0) {
+            if (zmq_errno() == EINTR)
+                continue; /* a handled signal; a Ctrl-C shows on intr_fd */
+            ms_err_set(err, "waiting for the coordinator failed: %s", zmq_strerror(zmq_errno()));
+            return -EIO;
+        }
+        if (n_items == 2 && take_interrupt(c, it[1].revents))
+            return -EINTR;
+        if (!(it[0].revents & ZMQ_POLLIN))
+            continue;
+        int rc = take_message(c, msg, err);
+        if (rc == -EAGAIN)
+            continue;
+        if (rc || msg->request_id == id)
+            return rc;
+        ms_cw_msg_clear(msg);
+    }
+}
+
+int coord_client_recv(coord_client_t *c, uint64_t id, ms_cw_msg_t *msg, ms_err_t *err)
+{
+    return recv_until(c, id, now_ms() + c->timeout_ms, msg, err);
+}
+
+static bool is_last(const ms_cw_msg_t *m)
+{
+    return m->kind == MS_CW_ERROR ||
+           (m->kind == MS_CW_EVENT && (m->ev.kind == MS_CW_EV_DONE || m->ev.kind == MS_CW_EV_ERROR));
+}
+
+int coord_client_cancel(coord_client_t *c, uint64_t id, int64_t wait_ms, ms_err_t *err)
+{
+    size_t len = 0;
+    int rc = ms_cw_encode_cancel(id, c->hdr, MS_WIRE_HEADER_BYTES_MAX, &len);
+    rc = rc ? rc : send_hdr(c, len);
+    if (rc) {
+        ms_err_set(err, "cannot send Cancel: %s", strerror(-rc));
+        return rc;
+    }
+    int64_t deadline = now_ms() + wait_ms;
+    for (;;) {
+        ms_cw_msg_t msg;
+        rc = recv_until(c, id, deadline, &msg, err);
+        if (rc)
+            return rc;
+        bool last = is_last(&msg);
+        ms_cw_msg_clear(&msg);
+        if (last)
+            return 0;
+    }
+}
+
+/* ------------------------------------------------------------- status */
+
+int coord_client_status(coord_client_t *c, ms_cw_msg_t *msg, ms_err_t *err)
+{
+    uint64_t id = ++c->next_id;
+    size_t len = 0;
+    int rc = ms_cw_encode_status_query(id, c->hdr, MS_WIRE_HEADER_BYTES_MAX, &len);
+    rc = rc ? rc : send_hdr(c, len);
+    if (rc) {
+        ms_err_set(err, "cannot send StatusQuery: %s", strerror(-rc));
+        return rc;
+    }
+    rc = coord_client_recv(c, id, msg, err);
+    if (rc || msg->kind == MS_CW_STATUS)
+        return rc;
+    if (msg->kind == MS_CW_ERROR) {
+        ms_err_set(err, "%s", msg->error.message);
+        rc = -EREMOTEIO;
+    } else {
+        ms_err_set(err, "a reply of kind %d to StatusQuery", (int)msg->kind);
+        rc = -EPROTO;
+    }
+    ms_cw_msg_clear(msg);
+    return rc;
+}

@@ -43,7 +43,10 @@ typedef struct {
 struct ms_gguf {
     char *name;          /* path or caller's name, for messages */
     const uint8_t *base; /* file bytes */
-    uint64_t size;
+    uint64_t size;       /* of the file */
+    uint64_t avail;      /* bytes at base: the file, or its header part (header_only) */
+    bool header_only;    /* tensor data not mapped: tensors' data pointers are NULL */
+    bool ran_short;      /* the last parse failed for want of bytes past avail */
     void *map; /* our mapping (NULL for a borrowed buffer or an empty file) */
     uint32_t alignment;
     uint64_t data_offset;
@@ -62,6 +65,7 @@ typedef struct {
     uint64_t pos;
     const char *name;
     ms_err_t *err;
+    bool *ran_short; /* set when a check fails for want of bytes */
     char where[128]; /* "header", "metadata key 3 ('general.name')", "tensor 7 ('output.weight')" */
 } cursor_t;
 
@@ -131,6 +135,7 @@ static int need(cursor_t *c, uint64_t n, const char *what)
 {
     if (n <= left(c))
         return 0;
+    *c->ran_short = true;
     ms_err_set(c->err, "%s: truncated in %s: %s needs %" PRIu64 " bytes but only %" PRIu64 " are left",
                c->name, c->where, what, n, left(c));
     return -EINVAL;
@@ -247,7 +252,7 @@ static int check_count(cursor_t *c, const char *field, uint64_t n, uint64_t max,
 {
     if (n > max)
         return bad(c, "%s=%" PRIu64 " exceeds the limit %" PRIu64, field, n, max);
-    if (n * min_bytes > left(c)) /* no overflow: n <= 2^20, min_bytes < 64 */
+    if (n * min_bytes > left(c) && (*c->ran_short = true)) /* no overflow: n <= 2^20, min_bytes < 64 */
         return bad(c, "%s=%" PRIu64 " %s need at least %" PRIu64 " bytes but only %" PRIu64 " are left", field, n,
                    items, n * min_bytes, left(c));
     return 0;
@@ -320,6 +325,7 @@ static int parse_scalar(cursor_t *c, ms_gguf_kv_t *kv)
 static int parse_str_array(cursor_t *c, ms_gguf_kv_t *kv)
 {
     if (kv->arr_n * 8 > left(c)) { /* each string needs at least its length field */
+        *c->ran_short = true;
         ms_err_set(c->err, "%s: truncated in %s: array of %" PRIu64 " strings needs at least %" PRIu64
                            " bytes but only %" PRIu64 " are left", c->name, c->where, kv->arr_n, kv->arr_n * 8, left(c));
         return -EINVAL;
@@ -530,7 +536,7 @@ static int place_tensor(ms_gguf_t *g, cursor_t *c, uint64_t i)
                    start + t->nbytes, g->size);
     }
     t->file_offset = g->data_offset + t->offset;
-    t->data = g->base + t->file_offset;
+    t->data = g->header_only ? NULL : g->base + t->file_offset;
     return 0;
 }
 
@@ -599,7 +605,8 @@ static int parse_tensors(ms_gguf_t *g, cursor_t *c)
 
 static int parse(ms_gguf_t *g, ms_err_t *err)
 {
-    cursor_t c = {.p = g->base, .size = g->size, .pos = 0, .name = g->name, .err = err};
+    g->ran_short = false;
+    cursor_t c = {.p = g->base, .size = g->avail, .pos = 0, .name = g->name, .err = err, .ran_short = &g->ran_short};
     int rc = parse_header(g, &c);
     if (!rc)
         rc = parse_metadata(g, &c);
@@ -645,7 +652,7 @@ int ms_gguf_open_mem(const void *buf, size_t len, const char *name, ms_gguf_t **
         return -ENOMEM;
     }
     g->base = buf;
-    g->size = buf ? len : 0;
+    g->size = g->avail = buf ? len : 0;
     return finish_open(g, ret_gguf, err);
 }
 
@@ -656,9 +663,10 @@ static int sys_fail(const char *path, const char *what, int e, ms_err_t *err)
     return -e;
 }
 
-/* Maps fd's size bytes; an empty file is left unmapped (mmap refuses length 0)
- * and then fails validation like any truncated file. */
-static int map_file(ms_gguf_t *g, int fd, const char *path, ms_err_t *err)
+/* Maps the first min(size, limit) bytes of fd; an empty file is left
+ * unmapped (mmap refuses length 0) and then fails validation like any
+ * truncated file. */
+static int map_file(ms_gguf_t *g, int fd, const char *path, uint64_t limit, ms_err_t *err)
 {
     struct stat st;
     if (fstat(fd, &st) != 0)
@@ -668,9 +676,10 @@ static int map_file(ms_gguf_t *g, int fd, const char *path, ms_err_t *err)
         return -EINVAL;
     }
     g->size = (uint64_t)st.st_size;
-    if (g->size == 0)
+    g->avail = g->size < limit ? g->size : limit;
+    if (g->avail == 0)
         return 0;
-    void *p = mmap(NULL, (size_t)g->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    void *p = mmap(NULL, (size_t)g->avail, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
         int e = errno;
         return sys_fail(path, "cannot map", e == ENOMEM ? ENOMEM : EIO, err);
@@ -691,13 +700,49 @@ int ms_gguf_open(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err)
         ms_err_set(err, "%s: out of memory", path);
         return -ENOMEM;
     }
-    int rc = map_file(g, fd, path, err);
+    int rc = map_file(g, fd, path, UINT64_MAX, err);
     close(fd); /* the mapping keeps the file's pages */
     if (rc) {
         ms_gguf_close(&g);
         return rc;
     }
     return finish_open(g, ret_gguf, err);
+}
+
+/* The first mapping tried by ms_gguf_open_header; it grows 4x while the
+ * header runs past it. */
+#define GGUF_HEADER_PROBE_BYTES (1u << 20)
+
+int ms_gguf_open_header(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return sys_fail(path, "cannot open", errno, err);
+    uint64_t limit = GGUF_HEADER_PROBE_BYTES;
+    for (;;) {
+        ms_gguf_t *g = gguf_alloc(path);
+        if (!g) {
+            close(fd);
+            ms_err_set(err, "%s: out of memory", path);
+            return -ENOMEM;
+        }
+        g->header_only = true;
+        int rc = map_file(g, fd, path, limit, err);
+        rc = rc ? rc : parse(g, err);
+        if (!rc) {
+            close(fd);
+            *ret_gguf = g;
+            return 0;
+        }
+        bool retry = rc == -EINVAL && g->ran_short && g->avail < g->size;
+        uint64_t size = g->size;
+        ms_gguf_close(&g);
+        if (!retry) {
+            close(fd);
+            return rc;
+        }
+        limit = limit > size / 4 ? size : limit * 4;
+    }
 }
 
 void ms_gguf_close(ms_gguf_t **self_p)
@@ -714,7 +759,7 @@ void ms_gguf_close(ms_gguf_t **self_p)
     free(g->kv_index.slots);
     free(g->tensor_index.slots);
     if (g->map)
-        munmap(g->map, (size_t)g->size);
+        munmap(g->map, (size_t)g->avail);
     free(g->name);
     free(g);
     *self_p = NULL;
@@ -867,7 +912,7 @@ int ms_gguf_get_arr(const ms_gguf_t *g, const char *key, ms_gguf_vtype_t arr_typ
 
 int ms_gguf_prefault(const ms_gguf_t *g, uint64_t offset, uint64_t len)
 {
-    if (!g->map || offset > g->size || len > g->size - offset)
+    if (!g->map || g->header_only || offset > g->avail || len > g->avail - offset)
         return -EINVAL;
     long page = sysconf(_SC_PAGESIZE);
     uint64_t start = offset & ~(uint64_t)(page - 1);

@@ -73,6 +73,13 @@ typedef struct ms_gguf ms_gguf_t;
  * ("model.gguf: tensor 'blk.0.attn_q.weight': data [off, off+size) extends past end of file (size N)"). */
 int ms_gguf_open(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err);
 
+/* Same validation, mapping only the header part (metadata and tensor
+ * infos, found by growing the mapped prefix as needed): tensor data is not
+ * mapped, every tensor's data pointer is NULL, and ms_gguf_prefault refuses.
+ * For programs that read tensor bytes themselves (expertd loads its slices
+ * with io_uring) or only need the shapes. Errors as ms_gguf_open. */
+int ms_gguf_open_header(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err);
+
 /* Same validation over a caller-owned buffer (kept borrowed until close);
  * name is used in messages. For tests and fuzzing. */
 int ms_gguf_open_mem(const void *buf, size_t len, const char *name, ms_gguf_t **ret_gguf, ms_err_t *err);

@@ -179,7 +179,7 @@ int expertd_store_open(const char *model_path, const char *spec, expertd_store_t
         return -ENOMEM;
     snprintf(s->path, sizeof(s->path), "%s", model_path);
     bool *held = NULL;
-    int rc = ms_gguf_open(model_path, &s->gguf, err);
+    int rc = ms_gguf_open_header(model_path, &s->gguf, err);
     if (!rc)
         rc = ms_shard_open(s->gguf, &s->shard, err);
     if (rc)

@@ -1239,6 +1239,66 @@ static void test_large_tensor(void)
     free(data);
 }
 
+/* Header-only opening: a 2.9 MiB string array forces the mapped prefix to grow
+ * past its first 1 MiB; every key and tensor info equals a full open's, no
+ * tensor data is mapped, and a damaged file is refused the same way. */
+static void test_header_only(void)
+{
+    const char *path = tmp_path("header-only.gguf");
+    enum { N_STR = 3000 };
+    static char text[N_STR][1024];
+    const char *strs[N_STR];
+    for (int i = 0; i < N_STR; i++) {
+        memset(text[i], 'a' + i % 26, sizeof(text[i]) - 1);
+        strs[i] = text[i];
+    }
+    ms_gguf_writer_t *w = ms_gguf_writer_new(64);
+    CU_ASSERT_EQUAL(ms_gguf_writer_add_arr_str(w, "big.strings", strs, NULL, N_STR), 0);
+    CU_ASSERT_EQUAL(ms_gguf_writer_add_u32(w, "after.big", 7), 0);
+    int64_t ne[2] = { 64, 3 };
+    CU_ASSERT_EQUAL(ms_gguf_writer_add_tensor(w, "t0", MS_TYPE_F32, 2, ne), 0);
+    CU_ASSERT_EQUAL(ms_gguf_writer_add_tensor(w, "t1", MS_TYPE_F32, 2, ne), 0);
+    ms_err_t err = { { 0 } };
+    CU_ASSERT_EQUAL_FATAL(ms_gguf_writer_begin(w, path, &err), 0);
+    static float data[2 * 64 * 3];
+    CU_ASSERT_EQUAL(ms_gguf_writer_write(w, data, sizeof(data) / 2, &err), 0);
+    CU_ASSERT_EQUAL(ms_gguf_writer_write(w, data, sizeof(data) / 2, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(ms_gguf_writer_finish(w, &err), 0);
+    ms_gguf_writer_destroy(&w);
+
+    ms_gguf_t *full = NULL, *hdr = NULL;
+    CU_ASSERT_EQUAL_FATAL(ms_gguf_open(path, &full, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(ms_gguf_open_header(path, &hdr, &err), 0);
+    CU_ASSERT_EQUAL(ms_gguf_file_size(hdr), ms_gguf_file_size(full));
+    CU_ASSERT_EQUAL(ms_gguf_data_offset(hdr), ms_gguf_data_offset(full));
+    CU_ASSERT_TRUE(ms_gguf_data_offset(hdr) > (2u << 20)); /* past the first 1 MiB probe, and its 4x */
+    uint32_t v = 0;
+    CU_ASSERT_EQUAL(ms_gguf_get_u32(hdr, "after.big", &v), 0);
+    CU_ASSERT_EQUAL(v, 7);
+    const ms_gguf_kv_t *kv = NULL;
+    CU_ASSERT_EQUAL_FATAL(ms_gguf_get_arr(hdr, "big.strings", MS_GGUF_STRING, &kv), 0);
+    CU_ASSERT_EQUAL(kv->arr_n, N_STR);
+    CU_ASSERT_TRUE(ms_str_eq(kv->arr_strs[N_STR - 1], text[N_STR - 1]));
+    for (uint64_t i = 0; i < 2; i++) {
+        const ms_gguf_tensor_t *a = ms_gguf_tensor(full, i), *b = ms_gguf_tensor(hdr, i);
+        CU_ASSERT_EQUAL(a->file_offset, b->file_offset);
+        CU_ASSERT_EQUAL(a->nbytes, b->nbytes);
+        CU_ASSERT_PTR_NOT_NULL(a->data);
+        CU_ASSERT_PTR_NULL(b->data);
+    }
+    CU_ASSERT_EQUAL(ms_gguf_prefault(hdr, ms_gguf_data_offset(hdr), 64), -EINVAL);
+    ms_gguf_close(&hdr);
+    ms_gguf_close(&full);
+
+    /* cut inside the big array: refused, naming the file, like a full open */
+    CU_ASSERT_EQUAL_FATAL(truncate(path, 2u << 20), 0);
+    CU_ASSERT_EQUAL(ms_gguf_open_header(path, &hdr, &err), -EINVAL);
+    CU_ASSERT_PTR_NULL(hdr);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "header-only.gguf"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "truncated"));
+    CU_ASSERT_EQUAL(ms_gguf_open_header(tmp_path("no-such-file.gguf"), &hdr, &err), -ENOENT);
+}
+
 static int ms_test_register(void)
 {
     CU_pSuite s = CU_add_suite("gguf", suite_init, suite_cleanup);
@@ -1266,6 +1326,7 @@ static int ms_test_register(void)
         {"writer refusals", test_writer_refusals},
         {"many tensors", test_many_tensors},
         {"tensor larger than the write buffer", test_large_tensor},
+        {"header-only open", test_header_only},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
         if (!CU_add_test(s, tests[i].name, tests[i].fn))

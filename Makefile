@@ -129,7 +129,8 @@ test: tests-build
 
 DEB_PKGS := build-essential pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler \
             liburing-dev libssl-dev libcunit1-dev libpcre2-dev libmicrohttpd-dev libjansson-dev \
-            libsystemd-dev python3 python3-numpy curl iproute2 procps
+            libsystemd-dev python3 python3-numpy curl iproute2 procps openssl \
+            clang libclang-rt-dev valgrind systemd tcpdump
 deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root (it installs Debian packages with apt-get)" >&2; exit 1; fi
 	apt-get update -qq

@@ -20,6 +20,9 @@ DROP_CACHES=/proc/sys/vm/drop_caches
 RSS_SLACK_MB=67.108864 # 64 MiB in MB (1e6 bytes): code, tokenizer, scratch buffers
 MODEL="$MS_BENCH_DIR/bench-mixtral-q8_0.gguf"
 GEN_ARGS=(--arch llama --shape bench --type q8_0)
+# The same shape in Q4_K, the k-quant downloaded GGUFs use most (~1 GB).
+MODEL_Q4K="$MS_BENCH_DIR/bench-mixtral-q4_k.gguf"
+GEN_ARGS_Q4K=(--arch llama --shape bench --type q4_k)
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 die() {
@@ -190,7 +193,7 @@ expertd_load_gbps() {
     drop_page_cache || true
     local port=$((20000 + RANDOM % 20000)) log="$WORK/expertd.log" pid g="" o=""
     "$BIN/expertd" --listen "tcp://127.0.0.1:$port" --model "$MODEL" --experts all --threads "$THREADS" \
-        2>"$log" &
+        --plaintext 2>"$log" &
     pid=$!
     for ((i = 0; i < 600; i++)); do
         grep -q "serving " "$log" && break
@@ -303,6 +306,29 @@ run_model() {
     done
 }
 
+# Decode on the Q4_K model: generated (and reused) like the Q8_0 one, the same
+# prompt; the Q8_0 run's globals are restored afterwards.
+run_model_q4k() {
+    local saved_model=$MODEL saved_summary=$SUMMARY saved_args=("${GEN_ARGS[@]}")
+    MODEL=$MODEL_Q4K
+    GEN_ARGS=("${GEN_ARGS_Q4K[@]}")
+    ensure_model
+    warm_model
+    say "running: moeshard run --model $MODEL --prompt <$PROMPT_TOKENS tokens> -n $N_DECODE --temp 0 --threads $THREADS"
+    "$BIN/moeshard" run --model "$MODEL" --prompt "$PROMPT" -n "$N_DECODE" --temp 0 --threads "$THREADS" \
+        >"$WORK/run_q4k.out" 2>"$WORK/run_q4k.err" ||
+        { tail -n 20 "$WORK/run_q4k.err" >&2; die "moeshard run failed on $MODEL"; }
+    SUMMARY=$(grep -E 'prefill [0-9.]+ tok/s' "$WORK/run_q4k.err" | tail -n 1) ||
+        die "moeshard run on $MODEL printed no summary line with 'prefill X tok/s'"
+    Q4K_DECODE=$(summary_field decode)
+    Q4K_W_MB=$(summary_field 'weights\/token')
+    [ -n "$Q4K_DECODE" ] && [ -n "$Q4K_W_MB" ] ||
+        die "could not read decode tok/s and weights/token from the Q4_K summary line: $SUMMARY"
+    MODEL=$saved_model
+    SUMMARY=$saved_summary
+    GEN_ARGS=("${saved_args[@]}")
+}
+
 # ---- the cluster: the same run with the experts on expertd on loopback ----
 
 # A packer fingerprint: its sources when the tree is at hand, else the binary.
@@ -366,7 +392,7 @@ start_hosts() {
     local k ep i
     for ((k = 0; k < CLUSTER_HOSTS; k++)); do
         ep="tcp://127.0.0.1:${ports[k]}"
-        "$BIN/expertd" --listen "$ep" --model "$PACK/host-$k.gguf" --threads "$EXPERTD_THREADS" \
+        "$BIN/expertd" --listen "$ep" --model "$PACK/host-$k.gguf" --threads "$EXPERTD_THREADS" --plaintext \
             2>"$WORK/host-$k.log" &
         HOST_PIDS+=("$!")
         HOSTS_EP="${HOSTS_EP:+$HOSTS_EP,}$ep"
@@ -428,7 +454,7 @@ run_cluster() {
     say "starting $CLUSTER_HOSTS expertd on 127.0.0.1 ($EXPERTD_THREADS threads each) ..."
     start_hosts
     say "running: moeshard run --model $PACK --hosts $HOSTS_EP --prompt <$PROMPT_TOKENS tokens> -n $N_DECODE --temp 0 --threads $THREADS"
-    "$BIN/moeshard" run --model "$PACK" --hosts "$HOSTS_EP" --prompt "$PROMPT" -n "$N_DECODE" --temp 0 \
+    "$BIN/moeshard" run --model "$PACK" --hosts "$HOSTS_EP" --plaintext --prompt "$PROMPT" -n "$N_DECODE" --temp 0 \
         --threads "$THREADS" >"$WORK/cluster.out" 2>"$WORK/cluster.err" ||
         { tail -n 20 "$WORK/cluster.err" >&2; die "moeshard run --hosts failed"; }
     stop_hosts
@@ -468,6 +494,9 @@ report() {
     rss_ok=$(awk "BEGIN { print ($RSS_MB <= $budget) ? \"yes\" : \"no\" }")
     eff_gbps=$(calc "$DECODE * $W_MB / 1e3" 2)
     roofline=$(calc "100 * $eff_gbps / $MEMBW_N")
+    local q4k_gbps q4k_roofline
+    q4k_gbps=$(calc "$Q4K_DECODE * $Q4K_W_MB / 1e3" 2)
+    q4k_roofline=$(calc "100 * $q4k_gbps / $MEMBW_N")
     local commit
     commit=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
     cat <<EOF
@@ -500,6 +529,11 @@ decode_tok_s=$DECODE
 weights_per_token_mb=$W_MB
 decode_weight_gbps=$eff_gbps
 roofline_pct=$roofline
+q4k_model_file=$MODEL_Q4K
+q4k_decode_tok_s=$Q4K_DECODE
+q4k_weights_per_token_mb=$Q4K_W_MB
+q4k_decode_weight_gbps=$q4k_gbps
+q4k_roofline_pct=$q4k_roofline
 peak_rss_mb=$RSS_MB
 kv_cache_mb=${KV_MB:-unknown}
 rss_budget_mb=$budget
@@ -531,6 +565,8 @@ Summary ($DATE, $CPU, $THREADS threads):
   prefill                 $PREFILL tok/s over a $PROMPT_TOKENS-token prompt
   decode                  $DECODE tok/s (greedy, ${STEPS:-?} steps), reading $W_MB MB of weights per token
   roofline                $eff_gbps GB/s of weights streamed = $roofline% of the measured $MEMBW_N GB/s
+  decode Q4_K             $Q4K_DECODE tok/s (same shape and prompt), reading $Q4K_W_MB MB of weights per token
+  roofline Q4_K           $q4k_gbps GB/s of weights streamed = $q4k_roofline% of the measured $MEMBW_N GB/s
   peak RSS                $RSS_MB MB against model $model_mb MB + KV cache $kv_mb MB + 64 MiB = $budget MB ($( [ "$rss_ok" = yes ] && echo within || echo OVER) budget)
   cluster                 $CLUSTER_HOSTS expertd on loopback ($EXPERTD_THREADS threads each, coordinator $THREADS): decode $C_DECODE tok/s = $C_PCT% of embedded (target >= 85 %: $C_PCT_OK), prefill $C_PREFILL tok/s
   cluster network         $C_BYTES B per token per layer ($C_SENT sent + $C_RECV received, $C_TOUCHED hosts touched on average) against $C_TOUCHED_PLAN x 2 x $C_HIDDEN x 4 + 512 = $C_BOUND ($( [ "$C_BYTES_OK" = yes ] && echo within || echo OVER)); round trip $C_RTT ms per layer
@@ -557,6 +593,7 @@ main() {
     build_prompt
     run_model
     run_cluster
+    run_model_q4k
     report
     # Not a failure here: this random-weight Q8_0 model turns float rounding into
     # different tokens (the embedded run itself prints other text with AVX2 instead

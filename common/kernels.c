@@ -56,11 +56,17 @@ const ms_kernels_t *ms_kernels_best(void)
     return &ms_kernels_scalar;
 }
 
+/* Q8_0 and Q4_0 weights pair with Q8_0 activations, the k-quants with Q8_K
+ * (as llama.cpp pairs them): 0 for a row that is not whole blocks of those. */
 size_t ms_act_row_bytes(ms_type_t type, int64_t n_in)
 {
-    if (type != MS_TYPE_Q8_0 || n_in <= 0)
+    if (n_in <= 0)
         return 0;
-    return (size_t)ms_type_row_bytes(MS_TYPE_Q8_0, (uint64_t)n_in);
+    if (type == MS_TYPE_Q8_0)
+        return (size_t)ms_type_row_bytes(MS_TYPE_Q8_0, (uint64_t)n_in);
+    if (ms_kq_handles(type))
+        return (size_t)ms_type_row_bytes(ms_kq_act_type(type), (uint64_t)n_in);
+    return 0;
 }
 
 typedef struct {

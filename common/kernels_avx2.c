@@ -208,6 +208,8 @@ static void v8_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
         ms_kern_fill_nan(mm, r0, r1);
     else if (mm->type == MS_TYPE_Q8_0)
         q8_matmul(mm, r0, r1);
+    else if (ms_kq_handles(mm->type))
+        ms_kq_matmul_avx2(mm, r0, r1);
     else
         pl_matmul(mm, r0, r1);
 }
@@ -288,10 +290,39 @@ static void v8_quantize_q8_0(const float *x, int64_t n, ms_block_q8_0_t *y)
     }
 }
 
+/* Q8_K: one f32 scale per 256 values, quants as v8_quantize_q8_0 rounds them. */
+static void v8_quantize_q8_K(const float *x, int64_t n, ms_block_q8_K_t *y)
+{
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t i = 0; i < n / MS_QK_K; i++) {
+        const float *xb = x + i * MS_QK_K;
+        __m256 m = _mm256_setzero_ps(); /* NaN skipped, as in v8_quantize_q8_0 */
+        for (int k = 0; k < MS_QK_K; k += 8)
+            m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xb + k), abs_mask), m);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float d = _mm_cvtss_f32(m4) / 127.0f;
+        __m256 id = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+        y[i].d = d;
+        for (int k = 0; k < MS_QK_K; k += 32) {
+            __m256i q[4];
+            for (int j = 0; j < 4; j++)
+                q[j] = q8_round(_mm256_mul_ps(_mm256_loadu_ps(xb + k + 8 * j), id));
+            __m256i q8 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            q8 = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(y[i].qs + k), q8);
+        }
+        ms_kq_q8_K_bsums(&y[i]);
+    }
+}
+
 static void v8_quantize_act(ms_type_t type, const float *x, int64_t n, void *xq)
 {
-    if (type == MS_TYPE_Q8_0)
+    if (type == MS_TYPE_Q8_0 || type == MS_TYPE_Q4_0)
         v8_quantize_q8_0(x, n, xq);
+    else if (ms_kq_handles(type))
+        v8_quantize_q8_K(x, n, xq);
 }
 
 /* ---- f32 vector helpers ------------------------------------------------ */

@@ -318,6 +318,8 @@ static void v16_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
         ms_kern_fill_nan(mm, r0, r1);
     else if (mm->type == MS_TYPE_Q8_0)
         q8_matmul(mm, r0, r1);
+    else if (ms_kq_handles(mm->type))
+        ms_kq_matmul_avx512(mm, r0, r1);
     else
         pl_matmul(mm, r0, r1);
 }
@@ -390,10 +392,32 @@ static void v16_quantize_q8_0(const float *x, int64_t n, ms_block_q8_0_t *y)
     }
 }
 
+/* Q8_K: one f32 scale per 256 values, quants as v16_quantize_q8_0 rounds them. */
+static void v16_quantize_q8_K(const float *x, int64_t n, ms_block_q8_K_t *y)
+{
+    const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t i = 0; i < n / MS_QK_K; i++) {
+        const float *xb = x + i * MS_QK_K;
+        __m512 m = _mm512_setzero_ps(); /* NaN skipped, as in v16_quantize_q8_0 */
+        for (int k = 0; k < MS_QK_K; k += 16)
+            m = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(xb + k), abs_mask), m);
+        float d = _mm512_reduce_max_ps(m) / 127.0f;
+        __m512 id = _mm512_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+        y[i].d = d;
+        for (int k = 0; k < MS_QK_K; k += 16) {
+            __m128i q = _mm512_cvtsepi32_epi8(q8_round(_mm512_mul_ps(_mm512_loadu_ps(xb + k), id)));
+            _mm_storeu_si128((__m128i *)(y[i].qs + k), q);
+        }
+        ms_kq_q8_K_bsums(&y[i]);
+    }
+}
+
 static void v16_quantize_act(ms_type_t type, const float *x, int64_t n, void *xq)
 {
-    if (type == MS_TYPE_Q8_0)
+    if (type == MS_TYPE_Q8_0 || type == MS_TYPE_Q4_0)
         v16_quantize_q8_0(x, n, xq);
+    else if (ms_kq_handles(type))
+        v16_quantize_q8_K(x, n, xq);
 }
 
 /* ---- f32 vector helpers ------------------------------------------------ */

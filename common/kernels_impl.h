@@ -4,14 +4,16 @@
 #define MS_KERNELS_IMPL_H
 
 #include "kernels.h"
+#include "kquant.h"
 
 extern const ms_kernels_t ms_kernels_scalar;
 extern const ms_kernels_t ms_kernels_avx2;
 extern const ms_kernels_t ms_kernels_avx512;
 
 /* The kernels cannot return errors (pure functions on the hot path), so a job
- * they cannot compute (type without kernels, Q8_0 without xq or with n_in not
- * a whole number of blocks) yields NaN rows: visibly wrong, never a crash. */
+ * they cannot compute (type without kernels, a quantised type without xq or
+ * with n_in not a whole number of blocks) yields NaN rows: visibly wrong,
+ * never a crash. */
 bool ms_kern_job_ok(const ms_mm_t *mm);
 void ms_kern_fill_nan(const ms_mm_t *mm, int64_t r0, int64_t r1);
 

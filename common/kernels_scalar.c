@@ -44,6 +44,17 @@ static void sc_dequant_row(ms_type_t type, const void *src, float *dst, int64_t 
         sc_fill(dst + nb * MS_QK8_0, n - nb * MS_QK8_0, NAN); /* a partial block has no values */
         return;
     }
+    case MS_TYPE_Q4_0:
+    case MS_TYPE_Q2_K:
+    case MS_TYPE_Q3_K:
+    case MS_TYPE_Q4_K:
+    case MS_TYPE_Q5_K:
+    case MS_TYPE_Q6_K: {
+        int64_t be = ms_type_traits(type)->block_elems, whole = n / be * be;
+        ms_kq_dequant(type, src, dst, whole);
+        sc_fill(dst + whole, n - whole, NAN);
+        return;
+    }
     default:
         sc_fill(dst, n, NAN);
         return;
@@ -67,8 +78,10 @@ void ms_kern_quantize_q8_0(const float *x, int64_t n, ms_block_q8_0_t *y)
 
 static void sc_quantize_act(ms_type_t type, const float *x, int64_t n, void *xq)
 {
-    if (type == MS_TYPE_Q8_0)
+    if (type == MS_TYPE_Q8_0 || type == MS_TYPE_Q4_0)
         ms_kern_quantize_q8_0(x, n, xq);
+    else if (ms_kq_handles(type))
+        ms_kq_quantize_q8_K(x, n, xq);
 }
 
 bool ms_kern_job_ok(const ms_mm_t *mm)
@@ -81,7 +94,8 @@ bool ms_kern_job_ok(const ms_mm_t *mm)
     case MS_TYPE_Q8_0:
         return mm->xq != NULL && mm->n_in % MS_QK8_0 == 0;
     default:
-        return false;
+        return ms_kq_handles(mm->type) && mm->xq != NULL && ms_act_row_bytes(mm->type, mm->n_in) != 0 &&
+               ms_type_row_bytes(mm->type, (uint64_t)mm->n_in) != 0;
     }
 }
 
@@ -124,9 +138,11 @@ static void sc_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
         for (int64_t r = r0; r < r1; r++) {
             const char *w = (const char *)mm->w + (size_t)r * wrow;
             float v;
+            const void *xq = mm->xq ? (const char *)mm->xq + (size_t)t * xrow : NULL;
             if (mm->type == MS_TYPE_Q8_0)
-                v = sc_dot_q8_0((const void *)w, (const void *)((const char *)mm->xq + (size_t)t * xrow),
-                                mm->n_in / MS_QK8_0);
+                v = sc_dot_q8_0((const void *)w, xq, mm->n_in / MS_QK8_0);
+            else if (ms_kq_handles(mm->type))
+                v = ms_kq_dot(mm->type, w, xq, mm->n_in);
             else
                 v = sc_dot_plain(mm->type, w, mm->x + t * mm->ldx, mm->n_in);
             mm->y[t * mm->ldy + r] = v;

@@ -66,6 +66,68 @@ typedef struct {
 } ms_block_q8_0_t;
 _Static_assert(sizeof(ms_block_q8_0_t) == 34, "Q8_0 block is 34 bytes on disk");
 
+/* ggml's on-disk blocks of the other weight types the kernels compute. A
+ * k-quant super-block holds MS_QK_K values in sub-blocks of 16 or 32, each
+ * with its own small integer scale (and min) relative to the f16 d (dmin). */
+#define MS_QK4_0 32
+typedef struct {
+    uint16_t d;               /* f16 scale */
+    uint8_t qs[MS_QK4_0 / 2]; /* value j: (qs[j] & 15) - 8, value j+16: (qs[j] >> 4) - 8, times d */
+} ms_block_q4_0_t;
+_Static_assert(sizeof(ms_block_q4_0_t) == 18, "Q4_0 block is 18 bytes on disk");
+
+#define MS_QK_K 256
+#define MS_K_SCALE_BYTES 12 /* 8 scales and 8 mins (or 16 scales) of 6 bits */
+
+typedef struct {
+    uint8_t scales[MS_QK_K / 16]; /* per 16 values: scale (low 4 bits) and min (high 4 bits) */
+    uint8_t qs[MS_QK_K / 4];      /* 2-bit quants */
+    uint16_t d;                   /* f16 scale of the scales */
+    uint16_t dmin;                /* f16 scale of the mins */
+} ms_block_q2_K_t;
+_Static_assert(sizeof(ms_block_q2_K_t) == 84, "Q2_K block is 84 bytes on disk");
+
+typedef struct {
+    uint8_t hmask[MS_QK_K / 8];        /* third bit of each quant */
+    uint8_t qs[MS_QK_K / 4];           /* low 2 bits of each quant */
+    uint8_t scales[MS_K_SCALE_BYTES];  /* 16 signed 6-bit scales (stored + 32) */
+    uint16_t d;                        /* f16 scale of the scales */
+} ms_block_q3_K_t;
+_Static_assert(sizeof(ms_block_q3_K_t) == 110, "Q3_K block is 110 bytes on disk");
+
+typedef struct {
+    uint16_t d;                       /* f16 scale of the scales */
+    uint16_t dmin;                    /* f16 scale of the mins */
+    uint8_t scales[MS_K_SCALE_BYTES]; /* 8 scales and 8 mins of 6 bits, one pair per 32 values */
+    uint8_t qs[MS_QK_K / 2];          /* 4-bit quants */
+} ms_block_q4_K_t;
+_Static_assert(sizeof(ms_block_q4_K_t) == 144, "Q4_K block is 144 bytes on disk");
+
+typedef struct {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[MS_K_SCALE_BYTES]; /* as Q4_K */
+    uint8_t qh[MS_QK_K / 8];          /* fifth bit of each quant */
+    uint8_t qs[MS_QK_K / 2];          /* low 4 bits of each quant */
+} ms_block_q5_K_t;
+_Static_assert(sizeof(ms_block_q5_K_t) == 176, "Q5_K block is 176 bytes on disk");
+
+typedef struct {
+    uint8_t ql[MS_QK_K / 2];      /* low 4 bits of each quant */
+    uint8_t qh[MS_QK_K / 4];      /* high 2 bits of each quant */
+    int8_t scales[MS_QK_K / 16];  /* one signed 8-bit scale per 16 values */
+    uint16_t d;                   /* f16 scale of the scales */
+} ms_block_q6_K_t;
+_Static_assert(sizeof(ms_block_q6_K_t) == 210, "Q6_K block is 210 bytes on disk");
+
+/* The activation format the k-quant dot products read (never a weight type here). */
+typedef struct {
+    float d;                     /* value = d * qs[i] */
+    int8_t qs[MS_QK_K];
+    int16_t bsums[MS_QK_K / 16]; /* sum of each 16 quants */
+} ms_block_q8_K_t;
+_Static_assert(sizeof(ms_block_q8_K_t) == 292, "Q8_K block is 292 bytes");
+
 static inline float ms_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;

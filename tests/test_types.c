@@ -54,7 +54,8 @@ static void test_computable(void)
         const ms_type_traits_t *t = ms_type_traits(id);
         if (!t)
             continue;
-        bool expect = id == 0 || id == 1 || id == 8 || id == 30; /* F32, F16, Q8_0, BF16 */
+        /* F32, F16, Q4_0, Q8_0, Q2_K..Q6_K, BF16 */
+        bool expect = id == 0 || id == 1 || id == 2 || id == 8 || (id >= 10 && id <= 14) || id == 30;
         CU_ASSERT_EQUAL(t->computable, expect);
     }
 }

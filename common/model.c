@@ -11,7 +11,11 @@
 
 #include "limits.h"
 
-static const char *const arch_names[MS_ARCH_COUNT] = { "llama", "qwen2moe", "qwen3moe", "olmoe" };
+static const char *const arch_names[MS_ARCH_COUNT] = { "llama", "qwen2moe", "qwen3moe", "olmoe", "deepseek2" };
+
+/* YaRN's correction range when the file does not state it (DeepSeek's and llama.cpp's defaults). */
+#define YARN_BETA_FAST_DEFAULT 32.0f
+#define YARN_BETA_SLOW_DEFAULT 1.0f
 
 const char *ms_arch_name(ms_arch_t arch)
 {
@@ -52,6 +56,13 @@ static int get_int(loader_t *ld, const char *suffix, int64_t def, int64_t lo, in
     return 0;
 }
 
+static bool has_key(const loader_t *ld, const char *suffix)
+{
+    char key[128];
+    snprintf(key, sizeof(key), "%s.%s", ld->arch, suffix);
+    return ms_gguf_find_kv(ld->g, key) != NULL;
+}
+
 static int get_float(loader_t *ld, const char *suffix, float def, bool required, float *ret)
 {
     char key[128];
@@ -88,9 +99,107 @@ static int read_arch(loader_t *ld)
             return 0;
         }
     }
-    ms_err_set(ld->err, "%s: architecture '%.*s' is not supported (supported: llama (Mixtral), qwen2moe, qwen3moe, olmoe)",
+    ms_err_set(ld->err, "%s: architecture '%.*s' is not supported (supported: llama (Mixtral), qwen2moe, qwen3moe, olmoe,"
+               " deepseek2)",
                ld->path, (int)(s.len > 64 ? 64 : s.len), s.ptr);
     return -EINVAL;
+}
+
+/* ARCH.expert_gating_func: absent or 0 (older V2 files) means softmax. */
+static int read_gating(loader_t *ld)
+{
+    int32_t g;
+    int rc = get_int(ld, "expert_gating_func", 0, 0, 2, &g);
+    if (rc)
+        return rc;
+    ld->hp->gating = g == 2 ? MS_GATING_SIGMOID : MS_GATING_SOFTMAX;
+    return 0;
+}
+
+/* Group-limited routing: n_expert_groups equal groups, a token's experts come
+ * from its n_group_used best groups. */
+static int read_groups(loader_t *ld)
+{
+    ms_hparams_t *hp = ld->hp;
+    int rc = get_int(ld, "expert_group_count", 1, 1, hp->n_expert, &hp->n_expert_groups);
+    rc = rc ? rc : get_int(ld, "expert_group_used_count", hp->n_expert_groups, 1, hp->n_expert_groups, &hp->n_group_used);
+    if (rc)
+        return rc;
+    int32_t per_group = hp->n_expert / hp->n_expert_groups;
+    if (hp->n_expert % hp->n_expert_groups != 0 || (int64_t)per_group * hp->n_group_used < hp->n_expert_used) {
+        ms_err_set(ld->err, "%s: %s.expert_group_count (%d) must divide expert_count (%d), and the %d groups used"
+                   " must hold expert_used_count (%d) experts", ld->path, ld->arch, hp->n_expert_groups,
+                   hp->n_expert, hp->n_group_used, hp->n_expert_used);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* rope.scaling.*: none, or YaRN with the attention scale correction
+ * mscale = 1 + yarn_log_multiplier * ln(factor) applied squared to the
+ * softmax scale (DeepSeek's softmax_scale * mscale^2; the rotation itself
+ * keeps unit magnitude, as both DeepSeek and llama.cpp leave it). */
+static int read_rope_scaling(loader_t *ld)
+{
+    ms_hparams_t *hp = ld->hp;
+    char key[128];
+    snprintf(key, sizeof(key), "%s.rope.scaling.type", ld->arch);
+    ms_str_t type;
+    int rc = ms_gguf_get_str(ld->g, key, &type);
+    if (rc == -ENOENT || (rc == 0 && ms_str_eq(type, "none")))
+        return 0;
+    if (rc < 0 || !ms_str_eq(type, "yarn")) {
+        ms_err_set(ld->err, "%s: metadata key '%s' must be \"yarn\" or \"none\" (other rope scaling is not supported)",
+                   ld->path, key);
+        return -EINVAL;
+    }
+    float factor, log_mul = 0.0f;
+    rc = get_float(ld, "rope.scaling.factor", 0, true, &factor);
+    rc = rc ? rc : get_int(ld, "rope.scaling.original_context_length", -1, 1, MS_CONTEXT_MAX, &hp->n_ctx_orig);
+    rc = rc ? rc : get_float(ld, "rope.scaling.yarn_beta_fast", YARN_BETA_FAST_DEFAULT, false, &hp->yarn_beta_fast);
+    rc = rc ? rc : get_float(ld, "rope.scaling.yarn_beta_slow", YARN_BETA_SLOW_DEFAULT, false, &hp->yarn_beta_slow);
+    snprintf(key, sizeof(key), "%s.rope.scaling.yarn_log_multiplier", ld->arch);
+    if (!rc && ms_gguf_find_kv(ld->g, key) && (ms_gguf_get_f32(ld->g, key, &log_mul) < 0 || !isfinite(log_mul) ||
+                                               log_mul < 0)) {
+        ms_err_set(ld->err, "%s: metadata key '%s' must be a float >= 0", ld->path, key);
+        rc = -EINVAL;
+    }
+    if (rc)
+        return rc;
+    if (factor < 1.0f) {
+        ms_err_set(ld->err, "%s: %s.rope.scaling.factor (%g) must be at least 1", ld->path, ld->arch, factor);
+        return -EINVAL;
+    }
+    hp->rope_yarn = true;
+    hp->rope_freq_scale = 1.0f / factor;
+    float mscale = 1.0f + log_mul * logf(factor);
+    hp->attn_scale = mscale * mscale / sqrtf((float)hp->head_dim);
+    return 0;
+}
+
+/* Latent attention sizes, dense leading layers, shared experts, gating. */
+static int read_deepseek2(loader_t *ld)
+{
+    ms_hparams_t *hp = ld->hp;
+    int rc = get_int(ld, "leading_dense_block_count", -1, 0, hp->n_layer - 1, &hp->n_layer_dense_lead);
+    if (!rc && hp->n_layer_dense_lead > 0)
+        rc = get_int(ld, "feed_forward_length", -1, 1, MS_FF_MAX, &hp->n_ff);
+    rc = rc ? rc : get_int(ld, "attention.q_lora_rank", 0, 0, MS_HIDDEN_MAX, &hp->q_lora_rank);
+    rc = rc ? rc : get_int(ld, "attention.kv_lora_rank", -1, 1, MS_HIDDEN_MAX, &hp->kv_lora_rank);
+    rc = rc ? rc : get_int(ld, "expert_shared_count", -1, 0, MS_EXPERTS_MAX, &hp->n_expert_shared);
+    rc = rc ? rc : get_float(ld, "expert_weights_scale", 0, true, &hp->expert_weights_scale);
+    rc = rc ? rc : read_gating(ld);
+    rc = rc ? rc : read_groups(ld);
+    rc = rc ? rc : read_rope_scaling(ld);
+    if (rc)
+        return rc;
+    if (hp->n_rot < 2 || hp->n_rot >= hp->head_dim) {
+        ms_err_set(ld->err, "%s: %s.rope.dimension_count (%d) must be in [2, key length %d): the key has a rotated"
+                   " and an unrotated part", ld->path, ld->arch, hp->n_rot, hp->head_dim);
+        return -EINVAL;
+    }
+    hp->shared_expert = hp->n_expert_shared > 0;
+    return 0;
 }
 
 static int read_hparams(loader_t *ld)
@@ -106,10 +215,16 @@ static int read_hparams(loader_t *ld)
     rc = rc ? rc : get_int(ld, "expert_used_count", -1, 1, MS_TOPK_MAX, &hp->n_expert_used);
     if (rc)
         return rc;
-    int32_t hd_default = hp->n_embd / hp->n_head;
-    rc = rc ? rc : get_int(ld, "attention.key_length", hd_default, 2, MS_HEAD_DIM_MAX, &hp->head_dim);
-    rc = rc ? rc : get_int(ld, "attention.value_length", hp->head_dim, 1, MS_HEAD_DIM_MAX, &hp->head_dim_v);
-    rc = rc ? rc : get_int(ld, "rope.dimension_count", hp->head_dim, 0, MS_HEAD_DIM_MAX, &hp->n_rot);
+    /* deepseek2 states its head sizes (no default from the hidden size); newer
+     * files give the per-head sizes in the _mla keys and the latent's in the plain ones */
+    bool ds = hp->arch == MS_ARCH_DEEPSEEK2;
+    bool mla_keys = ds && has_key(ld, "attention.key_length_mla");
+    int32_t hd_default = ds ? -1 : hp->n_embd / hp->n_head;
+    rc = rc ? rc : get_int(ld, mla_keys ? "attention.key_length_mla" : "attention.key_length", hd_default, 2,
+                           MS_HEAD_DIM_MAX, &hp->head_dim);
+    rc = rc ? rc : get_int(ld, mla_keys ? "attention.value_length_mla" : "attention.value_length",
+                           ds ? -1 : hp->head_dim, 1, MS_HEAD_DIM_MAX, &hp->head_dim_v);
+    rc = rc ? rc : get_int(ld, "rope.dimension_count", ds ? -1 : hp->head_dim, 0, MS_HEAD_DIM_MAX, &hp->n_rot);
     rc = rc ? rc : get_float(ld, "attention.layer_norm_rms_epsilon", 0, true, &hp->eps);
     rc = rc ? rc : get_float(ld, "rope.freq_base", 10000.0f, false, &hp->rope_base);
     if (rc)
@@ -129,7 +244,8 @@ static int read_hparams(loader_t *ld)
                    ld->path, ld->arch, hp->n_rot, hp->head_dim);
         return -EINVAL;
     }
-    hp->rope_mode = hp->arch == MS_ARCH_LLAMA ? MS_ROPE_NORM : MS_ROPE_NEOX;
+    /* deepseek2's rope dims are stored interleaved, as llama.cpp rotates them (adjacent pairs) */
+    hp->rope_mode = hp->arch == MS_ARCH_LLAMA || hp->arch == MS_ARCH_DEEPSEEK2 ? MS_ROPE_NORM : MS_ROPE_NEOX;
     hp->norm_topk = hp->arch == MS_ARCH_LLAMA || hp->arch == MS_ARCH_QWEN3MOE;
     char key[128];
     snprintf(key, sizeof(key), "%s.expert_weights_norm", ld->arch);
@@ -141,7 +257,14 @@ static int read_hparams(loader_t *ld)
                                                : MS_QK_NORM_NONE;
     hp->qkv_bias = hp->arch == MS_ARCH_QWEN2MOE;
     hp->shared_expert = hp->arch == MS_ARCH_QWEN2MOE;
-    return 0;
+    hp->n_expert_groups = hp->n_group_used = 1;
+    hp->gating = MS_GATING_SOFTMAX;
+    hp->expert_weights_scale = 1.0f;
+    hp->rope_freq_scale = 1.0f;
+    hp->yarn_beta_fast = YARN_BETA_FAST_DEFAULT;
+    hp->yarn_beta_slow = YARN_BETA_SLOW_DEFAULT;
+    hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    return hp->arch == MS_ARCH_DEEPSEEK2 ? read_deepseek2(ld) : 0;
 }
 
 static const char *type_name(uint32_t t)
@@ -204,7 +327,8 @@ static int bind_mat(loader_t *ld, const char *name, int64_t n_in, int64_t n_out,
         return optional && !ms_gguf_find_tensor(ld->g, name) ? 0 : -EINVAL;
     const ms_type_traits_t *tr = ms_type_traits(t->type);
     if (!tr || !tr->computable) {
-        ms_err_set(ld->err, "%s: tensor '%s' has type %s, which moeshard cannot compute yet (supported: F32, F16, BF16, Q8_0)",
+        ms_err_set(ld->err, "%s: tensor '%s' has type %s, which moeshard cannot compute yet "
+                            "(supported: F32, F16, BF16, Q8_0, Q4_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)",
                    ld->path, name, type_name(t->type));
         return -EINVAL;
     }
@@ -223,17 +347,29 @@ static int bind_mat(loader_t *ld, const char *name, int64_t n_in, int64_t n_out,
     return 0;
 }
 
-static int bind_layer(loader_t *ld, int il)
+/* Binds the H per-head matrices of a 3-D tensor ne [n_in, n_out, H]; they are
+ * attention weights, so they count as dense bytes, not expert bytes. */
+static int bind_heads(loader_t *ld, const char *name, int64_t n_in, int64_t n_out, int64_t n_head, ms_weight_t *w)
+{
+    int rc = bind_mat(ld, name, n_in, n_out, n_head, false, w);
+    if (!rc && n_head > 1) {
+        ld->m->bytes_experts -= w->tensor->nbytes;
+        ld->m->bytes_dense += w->tensor->nbytes;
+    }
+    return rc;
+}
+
+#define NAME(s) (snprintf(n, sizeof(n), "blk.%d.%s", il, s), n)
+
+/* q, k, v and output projections of the llama-style attention. */
+static int bind_attn(loader_t *ld, int il, ms_layer_t *L)
 {
     const ms_hparams_t *hp = &ld->m->hp;
-    ms_layer_t *L = &ld->m->layers[il];
     int64_t d = hp->n_embd, q_dim = (int64_t)hp->n_head * hp->head_dim;
     int64_t k_dim = (int64_t)hp->n_head_kv * hp->head_dim, v_dim = (int64_t)hp->n_head_kv * hp->head_dim_v;
-    int64_t o_dim = (int64_t)hp->n_head * hp->head_dim_v, E = hp->n_expert;
+    int64_t o_dim = (int64_t)hp->n_head * hp->head_dim_v;
     char n[MS_GGUF_NAME_BYTES_MAX];
     int rc = 0;
-#define NAME(s) (snprintf(n, sizeof(n), "blk.%d.%s", il, s), n)
-    rc = rc ? rc : bind_vec(ld, NAME("attn_norm.weight"), d, false, &L->attn_norm);
     rc = rc ? rc : bind_mat(ld, NAME("attn_q.weight"), d, q_dim, 1, false, &L->wq);
     rc = rc ? rc : bind_mat(ld, NAME("attn_k.weight"), d, k_dim, 1, false, &L->wk);
     rc = rc ? rc : bind_mat(ld, NAME("attn_v.weight"), d, v_dim, 1, false, &L->wv);
@@ -248,15 +384,52 @@ static int bind_layer(loader_t *ld, int il)
         rc = rc ? rc : bind_vec(ld, NAME("attn_q_norm.weight"), full ? q_dim : hp->head_dim, false, &L->q_norm);
         rc = rc ? rc : bind_vec(ld, NAME("attn_k_norm.weight"), full ? k_dim : hp->head_dim, false, &L->k_norm);
     }
-    rc = rc ? rc : bind_vec(ld, NAME("ffn_norm.weight"), d, false, &L->ffn_norm);
-    rc = rc ? rc : bind_mat(ld, NAME("ffn_gate_inp.weight"), d, E, 1, false, &L->router);
-    if (!ld->dense) { /* a dense load leaves them zeroed (n_mat 0), even when the file has them */
-        rc = rc ? rc : bind_mat(ld, NAME("ffn_gate_exps.weight"), d, hp->n_ff_exp, E, false, &L->gate_exps);
-        rc = rc ? rc : bind_mat(ld, NAME("ffn_up_exps.weight"), d, hp->n_ff_exp, E, false, &L->up_exps);
-        rc = rc ? rc : bind_mat(ld, NAME("ffn_down_exps.weight"), hp->n_ff_exp, d, E, false, &L->down_exps);
+    return rc;
+}
+
+/* deepseek2's latent attention: q direct or through its low-rank pair; the kv
+ * latent plus rope key; the per-head up-projections either merged (attn_kv_b)
+ * or split (attn_k_b / attn_v_b, as newer conversions write them). */
+static int bind_mla(loader_t *ld, int il, ms_layer_t *L)
+{
+    const ms_hparams_t *hp = &ld->m->hp;
+    int64_t d = hp->n_embd, H = hp->n_head, hd = hp->head_dim, hdv = hp->head_dim_v;
+    int64_t nope = hd - hp->n_rot, C = hp->kv_lora_rank, R = hp->q_lora_rank;
+    char n[MS_GGUF_NAME_BYTES_MAX];
+    int rc = 0;
+    if (R > 0) {
+        rc = rc ? rc : bind_mat(ld, NAME("attn_q_a.weight"), d, R, 1, false, &L->wq_a);
+        rc = rc ? rc : bind_vec(ld, NAME("attn_q_a_norm.weight"), R, false, &L->q_a_norm);
+        rc = rc ? rc : bind_mat(ld, NAME("attn_q_b.weight"), R, H * hd, 1, false, &L->wq_b);
+    } else {
+        rc = rc ? rc : bind_mat(ld, NAME("attn_q.weight"), d, H * hd, 1, false, &L->wq);
     }
-    if (!rc && hp->shared_expert) {
-        int64_t fs = hp->n_ff_shexp;
+    rc = rc ? rc : bind_mat(ld, NAME("attn_kv_a_mqa.weight"), d, C + hp->n_rot, 1, false, &L->wkv_a);
+    rc = rc ? rc : bind_vec(ld, NAME("attn_kv_a_norm.weight"), C, false, &L->kv_a_norm);
+    if (rc)
+        return rc;
+    if (ms_gguf_find_tensor(ld->g, NAME("attn_k_b.weight"))) {
+        rc = rc ? rc : bind_heads(ld, NAME("attn_k_b.weight"), nope, C, H, &L->wk_b);
+        rc = rc ? rc : bind_heads(ld, NAME("attn_v_b.weight"), C, hdv, H, &L->wv_b);
+    } else if (ms_gguf_find_tensor(ld->g, NAME("attn_kv_b.weight"))) {
+        rc = bind_mat(ld, n, C, H * (nope + hdv), 1, false, &L->wkv_b);
+    } else {
+        ms_err_set(ld->err, "%s: layer %d has neither 'blk.%d.attn_kv_b.weight' nor 'blk.%d.attn_k_b.weight' with"
+                   " 'blk.%d.attn_v_b.weight' (a deepseek2 model needs one layout)", ld->path, il, il, il, il);
+        return -EINVAL;
+    }
+    rc = rc ? rc : bind_mat(ld, NAME("attn_output.weight"), H * hdv, d, 1, false, &L->wo);
+    return rc;
+}
+
+/* The shared expert: qwen2moe's carries a sigmoid gate, deepseek2's do not. */
+static int bind_shexp(loader_t *ld, int il, ms_layer_t *L)
+{
+    const ms_hparams_t *hp = &ld->m->hp;
+    int64_t d = hp->n_embd, fs = hp->n_ff_shexp;
+    char n[MS_GGUF_NAME_BYTES_MAX];
+    int rc = 0;
+    if (hp->arch == MS_ARCH_QWEN2MOE) {
         const ms_gguf_tensor_t *g = ms_gguf_find_tensor(ld->g, NAME("ffn_gate_inp_shexp.weight"));
         /* stored as a vector [d] (one output row); bind it as a 1 x d matrix */
         if (g && g->n_dims == 1 && g->ne[0] == d) {
@@ -272,13 +445,61 @@ static int bind_layer(loader_t *ld, int il)
         } else {
             rc = rc ? rc : bind_mat(ld, n, d, 1, 1, false, &L->shexp_gate);
         }
-        rc = rc ? rc : bind_mat(ld, NAME("ffn_gate_shexp.weight"), d, fs, 1, false, &L->gate_shexp);
-        rc = rc ? rc : bind_mat(ld, NAME("ffn_up_shexp.weight"), d, fs, 1, false, &L->up_shexp);
-        rc = rc ? rc : bind_mat(ld, NAME("ffn_down_shexp.weight"), fs, d, 1, false, &L->down_shexp);
     }
-#undef NAME
+    rc = rc ? rc : bind_mat(ld, NAME("ffn_gate_shexp.weight"), d, fs, 1, false, &L->gate_shexp);
+    rc = rc ? rc : bind_mat(ld, NAME("ffn_up_shexp.weight"), d, fs, 1, false, &L->up_shexp);
+    rc = rc ? rc : bind_mat(ld, NAME("ffn_down_shexp.weight"), fs, d, 1, false, &L->down_shexp);
     return rc;
 }
+
+/* A leading dense layer's FFN (deepseek2), computed on the coordinator. */
+static int bind_dense_ffn(loader_t *ld, int il, ms_layer_t *L)
+{
+    const ms_hparams_t *hp = &ld->m->hp;
+    int64_t d = hp->n_embd, f = hp->n_ff;
+    char n[MS_GGUF_NAME_BYTES_MAX];
+    int rc = 0;
+    rc = rc ? rc : bind_mat(ld, NAME("ffn_gate.weight"), d, f, 1, false, &L->ffn_gate);
+    rc = rc ? rc : bind_mat(ld, NAME("ffn_up.weight"), d, f, 1, false, &L->ffn_up);
+    rc = rc ? rc : bind_mat(ld, NAME("ffn_down.weight"), f, d, 1, false, &L->ffn_down);
+    return rc;
+}
+
+/* Router, its selection bias, routed experts (unless computed elsewhere), shared expert. */
+static int bind_moe(loader_t *ld, int il, ms_layer_t *L)
+{
+    const ms_hparams_t *hp = &ld->m->hp;
+    int64_t d = hp->n_embd, E = hp->n_expert;
+    char n[MS_GGUF_NAME_BYTES_MAX];
+    int rc = 0;
+    L->has_experts = true;
+    rc = rc ? rc : bind_mat(ld, NAME("ffn_gate_inp.weight"), d, E, 1, false, &L->router);
+    if (!rc && hp->arch == MS_ARCH_DEEPSEEK2)
+        rc = bind_vec(ld, NAME("exp_probs_b.bias"), E, true, &L->exp_probs_b);
+    if (!ld->dense) { /* a dense load leaves them zeroed (n_mat 0), even when the file has them */
+        rc = rc ? rc : bind_mat(ld, NAME("ffn_gate_exps.weight"), d, hp->n_ff_exp, E, false, &L->gate_exps);
+        rc = rc ? rc : bind_mat(ld, NAME("ffn_up_exps.weight"), d, hp->n_ff_exp, E, false, &L->up_exps);
+        rc = rc ? rc : bind_mat(ld, NAME("ffn_down_exps.weight"), hp->n_ff_exp, d, E, false, &L->down_exps);
+    }
+    if (!rc && hp->shared_expert)
+        rc = bind_shexp(ld, il, L);
+    return rc;
+}
+
+static int bind_layer(loader_t *ld, int il)
+{
+    const ms_hparams_t *hp = &ld->m->hp;
+    ms_layer_t *L = &ld->m->layers[il];
+    char n[MS_GGUF_NAME_BYTES_MAX];
+    int rc = bind_vec(ld, NAME("attn_norm.weight"), hp->n_embd, false, &L->attn_norm);
+    if (!rc)
+        rc = hp->kv_lora_rank > 0 ? bind_mla(ld, il, L) : bind_attn(ld, il, L);
+    rc = rc ? rc : bind_vec(ld, NAME("ffn_norm.weight"), hp->n_embd, false, &L->ffn_norm);
+    if (!rc)
+        rc = il < hp->n_layer_dense_lead ? bind_dense_ffn(ld, il, L) : bind_moe(ld, il, L);
+    return rc;
+}
+#undef NAME
 
 /* Widths that only the tensors state reliably: vocab (0 without an
  * embedding), expert FFN (from the first layer holding experts: a host shard
@@ -310,14 +531,17 @@ static int read_widths(loader_t *ld)
         hp->n_ff_exp = (int32_t)gate->ne[1];
     }
     hp->n_ff_shexp = 0;
-    const ms_gguf_tensor_t *sh = hp->shared_expert ? ms_gguf_find_tensor(ld->g, "blk.0.ffn_gate_shexp.weight") : NULL;
-    if (sh && (sh->n_dims != 2 || sh->ne[1] < 1 || sh->ne[1] > MS_FF_MAX)) {
-        ms_err_set(ld->err, "%s: tensor 'blk.0.ffn_gate_shexp.weight' is not 2-D with a width in [1, %d]",
-                   ld->path, MS_FF_MAX);
-        return -EINVAL;
-    }
-    if (sh)
+    for (int il = 0; hp->shared_expert && il < hp->n_layer && hp->n_ff_shexp == 0; il++) {
+        snprintf(name, sizeof(name), "blk.%d.ffn_gate_shexp.weight", il);
+        const ms_gguf_tensor_t *sh = ms_gguf_find_tensor(ld->g, name);
+        if (!sh)
+            continue;
+        if (sh->n_dims != 2 || sh->ne[1] < 1 || sh->ne[1] > MS_FF_MAX) {
+            ms_err_set(ld->err, "%s: tensor '%s' is not 2-D with a width in [1, %d]", ld->path, name, MS_FF_MAX);
+            return -EINVAL;
+        }
         hp->n_ff_shexp = (int32_t)sh->ne[1];
+    }
     return 0;
 }
 
@@ -347,13 +571,16 @@ static int check_runnable(loader_t *ld)
                    " shards, so it runs only with the experts on expert hosts", ld->path);
         return -EINVAL;
     }
-    if (!ld->dense && !ms_gguf_find_tensor(ld->g, "blk.0.ffn_gate_exps.weight")) {
-        ms_err_set(ld->err, "%s: tensor 'blk.0.ffn_gate_exps.weight' is missing or not 3-D (merged experts [d, ff, experts]);"
-                   " only MoE models with merged expert tensors are supported", ld->path);
+    char name[MS_GGUF_NAME_BYTES_MAX];
+    snprintf(name, sizeof(name), "blk.%d.ffn_gate_exps.weight", hp->n_layer_dense_lead);
+    if (!ld->dense && !ms_gguf_find_tensor(ld->g, name)) {
+        ms_err_set(ld->err, "%s: tensor '%s' is missing or not 3-D (merged experts [d, ff, experts]);"
+                   " only MoE models with merged expert tensors are supported", ld->path, name);
         return -EINVAL;
     }
     if (hp->shared_expert && hp->n_ff_shexp == 0) {
-        ms_err_set(ld->err, "%s: tensor 'blk.0.ffn_gate_shexp.weight' is missing or not 2-D", ld->path);
+        ms_err_set(ld->err, "%s: tensor 'blk.%d.ffn_gate_shexp.weight' is missing or not 2-D", ld->path,
+                   hp->n_layer_dense_lead);
         return -EINVAL;
     }
     return 0;
@@ -388,14 +615,14 @@ static void count_bytes_per_token(ms_model_t *m)
 {
     const ms_hparams_t *hp = &m->hp;
     uint64_t per_layer_experts = 0;
-    const ms_layer_t *L = &m->layers[0];
+    const ms_layer_t *L = ms_model_moe_layer0(m);
     per_layer_experts = L->gate_exps.mat_bytes + L->up_exps.mat_bytes + L->down_exps.mat_bytes;
     /* a dense load binds no experts (per_layer_experts is 0): their bytes are
      * read on the expert hosts, which report them (docs/cluster.md) */
     uint64_t tied_extra = m->output.data == m->tok_embd.data ? m->tok_embd.mat_bytes : 0;
     /* everything dense is read once per token, except the embedding (one row) */
     m->bytes_per_token = m->bytes_dense - m->tok_embd.mat_bytes + m->tok_embd.row_bytes + tied_extra
-                       + (uint64_t)hp->n_layer * (uint64_t)hp->n_expert_used * per_layer_experts;
+                       + (uint64_t)(hp->n_layer - hp->n_layer_dense_lead) * (uint64_t)hp->n_expert_used * per_layer_experts;
 }
 
 static int model_from_gguf(ms_gguf_t **gguf_p, bool dense, ms_model_t **ret_model, ms_err_t *err)

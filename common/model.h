@@ -16,8 +16,16 @@ typedef enum {
     MS_ARCH_QWEN2MOE,
     MS_ARCH_QWEN3MOE,
     MS_ARCH_OLMOE,
+    MS_ARCH_DEEPSEEK2, /* DeepSeek-V2, V2-Lite, V3, R1: latent attention, dense leading layers */
     MS_ARCH_COUNT
 } ms_arch_t;
+
+/* How router logits become expert scores (ARCH.expert_gating_func: 1 softmax, 2 sigmoid). */
+typedef enum {
+    MS_GATING_SOFTMAX,
+    MS_GATING_SIGMOID,
+    MS_GATING_COUNT
+} ms_gating_t;
 
 typedef enum {
     MS_QK_NORM_NONE,
@@ -48,6 +56,21 @@ typedef struct {
     ms_qk_norm_t qk_norm;
     bool qkv_bias;
     bool shared_expert;
+    /* deepseek2; the defaults below for every other architecture */
+    int32_t n_layer_dense_lead; /* leading layers with a dense FFN, no routed experts (0) */
+    int32_t n_ff;               /* their FFN width, feed_forward_length (0 when no dense layer) */
+    int32_t q_lora_rank;        /* 0: q projected directly (attn_q) */
+    int32_t kv_lora_rank;       /* > 0: multi-head latent attention with this latent width (0) */
+    int32_t n_expert_shared;    /* shared experts, merged into one FFN of width n_ff_shexp (0) */
+    int32_t n_expert_groups;    /* group-limited routing: experts in this many groups (1) */
+    int32_t n_group_used;       /* groups a token may pick experts from (1) */
+    ms_gating_t gating;         /* softmax */
+    float expert_weights_scale; /* routed weights times this (1) */
+    bool rope_yarn;             /* YaRN frequency scaling (false) */
+    float rope_freq_scale;      /* 1 / rope.scaling.factor (1) */
+    int32_t n_ctx_orig;         /* rope.scaling.original_context_length (0) */
+    float yarn_beta_fast, yarn_beta_slow; /* YaRN correction range (32, 1) */
+    float attn_scale;           /* softmax scale of attention scores: 1/sqrt(head_dim), times YaRN's mscale^2 */
 } ms_hparams_t;
 
 /* A weight matrix [n_out][n_in] (for experts: n_mat of them, back to back). */
@@ -73,6 +96,17 @@ typedef struct {
     ms_weight_t shexp_gate;               /* [1][d] (qwen2moe) */
     ms_weight_t gate_shexp, up_shexp;     /* [Fs][d] */
     ms_weight_t down_shexp;               /* [d][Fs] */
+    /* deepseek2: multi-head latent attention (docs/architecture.md); nope = head_dim - n_rot */
+    ms_weight_t wq_a, wq_b;               /* [q_lora][d], [H*hd][q_lora]; wq instead when q_lora_rank is 0 */
+    const float *q_a_norm;                /* [q_lora] */
+    ms_weight_t wkv_a;                    /* [kv_lora + n_rot][d]: latent, then the shared rope key */
+    const float *kv_a_norm;               /* [kv_lora] */
+    ms_weight_t wkv_b;                    /* [H*(nope+hdv)][kv_lora], per head k_nope rows then v rows; or */
+    ms_weight_t wk_b, wv_b;               /* H x [kv_lora][nope] and H x [hdv][kv_lora] (split files) */
+    const float *exp_probs_b;             /* [E] routing selection bias, or NULL */
+    ms_weight_t ffn_gate, ffn_up;         /* [n_ff][d] dense FFN of a leading layer */
+    ms_weight_t ffn_down;                 /* [d][n_ff] */
+    bool has_experts;                     /* routed experts (false: a leading dense layer) */
 } ms_layer_t;
 
 typedef struct {
@@ -94,8 +128,8 @@ const char *ms_arch_name(ms_arch_t arch);
 /* Reads the hyperparameters from g's metadata, plus the widths only tensors
  * state: n_ff_exp from the first layer holding blk.L.ffn_gate_exps.weight (0
  * when none does), n_vocab from token_embd.weight (0 when absent), n_ff_shexp
- * from blk.0.ffn_gate_shexp.weight when the architecture has a shared expert
- * (0 when absent). Works on full models, host shards and dense parts alike.
+ * from the first layer holding blk.L.ffn_gate_shexp.weight when the architecture
+ * has a shared expert (0 when none does). Works on full models, host shards and dense parts alike.
  * -EINVAL with err naming the file and key or tensor; *ret written only on success. */
 int ms_hparams_read(const ms_gguf_t *g, ms_hparams_t *ret, ms_err_t *err);
 
@@ -118,6 +152,12 @@ int ms_model_from_gguf(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_t *err
 int ms_model_load_dense(const char *path, ms_model_t **ret_model, ms_err_t *err);
 int ms_model_from_gguf_dense(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_t *err);
 void ms_model_destroy(ms_model_t **self_p);
+
+/* The first layer with routed experts (its shapes stand for every MoE layer). */
+static inline const ms_layer_t *ms_model_moe_layer0(const ms_model_t *m)
+{
+    return &m->layers[m->hp.n_layer_dense_lead];
+}
 
 /* Pointer to expert e's matrix inside a 3-D expert weight. */
 static inline const void *ms_weight_mat(const ms_weight_t *w, int64_t e)

@@ -265,8 +265,8 @@ static int read_layer(ms_shard_t *s, const ms_gguf_t *g, int32_t layer, layer_re
     int rc = 0;
     if (s->packed) {
         rc = read_ids(s, g, layer, lr, err);
-    } else {
-        lr->n = s->hp.n_expert;
+    } else { /* a full model: every expert of every MoE layer; leading dense layers (deepseek2) hold none */
+        lr->n = layer < s->hp.n_layer_dense_lead ? 0 : s->hp.n_expert;
         for (int32_t e = 0; e < lr->n; e++)
             lr->ids[e] = e;
     }

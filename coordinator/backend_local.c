@@ -70,7 +70,7 @@ int ms_backend_local_new(const ms_model_t *m, ms_pool_t *pool, const ms_kernels_
     local_backend_t *b = calloc(1, sizeof(*b));
     if (!b)
         return -ENOMEM;
-    const ms_layer_t *L = &m->layers[0];
+    const ms_layer_t *L = ms_model_moe_layer0(m); /* deepseek2's first layers are dense */
     int rc = ms_expert_ws_new(&L->gate_exps, &L->up_exps, &L->down_exps,
                               (int64_t)max_tokens * m->hp.n_expert_used, &b->ws);
     if (rc) {

@@ -428,14 +428,17 @@ static int write_dense(pack_t *pk, size_t *ret_n, uint64_t *ret_bytes)
     return rc;
 }
 
-/* The experts host k holds per layer, ascending, into pk->ids / pk->n_ids. */
+/* The experts host k holds per layer, ascending, into pk->ids / pk->n_ids.
+ * The placement counts MoE layers only: its layer 0 is the first after the
+ * leading dense layers (deepseek2), which no host holds anything of. */
 static void collect_ids(pack_t *pk, int32_t k)
 {
     const ms_hparams_t *hp = ms_shard_hparams(pk->sh);
+    int32_t lead = hp->n_layer_dense_lead;
     for (int32_t l = 0; l < hp->n_layer; l++) {
         pk->n_ids[l] = 0;
-        for (int32_t e = 0; e < hp->n_expert; e++)
-            if (ms_placement_holds(pk->pl, k, l, e))
+        for (int32_t e = 0; l >= lead && e < hp->n_expert; e++)
+            if (ms_placement_holds(pk->pl, k, l - lead, e))
                 pk->ids[(size_t)l * (size_t)hp->n_expert + (size_t)pk->n_ids[l]++] = e;
     }
 }
@@ -573,11 +576,12 @@ static int compute_placement(pack_t *pk)
 {
     const ms_hparams_t *hp = ms_shard_hparams(pk->sh);
     uint64_t bytes[MS_LAYERS_MAX];
-    for (int32_t l = 0; l < hp->n_layer; l++) {
+    int32_t lead = hp->n_layer_dense_lead; /* placed: the MoE layers only (collect_ids) */
+    for (int32_t l = lead; l < hp->n_layer; l++) {
         const ms_slice_t *s = ms_shard_find(pk->sh, l, 0);
-        bytes[l] = s->nbytes[MS_PROJ_GATE] + s->nbytes[MS_PROJ_UP] + s->nbytes[MS_PROJ_DOWN];
+        bytes[l - lead] = s->nbytes[MS_PROJ_GATE] + s->nbytes[MS_PROJ_UP] + s->nbytes[MS_PROJ_DOWN];
     }
-    ms_placement_params_t p = { hp->n_layer, hp->n_expert, bytes, pk->o.hosts, pk->o.replicas, NULL };
+    ms_placement_params_t p = { hp->n_layer - lead, hp->n_expert, bytes, pk->o.hosts, pk->o.replicas, NULL };
     int rc = ms_placement_compute(&p, &pk->pl, &pk->err);
     pk->ids = calloc((size_t)hp->n_layer * (size_t)hp->n_expert, sizeof(int32_t));
     pk->n_ids = calloc((size_t)hp->n_layer, sizeof(int32_t));

@@ -52,6 +52,20 @@ struct ms_forward {
     int32_t *seq_len;
     int32_t *len_scratch; /* seq_len as a batch being checked would leave it */
     ms_expert_ws_t *shws; /* shared-expert workspace */
+    /* deepseek2 (allocated only for it): latent attention, dense leading layers, grouped routing */
+    int64_t c_dim;   /* cached floats per token and layer: kv_lora + n_rot (latent attention), else 0 */
+    float *qa;       /* [B][q_lora] */
+    float *lat;      /* [B][kv_lora + n_rot] this step's latents and rope keys */
+    float *qn;       /* [H][B][nope] q_nope gathered per head */
+    float *qabs;     /* [B][H][kv_lora + n_rot]: q_nope taken into latent space, then q_pe */
+    float *olat;     /* [H][B][kv_lora] attention output in latent space */
+    void *xqh;       /* [H*B] quantised per-head rows (q_nope or olat) */
+    float *rowbuf;   /* [nth][kv_lora] a dequantised attn_kv_b row per thread */
+    ms_mm_t *jobs;   /* [H] per-head products */
+    float *rope_freq; /* [n_rot/2] angle per position of each pair, YaRN applied */
+    double *rope_cs;  /* [B][n_rot] cos, sin of each pair at each token's position */
+    float *sel;      /* [B][E] selection scores (biased) */
+    ms_expert_ws_t *dws; /* dense leading layers' FFN workspace */
 };
 
 static void *zalloc(size_t n)
@@ -64,11 +78,13 @@ static void *zalloc(size_t n)
 
 static size_t act_row_max(const ms_model_t *m)
 {
-    int64_t widths[] = { m->hp.n_embd, (int64_t)m->hp.n_head * m->hp.head_dim_v };
+    int64_t widths[] = { m->hp.n_embd, (int64_t)m->hp.n_head * m->hp.head_dim_v, m->hp.q_lora_rank };
     size_t best = 0;
     for (uint32_t t = 0; t < MS_TYPE_COUNT; t++) {
         const ms_type_traits_t *tr = ms_type_traits(t);
-        for (int i = 0; tr && tr->computable && i < 2; i++) {
+        for (int i = 0; tr && tr->computable && i < 3; i++) {
+            if (widths[i] == 0)
+                continue;
             if (widths[i] % tr->block_elems == 0) {
                 size_t b = ms_act_row_bytes((ms_type_t)t, widths[i]);
                 best = b > best ? b : best;
@@ -76,6 +92,16 @@ static size_t act_row_max(const ms_model_t *m)
         }
     }
     return best;
+}
+
+/* Floats cached per token and layer: the latent and the rope key under latent
+ * attention, full K and V otherwise. */
+static uint64_t kv_floats(const ms_model_t *m)
+{
+    const ms_hparams_t *hp = &m->hp;
+    if (hp->kv_lora_rank > 0)
+        return (uint64_t)hp->kv_lora_rank + (uint64_t)hp->n_rot;
+    return (uint64_t)hp->n_head_kv * (uint64_t)(hp->head_dim + hp->head_dim_v);
 }
 
 static int check_params(const ms_model_t *m, const ms_forward_params_t *p, ms_err_t *err)
@@ -92,12 +118,83 @@ static int check_params(const ms_model_t *m, const ms_forward_params_t *p, ms_er
         ms_err_set(err, "batch size %d is outside [1, %d]", p->n_batch_max, MS_BATCH_TOKENS_MAX);
         return -EINVAL;
     }
-    uint64_t kv = (uint64_t)p->n_seq_max * (uint64_t)m->hp.n_layer * (uint64_t)p->n_ctx *
-                  (uint64_t)m->hp.n_head_kv * (uint64_t)(m->hp.head_dim + m->hp.head_dim_v) * sizeof(float);
+    uint64_t kv = (uint64_t)p->n_seq_max * (uint64_t)m->hp.n_layer * (uint64_t)p->n_ctx * kv_floats(m) * sizeof(float);
     if (kv > (64ull << 30)) {
         ms_err_set(err, "the KV cache for %d sequences of %d positions would need %.1f GiB; lower the context size",
                    p->n_seq_max, p->n_ctx, (double)kv / (1 << 30));
         return -EINVAL;
+    }
+    return 0;
+}
+
+/* Largest activation row, quantised for any computable type, of n floats (0 when none quantises). */
+static size_t act_bytes_max(int64_t n)
+{
+    size_t best = 0;
+    for (uint32_t t = 0; t < MS_TYPE_COUNT; t++) {
+        const ms_type_traits_t *tr = ms_type_traits(t);
+        if (tr && tr->computable && n % tr->block_elems == 0) {
+            size_t b = ms_act_row_bytes((ms_type_t)t, n);
+            best = b > best ? b : best;
+        }
+    }
+    return best;
+}
+
+/* Angle per position of each rotated pair. With YaRN (as DeepSeek and ggml
+ * define it): pairs rotating faster than beta_fast turns over the original
+ * context keep their frequency, those slower than beta_slow turns are
+ * interpolated (divided by the factor), a linear ramp in between. */
+static void rope_freqs(const ms_hparams_t *hp, float *freq)
+{
+    int half = hp->n_rot / 2;
+    double lo = 0, hi = 0;
+    if (hp->rope_yarn) {
+        double two_log_base = 2.0 * log((double)hp->rope_base);
+        lo = floor(hp->n_rot * log(hp->n_ctx_orig / (hp->yarn_beta_fast * 2.0 * M_PI)) / two_log_base);
+        hi = ceil(hp->n_rot * log(hp->n_ctx_orig / (hp->yarn_beta_slow * 2.0 * M_PI)) / two_log_base);
+        lo = lo > 0 ? lo : 0;
+        hi = hi < hp->n_rot - 1 ? hi : hp->n_rot - 1;
+    }
+    for (int i = 0; i < half; i++) {
+        double extrap = pow((double)hp->rope_base, -2.0 * i / hp->n_rot);
+        double f = extrap;
+        if (hp->rope_yarn) {
+            double y = (i - lo) / (hi - lo > 0.001 ? hi - lo : 0.001);
+            double keep = 1.0 - (y < 0 ? 0 : y > 1 ? 1 : y); /* 1: original frequency */
+            f = extrap * (hp->rope_freq_scale * (1.0 - keep) + keep);
+        }
+        freq[i] = (float)f;
+    }
+}
+
+static int alloc_deepseek2(ms_forward_t *f)
+{
+    const ms_hparams_t *hp = &f->m->hp;
+    size_t B = (size_t)f->p.n_batch_max, H = (size_t)hp->n_head, fl = sizeof(float);
+    size_t C = (size_t)hp->kv_lora_rank, nope = (size_t)(hp->head_dim - hp->n_rot), E = (size_t)hp->n_expert;
+    f->qa = zalloc(B * (size_t)(hp->q_lora_rank ? hp->q_lora_rank : 1) * fl);
+    f->lat = zalloc(B * (size_t)f->c_dim * fl);
+    f->qn = zalloc(H * B * nope * fl);
+    f->qabs = zalloc(B * H * (size_t)f->c_dim * fl);
+    f->olat = zalloc(H * B * C * fl);
+    size_t qb = act_bytes_max((int64_t)nope) > act_bytes_max((int64_t)C) ? act_bytes_max((int64_t)nope)
+                                                                          : act_bytes_max((int64_t)C);
+    f->xqh = zalloc(H * B * (qb ? qb : 1));
+    f->rowbuf = zalloc((size_t)ms_pool_size(f->pool) * C * fl);
+    f->jobs = zalloc(H * sizeof(ms_mm_t));
+    f->rope_freq = zalloc((size_t)hp->n_rot / 2 * fl);
+    f->rope_cs = zalloc(B * (size_t)hp->n_rot * sizeof(double));
+    f->sel = zalloc(B * E * fl);
+    if (!f->qa || !f->lat || !f->qn || !f->qabs || !f->olat || !f->xqh || !f->rowbuf || !f->jobs ||
+        !f->rope_freq || !f->rope_cs || !f->sel)
+        return -ENOMEM;
+    rope_freqs(hp, f->rope_freq);
+    for (size_t t = 0; t < B; t++) /* the shared experts' weight: deepseek2's have no gate */
+        f->shw[t] = 1.0f;
+    if (hp->n_layer_dense_lead > 0) {
+        const ms_layer_t *L = &f->m->layers[0];
+        return ms_expert_ws_new(&L->ffn_gate, &L->ffn_up, &L->ffn_down, (int64_t)B, &f->dws);
     }
     return 0;
 }
@@ -128,8 +225,9 @@ static int alloc_buffers(ms_forward_t *f)
     f->scores = zalloc((size_t)ms_pool_size(f->pool) * (size_t)f->p.n_ctx * fl);
     size_t per_seq = (size_t)hp->n_layer * (size_t)f->p.n_ctx;
     /* populated up front (common/mem.h): the cache can be gigabytes */
-    f->kc_bytes = (size_t)f->p.n_seq_max * per_seq * (size_t)f->k_dim * fl;
-    f->vc_bytes = (size_t)f->p.n_seq_max * per_seq * (size_t)f->v_dim * fl;
+    /* latent attention caches one row of c_dim per token and no V */
+    f->kc_bytes = (size_t)f->p.n_seq_max * per_seq * (size_t)(f->c_dim ? f->c_dim : f->k_dim) * fl;
+    f->vc_bytes = f->c_dim ? 0 : (size_t)f->p.n_seq_max * per_seq * (size_t)f->v_dim * fl;
     f->kc = ms_mem_alloc(f->kc_bytes);
     f->vc = ms_mem_alloc(f->vc_bytes);
     f->seq_len = zalloc((size_t)f->p.n_seq_max * sizeof(int32_t));
@@ -140,9 +238,11 @@ static int alloc_buffers(ms_forward_t *f)
     for (int i = 0; i < 3; i++)
         ok = ok && (!f->xq_row_max || f->xq[i]);
     if (ok && hp->shared_expert) {
-        const ms_layer_t *L = &f->m->layers[0];
+        const ms_layer_t *L = ms_model_moe_layer0(f->m);
         ok = ms_expert_ws_new(&L->gate_shexp, &L->up_shexp, &L->down_shexp, (int64_t)B, &f->shws) == 0;
     }
+    if (ok && hp->arch == MS_ARCH_DEEPSEEK2)
+        ok = alloc_deepseek2(f) == 0;
     return ok ? 0 : -ENOMEM;
 }
 
@@ -163,6 +263,7 @@ int ms_forward_new(const ms_model_t *m, const ms_forward_params_t *p, ms_pool_t 
     f->k_dim = (int64_t)hp->n_head_kv * hp->head_dim;
     f->v_dim = (int64_t)hp->n_head_kv * hp->head_dim_v;
     f->o_dim = (int64_t)hp->n_head * hp->head_dim_v;
+    f->c_dim = hp->kv_lora_rank > 0 ? (int64_t)hp->kv_lora_rank + hp->n_rot : 0;
     rc = alloc_buffers(f);
     if (rc) {
         ms_forward_destroy(&f);
@@ -180,7 +281,8 @@ void ms_forward_destroy(ms_forward_t **self_p)
         return;
     ms_forward_t *f = *self_p;
     float *bufs[] = { f->x, f->h, f->q, f->kk, f->v, f->att, f->tmp, f->moe, f->shx, f->hout, f->rl,
-                      f->shg, f->shw, f->gw, f->scores };
+                      f->shg, f->shw, f->gw, f->scores, f->qa, f->lat, f->qn, f->qabs, f->olat, f->rowbuf,
+                      f->rope_freq, f->sel };
     ms_mem_free(f->kc, f->kc_bytes);
     ms_mem_free(f->vc, f->vc_bytes);
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
@@ -192,6 +294,10 @@ void ms_forward_destroy(ms_forward_t **self_p)
     for (int i = 0; i < 3; i++)
         free(f->xq[i]);
     ms_expert_ws_destroy(&f->shws);
+    ms_expert_ws_destroy(&f->dws);
+    free(f->xqh);
+    free(f->jobs);
+    free(f->rope_cs);
     free(f);
     *self_p = NULL;
 }
@@ -209,8 +315,8 @@ int32_t ms_forward_seq_len(const ms_forward_t *f, int32_t seq)
 
 uint64_t ms_forward_kv_bytes(const ms_forward_t *f)
 {
-    return (uint64_t)f->p.n_seq_max * (uint64_t)f->m->hp.n_layer * (uint64_t)f->p.n_ctx *
-           (uint64_t)(f->k_dim + f->v_dim) * sizeof(float);
+    return (uint64_t)f->p.n_seq_max * (uint64_t)f->m->hp.n_layer * (uint64_t)f->p.n_ctx * kv_floats(f->m) *
+           sizeof(float);
 }
 
 static float *kv_row(const ms_forward_t *f, float *cache, int64_t width, int32_t seq, int il, int32_t pos)
@@ -358,6 +464,185 @@ static void attn_worker(void *arg, int ith, int nth)
     }
 }
 
+/* ---- deepseek2: multi-head latent attention in the absorbed form ----
+ * The cache holds per token the normed latent c (kv_lora) and the roped key
+ * k_pe (n_rot) shared by all heads. Head h scores position j with
+ * q_nope.(W_UK[h] c_j) + q_pe.k_pe_j = (W_UK[h]^T q_nope).c_j + q_pe.k_pe_j,
+ * so q_nope is taken into latent space once and no per-head K or V is ever
+ * built; the output sum_j p_j c_j goes through W_UV[h] afterwards. */
+
+/* cos, sin of every rotated pair at each token's position. */
+static void rope_tables(ms_forward_t *f, const ms_batch_tok_t *batch, int n)
+{
+    int n_rot = f->m->hp.n_rot;
+    for (int t = 0; t < n; t++) {
+        double *cs = f->rope_cs + (size_t)t * (size_t)n_rot;
+        for (int i = 0; i < n_rot / 2; i++) {
+            double theta = (double)batch[t].pos * (double)f->rope_freq[i];
+            cs[2 * i] = cos(theta);
+            cs[2 * i + 1] = sin(theta);
+        }
+    }
+}
+
+/* Rotates the adjacent pairs (x[2i], x[2i+1]) of one n_rot-wide vector. */
+static void rope_apply(float *x, const double *cs, int n_rot)
+{
+    for (int i = 0; i < n_rot / 2; i++) {
+        double x0 = x[2 * i], x1 = x[2 * i + 1];
+        x[2 * i] = (float)(x0 * cs[2 * i] - x1 * cs[2 * i + 1]);
+        x[2 * i + 1] = (float)(x0 * cs[2 * i + 1] + x1 * cs[2 * i]);
+    }
+}
+
+/* q (direct or low-rank), the latent and rope key into the cache; q_pe into
+ * qabs's tail, q_nope gathered per head into qn. */
+static void mla_project(ms_forward_t *f, const ms_layer_t *L, int il, const ms_batch_tok_t *batch, int n)
+{
+    const ms_hparams_t *hp = &f->m->hp;
+    int64_t d = hp->n_embd, H = hp->n_head, hd = hp->head_dim, C = hp->kv_lora_rank, R = hp->q_lora_rank;
+    int64_t nope = hd - hp->n_rot, cd = f->c_dim;
+    if (R > 0) {
+        matmul(f, &L->wq_a, f->h, d, n, f->qa, R, 0);
+        for (int t = 0; t < n; t++)
+            f->k->rmsnorm(f->qa + t * R, f->qa + t * R, L->q_a_norm, R, hp->eps);
+        matmul(f, &L->wq_b, f->qa, R, n, f->q, f->q_dim, 0);
+    } else {
+        matmul(f, &L->wq, f->h, d, n, f->q, f->q_dim, 0);
+    }
+    matmul(f, &L->wkv_a, f->h, d, n, f->lat, cd, 1);
+    rope_tables(f, batch, n);
+    for (int t = 0; t < n; t++) {
+        const double *cs = f->rope_cs + (size_t)t * (size_t)hp->n_rot;
+        float *lat = f->lat + t * cd;
+        f->k->rmsnorm(lat, lat, L->kv_a_norm, C, hp->eps);
+        rope_apply(lat + C, cs, hp->n_rot);
+        memcpy(kv_row(f, f->kc, cd, batch[t].seq, il, batch[t].pos), lat, sizeof(float) * (size_t)cd);
+        for (int64_t h = 0; h < H; h++) {
+            float *qh = f->q + t * f->q_dim + h * hd;
+            rope_apply(qh + nope, cs, hp->n_rot);
+            memcpy(f->qabs + (t * H + h) * cd + C, qh + nope, sizeof(float) * (size_t)hp->n_rot);
+            memcpy(f->qn + (h * n + t) * nope, qh, sizeof(float) * (size_t)nope);
+        }
+    }
+}
+
+/* One product per head in one pass over the pool: y[t*ldy + h*y_head + r] =
+ * sum_c W_h[r][c] x[h][t][c], W_h at base + h * head_bytes with rows of type
+ * w->type, n_in wide, n_out of them; x [H][n][n_in] packed. */
+static void per_head_matmul(ms_forward_t *f, ms_type_t type, const char *base, uint64_t head_bytes, int64_t n_in,
+                            int64_t n_out, const float *x, int n, float *y, int64_t y_head, int64_t ldy)
+{
+    int64_t H = f->m->hp.n_head;
+    size_t qb = ms_act_row_bytes(type, n_in);
+    if (qb)
+        ms_act_quantize_rows(f->pool, f->k, type, x, n_in, H * n, n_in, f->xqh);
+    for (int64_t h = 0; h < H; h++)
+        f->jobs[h] = (ms_mm_t){ .type = type, .w = base + (uint64_t)h * head_bytes, .n_out = n_out, .n_in = n_in,
+                                .x = x + h * n * n_in, .ldx = n_in,
+                                .xq = qb ? (const char *)f->xqh + (size_t)(h * n) * qb : NULL, .n_tok = n,
+                                .y = y + h * y_head, .ldy = ldy };
+    ms_matmul_multi(f->pool, f->k, f->jobs, (int)H);
+}
+
+typedef struct {
+    ms_forward_t *f;
+    const ms_layer_t *L;
+    int n;
+} absorb_ctx_t;
+
+/* Merged attn_kv_b: W_UK[h] is stored [nope][kv_lora] (rows per k_nope dim),
+ * so W_UK[h]^T q_nope sums its rows weighted by q_nope, row by row; heads
+ * split across threads. Each token's sum runs in the same order whatever the batch. */
+static void absorb_kvb_worker(void *arg, int ith, int nth)
+{
+    absorb_ctx_t *c = arg;
+    ms_forward_t *f = c->f;
+    const ms_hparams_t *hp = &f->m->hp;
+    const ms_weight_t *w = &c->L->wkv_b;
+    int64_t H = hp->n_head, C = hp->kv_lora_rank, nope = hp->head_dim - hp->n_rot, cd = f->c_dim;
+    int64_t per_head = nope + hp->head_dim_v;
+    float *row = f->rowbuf + (size_t)ith * (size_t)C;
+    long long begin, end;
+    ms_pool_split(H, 1, ith, nth, &begin, &end);
+    for (long long h = begin; h < end; h++) {
+        for (int t = 0; t < c->n; t++)
+            memset(f->qabs + (t * H + h) * cd, 0, sizeof(float) * (size_t)C);
+        for (int64_t i = 0; i < nope; i++) {
+            const char *src = (const char *)w->data + (uint64_t)(h * per_head + i) * w->row_bytes;
+            f->k->dequant_row(w->type, src, row, C);
+            for (int t = 0; t < c->n; t++)
+                f->k->axpy(f->qabs + (t * H + h) * cd, f->qn[(h * c->n + t) * nope + i], row, C);
+        }
+    }
+}
+
+/* qabs[t][h][0..kv_lora) = W_UK[h]^T q_nope[t][h]. */
+static void mla_absorb_q(ms_forward_t *f, const ms_layer_t *L, int n)
+{
+    const ms_hparams_t *hp = &f->m->hp;
+    int64_t H = hp->n_head, C = hp->kv_lora_rank, nope = hp->head_dim - hp->n_rot;
+    if (L->wk_b.data) {
+        per_head_matmul(f, L->wk_b.type, L->wk_b.data, L->wk_b.mat_bytes, nope, C, f->qn, n, f->qabs, f->c_dim,
+                        H * f->c_dim);
+        return;
+    }
+    absorb_ctx_t c = { .f = f, .L = L, .n = n };
+    ms_pool_run(f->pool, absorb_kvb_worker, &c);
+}
+
+/* att[t][h] = W_UV[h] olat[h][t], from attn_v_b or the v rows of attn_kv_b. */
+static void mla_expand_v(ms_forward_t *f, const ms_layer_t *L, int n)
+{
+    const ms_hparams_t *hp = &f->m->hp;
+    int64_t C = hp->kv_lora_rank, hdv = hp->head_dim_v, nope = hp->head_dim - hp->n_rot;
+    if (L->wv_b.data) {
+        per_head_matmul(f, L->wv_b.type, L->wv_b.data, L->wv_b.mat_bytes, C, hdv, f->olat, n, f->att, hdv,
+                        f->o_dim);
+        return;
+    }
+    const ms_weight_t *w = &L->wkv_b;
+    per_head_matmul(f, w->type, (const char *)w->data + (uint64_t)nope * w->row_bytes,
+                    (uint64_t)(nope + hdv) * w->row_bytes, C, hdv, f->olat, n, f->att, hdv, f->o_dim);
+}
+
+/* Causal attention of (token, head) pairs over the cached latents. */
+static void mla_attn_worker(void *arg, int ith, int nth)
+{
+    attn_ctx_t *c = arg;
+    ms_forward_t *f = c->f;
+    const ms_hparams_t *hp = &f->m->hp;
+    const ms_kernels_t *k = f->k;
+    int64_t H = hp->n_head, C = hp->kv_lora_rank, cd = f->c_dim;
+    float *scores = f->scores + (size_t)ith * (size_t)f->p.n_ctx;
+    long long begin, end;
+    ms_pool_split((long long)c->n * H, 1, ith, nth, &begin, &end);
+    for (long long item = begin; item < end; item++) {
+        int t = (int)(item / H);
+        int64_t h = item % H;
+        const ms_batch_tok_t *b = &c->batch[t];
+        const float *base = kv_row(f, f->kc, cd, b->seq, c->il, 0);
+        int n_pos = b->pos + 1;
+        k->dot_rows(f->qabs + (t * H + h) * cd, base, cd, n_pos, cd, scores);
+        for (int j = 0; j < n_pos; j++)
+            scores[j] *= hp->attn_scale;
+        k->softmax(scores, n_pos);
+        float *out = f->olat + (h * c->n + t) * C;
+        memset(out, 0, sizeof(float) * (size_t)C);
+        k->axpy_rows(out, scores, base, cd, n_pos, C);
+    }
+}
+
+static void mla_block(ms_forward_t *f, int il, const ms_batch_tok_t *batch, int n)
+{
+    const ms_layer_t *L = &f->m->layers[il];
+    mla_project(f, L, il, batch, n);
+    mla_absorb_q(f, L, n);
+    attn_ctx_t c = { .f = f, .batch = batch, .n = n, .il = il };
+    ms_pool_run(f->pool, mla_attn_worker, &c);
+    mla_expand_v(f, L, n);
+}
+
 static void attention_block(ms_forward_t *f, int il, const ms_batch_tok_t *batch, int n)
 {
     const ms_layer_t *L = &f->m->layers[il];
@@ -365,6 +650,13 @@ static void attention_block(ms_forward_t *f, int il, const ms_batch_tok_t *batch
     int64_t d = hp->n_embd;
     for (int t = 0; t < n; t++)
         f->k->rmsnorm(f->h + t * d, f->x + t * d, L->attn_norm, d, hp->eps);
+    if (f->c_dim) {
+        mla_block(f, il, batch, n);
+        matmul(f, &L->wo, f->att, f->o_dim, n, f->tmp, d, 0);
+        for (int t = 0; t < n; t++)
+            f->k->axpy(f->x + t * d, 1.0f, f->tmp + t * d, d);
+        return;
+    }
     qkv(f, L, n);
     qk_prepare(f, L, il, batch, n);
     attn_ctx_t c = { .f = f, .batch = batch, .n = n, .il = il };
@@ -405,6 +697,91 @@ static void route(ms_forward_t *f, int n)
     }
 }
 
+/* Keeps the n_group_used groups whose two best selection scores sum highest
+ * (ties: lower group first), as DeepSeek-V3 ranks them; the other groups'
+ * scores become -inf so no expert of theirs is chosen. */
+static void mask_groups(float *s, int n_groups, int per_group, int n_used)
+{
+    float score[MS_EXPERTS_MAX];
+    bool keep[MS_EXPERTS_MAX];
+    for (int g = 0; g < n_groups; g++) {
+        float best = -INFINITY, second = -INFINITY;
+        for (int e = g * per_group; e < (g + 1) * per_group; e++) {
+            if (s[e] > best) {
+                second = best;
+                best = s[e];
+            } else if (s[e] > second) {
+                second = s[e];
+            }
+        }
+        score[g] = per_group >= 2 ? best + second : best;
+        keep[g] = false;
+    }
+    for (int j = 0; j < n_used; j++) {
+        int pick = -1;
+        for (int g = 0; g < n_groups; g++)
+            if (!keep[g] && (pick < 0 || score[g] > score[pick]))
+                pick = g;
+        keep[pick] = true;
+    }
+    for (int g = 0; g < n_groups; g++)
+        for (int e = g * per_group; !keep[g] && e < (g + 1) * per_group; e++)
+            s[e] = -INFINITY;
+}
+
+/* deepseek2 routing: scores by softmax (V2) or sigmoid (V3); experts chosen
+ * by score + selection bias within the allowed groups (ties: lower index);
+ * weights are the unbiased scores, renormalised when the file says so, times
+ * the routed scaling factor. */
+static void route_deepseek2(ms_forward_t *f, const ms_layer_t *L, int n)
+{
+    const ms_hparams_t *hp = &f->m->hp;
+    int E = hp->n_expert, K = hp->n_expert_used;
+    for (int t = 0; t < n; t++) {
+        float *p = f->rl + (int64_t)t * E, *s = f->sel + (int64_t)t * E;
+        if (hp->gating == MS_GATING_SOFTMAX)
+            f->k->softmax(p, E);
+        else
+            for (int e = 0; e < E; e++)
+                p[e] = 1.0f / (1.0f + expf(-p[e]));
+        for (int e = 0; e < E; e++)
+            s[e] = p[e] + (L->exp_probs_b ? L->exp_probs_b[e] : 0.0f);
+        if (hp->n_group_used < hp->n_expert_groups)
+            mask_groups(s, hp->n_expert_groups, E / hp->n_expert_groups, hp->n_group_used);
+        int32_t *ids = f->ids + t * K;
+        float *w = f->gw + t * K;
+        float sum = 0;
+        for (int j = 0; j < K; j++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                bool taken = false;
+                for (int i = 0; i < j; i++)
+                    taken = taken || ids[i] == e;
+                if (!taken && (best < 0 || s[e] > s[best]))
+                    best = e;
+            }
+            ids[j] = best;
+            w[j] = p[best];
+            sum += p[best];
+        }
+        for (int j = 0; j < K; j++)
+            w[j] = (hp->norm_topk ? w[j] / sum : w[j]) * hp->expert_weights_scale;
+    }
+}
+
+/* A leading dense layer (deepseek2): its FFN on the coordinator, never dispatched. */
+static int dense_ffn_block(ms_forward_t *f, const ms_layer_t *L, int n)
+{
+    int64_t d = f->m->hp.n_embd;
+    /* shw holds 1 for every token (alloc_deepseek2): the dense FFN as a 1-expert FFN of weight 1 */
+    int rc = ms_expert_ffn(f->pool, f->k, &L->ffn_gate, &L->ffn_up, &L->ffn_down, f->h, d, n, f->zero_ids, f->shw,
+                           1, f->moe, d, f->dws);
+    MS_ASSERT(rc == 0);
+    for (int t = 0; t < n; t++)
+        f->k->axpy(f->x + t * d, 1.0f, f->moe + t * d, d);
+    return 0;
+}
+
 static int moe_block(ms_forward_t *f, int il, int n, ms_err_t *err)
 {
     const ms_layer_t *L = &f->m->layers[il];
@@ -412,17 +789,24 @@ static int moe_block(ms_forward_t *f, int il, int n, ms_err_t *err)
     int64_t d = hp->n_embd;
     for (int t = 0; t < n; t++)
         f->k->rmsnorm(f->h + t * d, f->x + t * d, L->ffn_norm, d, hp->eps);
+    if (!L->has_experts)
+        return dense_ffn_block(f, L, n);
     matmul(f, &L->router, f->h, d, n, f->rl, hp->n_expert, 0);
-    route(f, n);
+    if (hp->arch == MS_ARCH_DEEPSEEK2)
+        route_deepseek2(f, L, n);
+    else
+        route(f, n);
     int rc = f->backend->submit(f->backend, il, f->h, n, f->ids, f->gw, hp->n_expert_used);
     if (rc) {
         ms_err_set(err, "layer %d: the expert backend refused the batch (%d)", il, rc);
         return rc;
     }
     if (hp->shared_expert) { /* local work while the routed experts are computed */
-        matmul(f, &L->shexp_gate, f->h, d, n, f->shg, 1, 1);
-        for (int t = 0; t < n; t++)
-            f->shw[t] = 1.0f / (1.0f + expf(-f->shg[t]));
+        if (L->shexp_gate.data) { /* qwen2moe's gate; deepseek2's shared experts have weight 1 */
+            matmul(f, &L->shexp_gate, f->h, d, n, f->shg, 1, 1);
+            for (int t = 0; t < n; t++)
+                f->shw[t] = 1.0f / (1.0f + expf(-f->shg[t]));
+        }
         rc = ms_expert_ffn(f->pool, f->k, &L->gate_shexp, &L->up_shexp, &L->down_shexp, f->h, d, n,
                            f->zero_ids, f->shw, 1, f->shx, d, f->shws);
         MS_ASSERT(rc == 0);

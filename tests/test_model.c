@@ -7,8 +7,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "forward.h"
 #include "gguf_write.h"
 #include "model.h"
+#include "pool.h"
 
 /* A minimal Mixtral-shaped model: d 256, 1 layer, 2 heads of 128 (1 kv head),
  * 2 experts (top 1), ff 256, vocab 8. Sizes are multiples of 256 so that a
@@ -20,7 +22,7 @@ typedef struct {
     const char *skip_tensor; /* leave this tensor out */
     const char *skip_key;    /* leave this metadata key suffix out */
     const char *odd_tensor;  /* give this tensor a wrong last dimension */
-    const char *q4k_tensor;  /* store this tensor as Q4_K */
+    const char *mxfp4_tensor;  /* store this tensor as MXFP4 (no kernels) */
     const char *f16_tensor;  /* store this tensor as F16 */
     uint32_t n_head, n_kv, n_used;
     bool tied;
@@ -39,8 +41,8 @@ static void add_tensor(ms_gguf_writer_t *w, const spec_t *s, const char *name, u
     if (s->odd_tensor && !strcmp(name, s->odd_tensor))
         ne[n_dims - 1] += 1;
     ms_type_t t = MS_TYPE_F32;
-    if (s->q4k_tensor && !strcmp(name, s->q4k_tensor))
-        t = MS_TYPE_Q4_K;
+    if (s->mxfp4_tensor && !strcmp(name, s->mxfp4_tensor))
+        t = MS_TYPE_MXFP4;
     if (s->f16_tensor && !strcmp(name, s->f16_tensor))
         t = MS_TYPE_F16;
     CU_ASSERT_EQUAL(ms_gguf_writer_add_tensor(w, name, t, n_dims, ne), 0);
@@ -164,12 +166,239 @@ static void test_refusals(void)
     expect_error(&(spec_t){ .skip_tensor = "blk.0.ffn_gate_exps.weight" }, "blk.0.ffn_gate_exps.weight", NULL);
     expect_error(&(spec_t){ .odd_tensor = "blk.0.attn_k.weight" }, "blk.0.attn_k.weight", "shape");
     expect_error(&(spec_t){ .odd_tensor = "blk.0.ffn_down_exps.weight" }, "blk.0.ffn_down_exps.weight", "shape");
-    expect_error(&(spec_t){ .q4k_tensor = "blk.0.attn_q.weight" }, "Q4_K", "cannot compute");
+    expect_error(&(spec_t){ .mxfp4_tensor = "blk.0.attn_q.weight" }, "MXFP4", "cannot compute");
     expect_error(&(spec_t){ .f16_tensor = "blk.0.ffn_norm.weight" }, "blk.0.ffn_norm.weight", "F32");
     expect_error(&(spec_t){ .skip_key = "embedding_length" }, "llama.embedding_length", "missing");
     expect_error(&(spec_t){ .skip_key = "attention.layer_norm_rms_epsilon" }, "layer_norm_rms_epsilon", NULL);
     expect_error(&(spec_t){ .n_kv = 3 }, "is not a multiple of head_count_kv (3)", NULL);
     expect_error(&(spec_t){ .n_used = 3 }, "expert_used_count", NULL);
+}
+
+/* ---- deepseek2: a 2-layer model (layer 0 dense, layer 1 MoE) written here ----
+ * d 32, 2 heads with keys of 8 unrotated + 4 rotated dims, values 8, latent 16,
+ * 4 experts in 2 groups (1 used), top 2, expert ff 8, one shared expert, dense ff 16. */
+enum { DS_D = 32, DS_H = 2, DS_NOPE = 8, DS_ROT = 4, DS_HV = 8, DS_C = 16, DS_QL = 16, DS_E = 4, DS_FF = 8,
+       DS_DFF = 16 };
+
+typedef struct {
+    bool split;             /* attn_k_b + attn_v_b (with the _mla keys) instead of attn_kv_b */
+    bool q_lora;            /* attn_q_a/attn_q_b instead of attn_q */
+    const char *skip_key;   /* a deepseek2.* key suffix left out */
+    const char *skip_tensor;
+    uint32_t gating, groups;
+    const char *scaling;    /* rope.scaling.type, or NULL */
+} ds_spec_t;
+
+static void ds_tensor(ms_gguf_writer_t *w, const ds_spec_t *s, const char *name, uint32_t n_dims, int64_t a,
+                      int64_t b, int64_t c)
+{
+    if (s->skip_tensor && !strcmp(name, s->skip_tensor))
+        return;
+    int64_t ne[3] = { a, b, c };
+    CU_ASSERT_EQUAL(ms_gguf_writer_add_tensor(w, name, MS_TYPE_F32, n_dims, ne), 0);
+    sizes[n_sizes++] = (uint64_t)a * (uint64_t)b * (uint64_t)c * 4;
+}
+
+static void ds_u32(ms_gguf_writer_t *w, const ds_spec_t *s, const char *suffix, uint32_t v)
+{
+    char k[96];
+    snprintf(k, sizeof(k), "deepseek2.%s", suffix);
+    if (!s->skip_key || strcmp(suffix, s->skip_key))
+        CU_ASSERT_EQUAL(ms_gguf_writer_add_u32(w, k, v), 0);
+}
+
+static void ds_keys(ms_gguf_writer_t *w, const ds_spec_t *s)
+{
+    const struct { const char *k; uint32_t v; } u[] = {
+        { "embedding_length", DS_D }, { "block_count", 2 }, { "attention.head_count", DS_H },
+        { "context_length", 64 }, { "expert_count", DS_E }, { "expert_used_count", 2 },
+        { "feed_forward_length", DS_DFF }, { "expert_feed_forward_length", DS_FF },
+        { "leading_dense_block_count", 1 }, { "attention.kv_lora_rank", DS_C }, { "expert_shared_count", 1 },
+        { "rope.dimension_count", DS_ROT }, { "expert_gating_func", s->gating ? s->gating : 2 },
+        { "expert_group_count", s->groups ? s->groups : 2 }, { "expert_group_used_count", 1 },
+        { s->split ? "attention.key_length_mla" : "attention.key_length", DS_NOPE + DS_ROT },
+        { s->split ? "attention.value_length_mla" : "attention.value_length", DS_HV },
+    };
+    CU_ASSERT_EQUAL(ms_gguf_writer_add_str(w, "general.architecture", "deepseek2"), 0);
+    for (size_t i = 0; i < sizeof(u) / sizeof(u[0]); i++)
+        ds_u32(w, s, u[i].k, u[i].v);
+    if (s->split) { /* newer files: the plain keys describe the latent (576 > any head for V3) */
+        ds_u32(w, s, "attention.key_length", 1000);
+        ds_u32(w, s, "attention.value_length", 1000);
+    }
+    if (s->q_lora)
+        ds_u32(w, s, "attention.q_lora_rank", DS_QL);
+    CU_ASSERT_EQUAL(ms_gguf_writer_add_f32(w, "deepseek2.attention.layer_norm_rms_epsilon", 1e-6f), 0);
+    if (!s->skip_key || strcmp(s->skip_key, "expert_weights_scale"))
+        CU_ASSERT_EQUAL(ms_gguf_writer_add_f32(w, "deepseek2.expert_weights_scale", 2.5f), 0);
+    if (s->scaling) {
+        CU_ASSERT_EQUAL(ms_gguf_writer_add_str(w, "deepseek2.rope.scaling.type", s->scaling), 0);
+        CU_ASSERT_EQUAL(ms_gguf_writer_add_f32(w, "deepseek2.rope.scaling.factor", 4.0f), 0);
+        ds_u32(w, s, "rope.scaling.original_context_length", 16);
+        CU_ASSERT_EQUAL(ms_gguf_writer_add_f32(w, "deepseek2.rope.scaling.yarn_log_multiplier", 0.1f), 0);
+    }
+}
+
+static void ds_attention(ms_gguf_writer_t *w, const ds_spec_t *s, int l)
+{
+    char n[64];
+#define T(name) (snprintf(n, sizeof(n), "blk.%d.%s", l, name), n)
+    ds_tensor(w, s, T("attn_norm.weight"), 1, DS_D, 1, 1);
+    if (s->q_lora) {
+        ds_tensor(w, s, T("attn_q_a.weight"), 2, DS_D, DS_QL, 1);
+        ds_tensor(w, s, T("attn_q_a_norm.weight"), 1, DS_QL, 1, 1);
+        ds_tensor(w, s, T("attn_q_b.weight"), 2, DS_QL, DS_H * (DS_NOPE + DS_ROT), 1);
+    } else {
+        ds_tensor(w, s, T("attn_q.weight"), 2, DS_D, DS_H * (DS_NOPE + DS_ROT), 1);
+    }
+    ds_tensor(w, s, T("attn_kv_a_mqa.weight"), 2, DS_D, DS_C + DS_ROT, 1);
+    ds_tensor(w, s, T("attn_kv_a_norm.weight"), 1, DS_C, 1, 1);
+    if (s->split) {
+        ds_tensor(w, s, T("attn_k_b.weight"), 3, DS_NOPE, DS_C, DS_H);
+        ds_tensor(w, s, T("attn_v_b.weight"), 3, DS_C, DS_HV, DS_H);
+    } else {
+        ds_tensor(w, s, T("attn_kv_b.weight"), 2, DS_C, DS_H * (DS_NOPE + DS_HV), 1);
+    }
+    ds_tensor(w, s, T("attn_output.weight"), 2, DS_H * DS_HV, DS_D, 1);
+    ds_tensor(w, s, T("ffn_norm.weight"), 1, DS_D, 1, 1);
+#undef T
+}
+
+static const char *ds_write(const ds_spec_t *s)
+{
+    static char path[128];
+    static int n;
+    snprintf(path, sizeof(path), "%s/ds%d.gguf", dir, n++);
+    ms_gguf_writer_t *w = ms_gguf_writer_new(32);
+    ds_keys(w, s);
+    n_sizes = 0;
+    ds_tensor(w, s, "token_embd.weight", 2, DS_D, NV, 1);
+    ds_tensor(w, s, "output_norm.weight", 1, DS_D, 1, 1);
+    ds_attention(w, s, 0);
+    ds_tensor(w, s, "blk.0.ffn_gate.weight", 2, DS_D, DS_DFF, 1);
+    ds_tensor(w, s, "blk.0.ffn_up.weight", 2, DS_D, DS_DFF, 1);
+    ds_tensor(w, s, "blk.0.ffn_down.weight", 2, DS_DFF, DS_D, 1);
+    ds_attention(w, s, 1);
+    ds_tensor(w, s, "blk.1.ffn_gate_inp.weight", 2, DS_D, DS_E, 1);
+    ds_tensor(w, s, "blk.1.exp_probs_b.bias", 1, DS_E, 1, 1);
+    ds_tensor(w, s, "blk.1.ffn_gate_exps.weight", 3, DS_D, DS_FF, DS_E);
+    ds_tensor(w, s, "blk.1.ffn_up_exps.weight", 3, DS_D, DS_FF, DS_E);
+    ds_tensor(w, s, "blk.1.ffn_down_exps.weight", 3, DS_FF, DS_D, DS_E);
+    ds_tensor(w, s, "blk.1.ffn_gate_shexp.weight", 2, DS_D, DS_FF, 1);
+    ds_tensor(w, s, "blk.1.ffn_up_shexp.weight", 2, DS_D, DS_FF, 1);
+    ds_tensor(w, s, "blk.1.ffn_down_shexp.weight", 2, DS_FF, DS_D, 1);
+    ms_err_t err = { { 0 } };
+    CU_ASSERT_EQUAL_FATAL(ms_gguf_writer_begin(w, path, &err), 0);
+    static char zeros[1 << 16];
+    for (int i = 0; i < n_sizes; i++)
+        CU_ASSERT_EQUAL(ms_gguf_writer_write(w, zeros, sizes[i], &err), 0);
+    CU_ASSERT_EQUAL(ms_gguf_writer_finish(w, &err), 0);
+    ms_gguf_writer_destroy(&w);
+    return path;
+}
+
+static void ds_check_common(const ms_model_t *m)
+{
+    const ms_hparams_t *hp = &m->hp;
+    CU_ASSERT_EQUAL(hp->arch, MS_ARCH_DEEPSEEK2);
+    CU_ASSERT_EQUAL(hp->head_dim, DS_NOPE + DS_ROT);
+    CU_ASSERT_EQUAL(hp->head_dim_v, DS_HV);
+    CU_ASSERT_EQUAL(hp->n_rot, DS_ROT);
+    CU_ASSERT_EQUAL(hp->rope_mode, MS_ROPE_NORM);
+    CU_ASSERT_EQUAL(hp->kv_lora_rank, DS_C);
+    CU_ASSERT_EQUAL(hp->n_layer_dense_lead, 1);
+    CU_ASSERT_EQUAL(hp->n_ff, DS_DFF);
+    CU_ASSERT_EQUAL(hp->n_ff_exp, DS_FF);
+    CU_ASSERT_EQUAL(hp->n_ff_shexp, DS_FF);
+    CU_ASSERT_EQUAL(hp->n_expert_shared, 1);
+    CU_ASSERT_EQUAL(hp->gating, MS_GATING_SIGMOID);
+    CU_ASSERT_EQUAL(hp->n_expert_groups, 2);
+    CU_ASSERT_EQUAL(hp->n_group_used, 1);
+    CU_ASSERT_DOUBLE_EQUAL(hp->expert_weights_scale, 2.5, 1e-7);
+    CU_ASSERT_FALSE(m->layers[0].has_experts);
+    CU_ASSERT_TRUE(m->layers[1].has_experts);
+    CU_ASSERT_PTR_NOT_NULL(m->layers[0].ffn_gate.data);
+    CU_ASSERT_PTR_NOT_NULL(m->layers[1].exp_probs_b);
+    CU_ASSERT_PTR_NULL(m->layers[1].shexp_gate.data); /* deepseek2's shared experts are ungated */
+    /* only layer 1's experts are routed experts: 3 projections x 4 experts x 8 x 32 floats */
+    CU_ASSERT_EQUAL(m->bytes_experts, 3ull * DS_E * DS_FF * DS_D * 4);
+    CU_ASSERT_PTR_EQUAL(ms_model_moe_layer0(m), &m->layers[1]);
+}
+
+static void test_deepseek2_layouts(void)
+{
+    ms_err_t err = { { 0 } };
+    ms_model_t *m = NULL;
+    /* merged attn_kv_b, direct q, no scaling: scale 1/sqrt(12) */
+    CU_ASSERT_EQUAL_FATAL(ms_model_load(ds_write(&(ds_spec_t){ 0 }), &m, &err), 0);
+    ds_check_common(m);
+    CU_ASSERT_PTR_NOT_NULL(m->layers[1].wkv_b.data);
+    CU_ASSERT_PTR_NOT_NULL(m->layers[1].wq.data);
+    CU_ASSERT_FALSE(m->hp.rope_yarn);
+    CU_ASSERT_DOUBLE_EQUAL(m->hp.attn_scale, 0.28867513, 1e-6);
+    ms_model_destroy(&m);
+    /* split k_b/v_b with the _mla keys, low-rank q, YaRN: (1 + 0.1 ln 4)^2 / sqrt(12) */
+    CU_ASSERT_EQUAL_FATAL(ms_model_load(ds_write(&(ds_spec_t){ .split = true, .q_lora = true, .scaling = "yarn" }),
+                                        &m, &err), 0);
+    ds_check_common(m);
+    CU_ASSERT_PTR_NULL(m->layers[1].wkv_b.data);
+    CU_ASSERT_EQUAL(m->layers[1].wk_b.n_mat, DS_H);
+    CU_ASSERT_EQUAL(m->layers[1].wk_b.n_in, DS_NOPE);
+    CU_ASSERT_EQUAL(m->layers[1].wk_b.n_out, DS_C);
+    CU_ASSERT_EQUAL(m->layers[1].wv_b.n_in, DS_C);
+    CU_ASSERT_EQUAL(m->layers[1].wv_b.n_out, DS_HV);
+    CU_ASSERT_EQUAL(m->hp.q_lora_rank, DS_QL);
+    CU_ASSERT_TRUE(m->hp.rope_yarn);
+    CU_ASSERT_DOUBLE_EQUAL(m->hp.rope_freq_scale, 0.25, 1e-7);
+    CU_ASSERT_DOUBLE_EQUAL(m->hp.attn_scale, 0.37426067, 1e-6);
+    ms_model_destroy(&m);
+}
+
+/* The cache holds the latent and the rope key only: (16 + 4) floats per token and layer. */
+static void test_deepseek2_kv_bytes(void)
+{
+    ms_err_t err = { { 0 } };
+    ms_model_t *m = NULL;
+    ms_pool_t *pool = NULL;
+    ms_forward_t *f = NULL;
+    CU_ASSERT_EQUAL_FATAL(ms_model_load(ds_write(&(ds_spec_t){ .split = true }), &m, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(ms_pool_new(1, &pool), 0);
+    ms_forward_params_t p = { .n_ctx = 32, .n_seq_max = 3, .n_batch_max = 4 };
+    CU_ASSERT_EQUAL_FATAL(ms_forward_new(m, &p, pool, ms_kernels_best(), NULL, &f, &err), 0);
+    CU_ASSERT_EQUAL(ms_forward_kv_bytes(f), 3ull * 2 * 32 * (DS_C + DS_ROT) * 4);
+    ms_forward_destroy(&f);
+    ms_pool_destroy(&pool);
+    ms_model_destroy(&m);
+}
+
+static void ds_expect_error(const ds_spec_t *s, const char *want)
+{
+    ms_err_t err = { { 0 } };
+    ms_model_t *m = NULL;
+    CU_ASSERT_EQUAL(ms_model_load(ds_write(s), &m, &err), -EINVAL);
+    CU_ASSERT_PTR_NULL(m);
+    if (!strstr(err.msg, want))
+        fprintf(stderr, "\n  expected '%s' in: %s\n", want, err.msg);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, want));
+}
+
+static void test_deepseek2_refusals(void)
+{
+    ds_expect_error(&(ds_spec_t){ .skip_key = "leading_dense_block_count" }, "deepseek2.leading_dense_block_count");
+    ds_expect_error(&(ds_spec_t){ .skip_key = "attention.kv_lora_rank" }, "deepseek2.attention.kv_lora_rank");
+    ds_expect_error(&(ds_spec_t){ .skip_key = "expert_weights_scale" }, "deepseek2.expert_weights_scale");
+    ds_expect_error(&(ds_spec_t){ .skip_key = "rope.dimension_count" }, "deepseek2.rope.dimension_count");
+    ds_expect_error(&(ds_spec_t){ .skip_key = "attention.key_length" }, "deepseek2.attention.key_length");
+    ds_expect_error(&(ds_spec_t){ .gating = 3 }, "deepseek2.expert_gating_func");
+    ds_expect_error(&(ds_spec_t){ .groups = 3 }, "expert_group_count");
+    ds_expect_error(&(ds_spec_t){ .scaling = "linear" }, "deepseek2.rope.scaling.type");
+    ds_expect_error(&(ds_spec_t){ .scaling = "yarn", .skip_key = "rope.scaling.original_context_length" },
+                    "original_context_length");
+    ds_expect_error(&(ds_spec_t){ .skip_tensor = "blk.1.attn_kv_b.weight" }, "attn_kv_b.weight");
+    ds_expect_error(&(ds_spec_t){ .split = true, .skip_tensor = "blk.0.attn_v_b.weight" }, "blk.0.attn_v_b.weight");
+    ds_expect_error(&(ds_spec_t){ .skip_tensor = "blk.0.ffn_up.weight" }, "blk.0.ffn_up.weight");
+    ds_expect_error(&(ds_spec_t){ .skip_tensor = "blk.1.ffn_gate_exps.weight" }, "blk.1.ffn_gate_exps.weight");
+    ds_expect_error(&(ds_spec_t){ .q_lora = true, .skip_tensor = "blk.1.attn_q_a_norm.weight" }, "attn_q_a_norm");
 }
 
 static int suite_init(void)
@@ -192,7 +421,10 @@ static int ms_test_register(void)
         return -1;
     bool ok = CU_add_test(s, "valid model: hyperparameters and byte counts", test_valid) &&
               CU_add_test(s, "tied output head", test_tied_output) &&
-              CU_add_test(s, "malformed models are refused with a named cause", test_refusals);
+              CU_add_test(s, "malformed models are refused with a named cause", test_refusals) &&
+              CU_add_test(s, "deepseek2: both attention layouts, dense and MoE layers", test_deepseek2_layouts) &&
+              CU_add_test(s, "deepseek2: the KV cache holds the latent", test_deepseek2_kv_bytes) &&
+              CU_add_test(s, "deepseek2: missing keys and tensors are refused by name", test_deepseek2_refusals);
     return ok ? 0 : -1;
 }
 

@@ -19,6 +19,7 @@
 #include "gguf_write.h"
 #include "ms_assert.h"
 #include "progress.h"
+#include "quant.h"
 #include "types.h"
 
 /* Bounds of this tool only (the model-shape bounds are the runtime's, in limits.h). */
@@ -38,7 +39,7 @@ _Static_assert(GM_CHUNK_ELEMS >= MS_FF_MAX && GM_CHUNK_ELEMS >= MS_HIDDEN_MAX &&
                "one row of any weight matrix fits in a chunk");
 _Static_assert(GM_GEN_TOKEN_BYTES_MAX <= MS_TOKEN_BYTES_MAX, "generated tokens stay within the runtime's bound");
 
-typedef enum { GM_ARCH_LLAMA, GM_ARCH_QWEN2MOE, GM_ARCH_QWEN3MOE, GM_ARCH_OLMOE, GM_ARCH_COUNT } gm_arch_t;
+typedef enum { GM_ARCH_LLAMA, GM_ARCH_QWEN2MOE, GM_ARCH_QWEN3MOE, GM_ARCH_OLMOE, GM_ARCH_DEEPSEEK2, GM_ARCH_COUNT } gm_arch_t;
 
 /* Every dimension the command line can set; 0 means "not given" while parsing. */
 typedef struct {
@@ -53,6 +54,7 @@ typedef struct {
     bool qk_norm_full;     /* olmoe: norms over the whole projected q / k */
     bool shared_expert;    /* qwen2moe */
     bool expert_ff_key;    /* writes expert_feed_forward_length */
+    bool mla;              /* deepseek2: latent attention, dense leading layers (gm_ds_t) */
     bool add_bos;
     float rope_base, eps;
     gm_shape_t tiny;       /* vocab 0: bytes + GM_TINY_MERGES merges + control tokens */
@@ -72,7 +74,37 @@ static const gm_arch_info_t gm_archs[GM_ARCH_COUNT] = {
                           .chat_default = MS_CHAT_CHATML},
     [GM_ARCH_OLMOE] = {.name = "olmoe", .pre = "default", .qk_norm_full = true, .rope_base = 1e4f, .eps = 1e-5f,
                        .tiny = {0, 2, 64, 4, 4, 16, 8, 2, 32, 0, 512}, .chat_default = GM_CHAT_NONE},
+    /* head_dim 48 = 32 unrotated + 16 rotated dims; 3 layers: 1 dense, 2 MoE; shared_ff follows the variant */
+    [GM_ARCH_DEEPSEEK2] = {.name = "deepseek2", .pre = "deepseek-v3", .mla = true, .expert_ff_key = true,
+                           .rope_base = 1e4f, .eps = 1e-6f, .tiny = {0, 3, 64, 4, 4, 48, 16, 4, 32, 0, 512},
+                           .chat_default = MS_CHAT_DEEPSEEK},
 };
+
+/* deepseek2's own dimensions and routing (--variant, --shape deepseek-v3). */
+typedef enum { GM_DS_V2_LITE, GM_DS_V3, GM_DS_COUNT } gm_ds_variant_t;
+typedef struct {
+    uint32_t n_rot, v_dim, kv_lora, q_lora; /* q_lora 0: attn_q directly */
+    uint32_t dense_lead, dense_ff, n_shared, groups, groups_used;
+    bool sigmoid, bias, yarn;
+    float scale, yarn_factor, yarn_log_mul;
+    uint32_t yarn_orig_ctx;
+} gm_ds_t;
+
+static const gm_ds_t gm_ds_tiny[GM_DS_COUNT] = {
+    [GM_DS_V2_LITE] = {.n_rot = 16, .v_dim = 32, .kv_lora = 64, .dense_lead = 1, .dense_ff = 96, .n_shared = 2,
+                       .groups = 1, .groups_used = 1, .scale = 1.0f},
+    /* YaRN over an original context of 64 so that the ramp falls inside the rotated pairs */
+    [GM_DS_V3] = {.n_rot = 16, .v_dim = 32, .kv_lora = 64, .q_lora = 64, .dense_lead = 1, .dense_ff = 96,
+                  .n_shared = 1, .groups = 4, .groups_used = 2, .sigmoid = true, .bias = true, .yarn = true,
+                  .scale = 2.5f, .yarn_factor = 4.0f, .yarn_log_mul = 0.1f, .yarn_orig_ctx = 64},
+};
+
+/* DeepSeek-V3's published configuration (header only: --shape deepseek-v3 --header-only). */
+static const gm_shape_t gm_dsv3_shape = {129280, 61, 7168, 128, 128, 192, 256, 8, 2048, 2048, 163840};
+static const gm_ds_t gm_dsv3 = {.n_rot = 64, .v_dim = 128, .kv_lora = 512, .q_lora = 1536, .dense_lead = 3,
+                                .dense_ff = 18432, .n_shared = 1, .groups = 8, .groups_used = 4, .sigmoid = true,
+                                .bias = true, .yarn = true, .scale = 2.5f, .yarn_factor = 40.0f,
+                                .yarn_log_mul = 0.1f, .yarn_orig_ctx = 4096};
 
 /* The benchmark model: Mixtral-shaped, ~1.8 GB in q8_0. shared_ff is used by qwen2moe only. */
 static const gm_shape_t gm_bench_shape = {4096, 16, 1024, 16, 4, 64, 32, 4, 1024, 1024, 4096};
@@ -88,6 +120,12 @@ typedef struct {
     gm_shape_t s;
     int chat;              /* ms_chat_family_t, or GM_CHAT_NONE */
     bool chat_given;
+    gm_ds_variant_t variant; /* deepseek2 only */
+    bool variant_given;
+    bool split_kv_b;       /* deepseek2: attn_k_b + attn_v_b instead of attn_kv_b */
+    bool ds_v3_shape;      /* --shape deepseek-v3 */
+    bool header_only;      /* metadata and tensor infos only, no tensor data */
+    gm_ds_t ds;            /* deepseek2's dimensions, from the variant or shape */
 } gm_cfg_t;
 
 /* ---------------------------------------------------------------- errors */
@@ -567,6 +605,57 @@ static void gm_plan_moe(gm_plan_t *p, const gm_cfg_t *cfg, const gm_arch_info_t 
     }
 }
 
+/* deepseek2's latent attention: q direct (v2-lite) or low-rank (v3), the kv
+ * latent plus the shared rope key, its per-head up-projection merged
+ * (attn_kv_b) or split (attn_k_b [nope, kv_lora, H], attn_v_b [kv_lora, v, H]). */
+static void gm_plan_mla(gm_plan_t *p, const gm_cfg_t *cfg, int l)
+{
+    const gm_ds_t *ds = &cfg->ds;
+    uint32_t d = cfg->s.hidden, H = cfg->s.heads, hd = cfg->s.head_dim, nope = hd - ds->n_rot;
+    gm_plan_vector(p, l, "attn_norm.weight", d, 1.0f, 0.1f);
+    if (ds->q_lora) {
+        gm_plan_matrix(p, cfg, l, "attn_q_a.weight", d, ds->q_lora, 0, 1.0f);
+        gm_plan_vector(p, l, "attn_q_a_norm.weight", ds->q_lora, 1.0f, 0.1f);
+        gm_plan_matrix(p, cfg, l, "attn_q_b.weight", ds->q_lora, H * hd, 0, 1.0f);
+    } else {
+        gm_plan_matrix(p, cfg, l, "attn_q.weight", d, H * hd, 0, 1.0f);
+    }
+    gm_plan_matrix(p, cfg, l, "attn_kv_a_mqa.weight", d, ds->kv_lora + ds->n_rot, 0, 1.0f);
+    gm_plan_vector(p, l, "attn_kv_a_norm.weight", ds->kv_lora, 1.0f, 0.1f);
+    if (cfg->split_kv_b) {
+        gm_plan_matrix(p, cfg, l, "attn_k_b.weight", nope, ds->kv_lora, H, 1.0f);
+        gm_plan_matrix(p, cfg, l, "attn_v_b.weight", ds->kv_lora, ds->v_dim, H, 1.0f);
+    } else {
+        gm_plan_matrix(p, cfg, l, "attn_kv_b.weight", ds->kv_lora, H * (nope + ds->v_dim), 0, 1.0f);
+    }
+    gm_plan_matrix(p, cfg, l, "attn_output.weight", H * ds->v_dim, d, 0, GM_GAIN_ATTN_OUT);
+}
+
+/* A leading dense FFN, or the router (+ selection bias), experts and shared experts. */
+static void gm_plan_ds_ffn(gm_plan_t *p, const gm_cfg_t *cfg, int l)
+{
+    const gm_ds_t *ds = &cfg->ds;
+    uint32_t d = cfg->s.hidden, f = cfg->s.ff, e = cfg->s.experts, fs = cfg->s.shared_ff;
+    gm_plan_vector(p, l, "ffn_norm.weight", d, 1.0f, 0.1f);
+    if ((uint32_t)l < ds->dense_lead) {
+        gm_plan_matrix(p, cfg, l, "ffn_gate.weight", d, ds->dense_ff, 0, 1.0f);
+        gm_plan_matrix(p, cfg, l, "ffn_up.weight", d, ds->dense_ff, 0, 1.0f);
+        gm_plan_matrix(p, cfg, l, "ffn_down.weight", ds->dense_ff, d, 0, GM_GAIN_ATTN_OUT);
+        return;
+    }
+    gm_plan_matrix(p, cfg, l, "ffn_gate_inp.weight", d, e, 0, GM_GAIN_ROUTER);
+    if (ds->bias) /* about the spread of sigmoid scores: it changes which experts win */
+        gm_plan_vector(p, l, "exp_probs_b.bias", e, 0.0f, 0.2f);
+    gm_plan_matrix(p, cfg, l, "ffn_gate_exps.weight", d, f, e, 1.0f);
+    gm_plan_matrix(p, cfg, l, "ffn_up_exps.weight", d, f, e, 1.0f);
+    gm_plan_matrix(p, cfg, l, "ffn_down_exps.weight", f, d, e, 1.0f);
+    if (fs) {
+        gm_plan_matrix(p, cfg, l, "ffn_gate_shexp.weight", d, fs, 0, 1.0f);
+        gm_plan_matrix(p, cfg, l, "ffn_up_shexp.weight", d, fs, 0, 1.0f);
+        gm_plan_matrix(p, cfg, l, "ffn_down_shexp.weight", fs, d, 0, GM_GAIN_ATTN_OUT);
+    }
+}
+
 static void gm_plan_build(gm_plan_t *p, const gm_cfg_t *cfg)
 {
     const gm_arch_info_t *a = &gm_archs[cfg->arch];
@@ -580,6 +669,11 @@ static void gm_plan_build(gm_plan_t *p, const gm_cfg_t *cfg)
     float embd_gain = cfg->tied ? GM_GAIN_OUTPUT : (float)sqrt((double)d);
     gm_plan_matrix(p, cfg, -1, "token_embd.weight", d, cfg->s.vocab, 0, embd_gain);
     for (uint32_t l = 0; l < cfg->s.layers; l++) {
+        if (a->mla) {
+            gm_plan_mla(p, cfg, (int)l);
+            gm_plan_ds_ffn(p, cfg, (int)l);
+            continue;
+        }
         gm_plan_attention(p, cfg, a, (int)l);
         gm_plan_moe(p, cfg, a, (int)l);
     }
@@ -611,6 +705,36 @@ static const char *gm_key(const gm_cfg_t *cfg, const char *key)
     return buf;
 }
 
+/* The keys llama.cpp's deepseek2 loader reads, as its converter writes them. */
+static void gm_meta_deepseek2(ms_gguf_writer_t *w, const gm_cfg_t *cfg)
+{
+    const gm_ds_t *ds = &cfg->ds;
+    const struct { const char *key; uint32_t v; } u32s[] = {
+        {"leading_dense_block_count", ds->dense_lead}, {"attention.kv_lora_rank", ds->kv_lora},
+        {"expert_shared_count", ds->n_shared},        {"expert_gating_func", ds->sigmoid ? 2 : 1},
+        {"expert_group_count", ds->groups},           {"expert_group_used_count", ds->groups_used},
+        {"expert_shared_feed_forward_length", cfg->s.shared_ff},
+    };
+    for (size_t i = 0; i < sizeof(u32s) / sizeof(u32s[0]); i++)
+        gm_check(ms_gguf_writer_add_u32(w, gm_key(cfg, u32s[i].key), u32s[i].v), u32s[i].key);
+    if (ds->q_lora)
+        gm_check(ms_gguf_writer_add_u32(w, gm_key(cfg, "attention.q_lora_rank"), ds->q_lora), "q_lora_rank");
+    if (cfg->split_kv_b) {
+        gm_check(ms_gguf_writer_add_u32(w, gm_key(cfg, "attention.key_length_mla"), cfg->s.head_dim), "key_length_mla");
+        gm_check(ms_gguf_writer_add_u32(w, gm_key(cfg, "attention.value_length_mla"), ds->v_dim), "value_length_mla");
+    }
+    gm_check(ms_gguf_writer_add_f32(w, gm_key(cfg, "expert_weights_scale"), ds->scale), "expert_weights_scale");
+    gm_check(ms_gguf_writer_add_bool(w, gm_key(cfg, "expert_weights_norm"), ds->sigmoid), "expert_weights_norm");
+    if (!ds->yarn)
+        return;
+    gm_check(ms_gguf_writer_add_str(w, gm_key(cfg, "rope.scaling.type"), "yarn"), "rope.scaling.type");
+    gm_check(ms_gguf_writer_add_f32(w, gm_key(cfg, "rope.scaling.factor"), ds->yarn_factor), "rope.scaling.factor");
+    gm_check(ms_gguf_writer_add_u32(w, gm_key(cfg, "rope.scaling.original_context_length"), ds->yarn_orig_ctx),
+             "original_context_length");
+    gm_check(ms_gguf_writer_add_f32(w, gm_key(cfg, "rope.scaling.yarn_log_multiplier"), ds->yarn_log_mul),
+             "yarn_log_multiplier");
+}
+
 static void gm_meta_arch(ms_gguf_writer_t *w, const gm_cfg_t *cfg)
 {
     const gm_arch_info_t *a = &gm_archs[cfg->arch];
@@ -618,16 +742,28 @@ static void gm_meta_arch(ms_gguf_writer_t *w, const gm_cfg_t *cfg)
     /* Qwen MoE files carry a dense FFN width that no MoE layer uses; keeping it
      * different from the expert width catches readers that take the wrong key. */
     uint32_t ff_key = a->expert_ff_key ? 3 * s->hidden : s->ff;
+    uint32_t k_len = s->head_dim, v_len = s->head_dim, n_rot = s->head_dim, kv_heads = s->kv_heads;
+    if (a->mla) { /* deepseek2: feed_forward_length is the leading dense layers' width */
+        ff_key = cfg->ds.dense_ff;
+        v_len = cfg->ds.v_dim;
+        n_rot = cfg->ds.n_rot;
+    }
+    if (a->mla && cfg->split_kv_b) { /* as newer conversions: the plain keys describe the latent, one kv head */
+        k_len = cfg->ds.kv_lora + cfg->ds.n_rot;
+        v_len = cfg->ds.kv_lora;
+        kv_heads = 1;
+    }
     const struct { const char *key; uint32_t v; } u32s[] = {
         {"context_length", s->ctx},        {"embedding_length", s->hidden},
         {"block_count", s->layers},        {"feed_forward_length", ff_key},
-        {"attention.head_count", s->heads}, {"attention.head_count_kv", s->kv_heads},
-        {"attention.key_length", s->head_dim}, {"attention.value_length", s->head_dim},
-        {"rope.dimension_count", s->head_dim}, {"expert_count", s->experts},
+        {"attention.head_count", s->heads}, {"attention.head_count_kv", kv_heads},
+        {"attention.key_length", k_len}, {"attention.value_length", v_len},
+        {"rope.dimension_count", n_rot}, {"expert_count", s->experts},
         {"expert_used_count", s->top_k},    {"vocab_size", s->vocab},
     };
     char name[64];
-    snprintf(name, sizeof(name), "moeshard-%s-%s", cfg->bench ? "bench" : "tiny", a->name);
+    snprintf(name, sizeof(name), "moeshard-%s-%s", cfg->ds_v3_shape ? "deepseek-v3" : cfg->bench ? "bench" : "tiny",
+             a->name);
     gm_check(ms_gguf_writer_add_str(w, "general.architecture", a->name), "general.architecture");
     gm_check(ms_gguf_writer_add_str(w, "general.name", name), "general.name");
     for (size_t i = 0; i < sizeof(u32s) / sizeof(u32s[0]); i++)
@@ -639,6 +775,8 @@ static void gm_meta_arch(ms_gguf_writer_t *w, const gm_cfg_t *cfg)
                  "shared ff");
     gm_check(ms_gguf_writer_add_f32(w, gm_key(cfg, "attention.layer_norm_rms_epsilon"), a->eps), "eps");
     gm_check(ms_gguf_writer_add_f32(w, gm_key(cfg, "rope.freq_base"), a->rope_base), "rope.freq_base");
+    if (a->mla)
+        gm_meta_deepseek2(w, cfg);
 }
 
 static void gm_meta_tokenizer(ms_gguf_writer_t *w, const gm_cfg_t *cfg, const gm_vocab_t *v)
@@ -711,6 +849,13 @@ static uint64_t gm_encode(ms_type_t type, const float *x, uint64_t n, void *out)
     case MS_TYPE_Q8_0:
         gm_quantize_q8_0(x, out, n);
         return n / MS_QK8_0 * sizeof(ms_block_q8_0_t);
+    case MS_TYPE_Q4_0:
+    case MS_TYPE_Q2_K:
+    case MS_TYPE_Q3_K:
+    case MS_TYPE_Q4_K:
+    case MS_TYPE_Q5_K:
+    case MS_TYPE_Q6_K:
+        return ms_quantize_row(type, x, (int64_t)n, out); /* n is whole rows: whole blocks */
     default:
         MS_ASSERT(!"type has no encoder");
         return 0;
@@ -790,7 +935,7 @@ static const gm_num_opt_t gm_num_opts[] = {
 #define GM_N_NUM_OPTS (sizeof(gm_num_opts) / sizeof(gm_num_opts[0]))
 
 enum { GM_OPT_ARCH = 256, GM_OPT_OUT, GM_OPT_TYPE, GM_OPT_SEED, GM_OPT_SHAPE, GM_OPT_TIED, GM_OPT_CHAT, GM_OPT_HELP,
-       GM_OPT_NUM };
+       GM_OPT_VARIANT, GM_OPT_SPLIT_KV_B, GM_OPT_HEADER_ONLY, GM_OPT_NUM };
 
 static const struct option gm_long_opts[] = {
     {"arch", required_argument, NULL, GM_OPT_ARCH},
@@ -801,6 +946,9 @@ static const struct option gm_long_opts[] = {
     {"tied", no_argument, NULL, GM_OPT_TIED},
     {"chat-template", required_argument, NULL, GM_OPT_CHAT},
     {"help", no_argument, NULL, GM_OPT_HELP},
+    {"variant", required_argument, NULL, GM_OPT_VARIANT},
+    {"split-kv-b", no_argument, NULL, GM_OPT_SPLIT_KV_B},
+    {"header-only", no_argument, NULL, GM_OPT_HEADER_ONLY},
     {"vocab-size", required_argument, NULL, GM_OPT_NUM + 0},
     {"layers", required_argument, NULL, GM_OPT_NUM + 1},
     {"hidden", required_argument, NULL, GM_OPT_NUM + 2},
@@ -814,11 +962,13 @@ static const struct option gm_long_opts[] = {
     {"ctx", required_argument, NULL, GM_OPT_NUM + 10},
     {NULL, 0, NULL, 0},
 };
-_Static_assert(sizeof(gm_long_opts) / sizeof(gm_long_opts[0]) == 8 + GM_N_NUM_OPTS + 1,
+_Static_assert(sizeof(gm_long_opts) / sizeof(gm_long_opts[0]) == 11 + GM_N_NUM_OPTS + 1,
                "every numeric option has its long option");
 
 static const struct { const char *name; ms_type_t type; } gm_types[] = {
     {"f32", MS_TYPE_F32}, {"f16", MS_TYPE_F16}, {"bf16", MS_TYPE_BF16}, {"q8_0", MS_TYPE_Q8_0},
+    {"q4_0", MS_TYPE_Q4_0}, {"q2_k", MS_TYPE_Q2_K}, {"q3_k", MS_TYPE_Q3_K}, {"q4_k", MS_TYPE_Q4_K},
+    {"q5_k", MS_TYPE_Q5_K}, {"q6_k", MS_TYPE_Q6_K},
 };
 
 static uint32_t *gm_shape_field(gm_shape_t *s, size_t off)
@@ -837,16 +987,22 @@ static void gm_print_shape_row(const char *label, const gm_shape_t *s, const cha
 
 static void gm_usage(void)
 {
-    printf("usage: genmodel --arch llama|qwen2moe|qwen3moe|olmoe --out FILE [options]\n"
+    printf("usage: genmodel --arch llama|qwen2moe|qwen3moe|olmoe|deepseek2 --out FILE [options]\n"
            "Writes a small deterministic Mixture-of-Experts model (GGUF v3) with random weights\n"
            "and a byte-level BPE vocabulary. The same arguments give a byte-identical file.\n\n"
            "  --arch A          architecture: llama (Mixtral-like), qwen2moe, qwen3moe, olmoe\n"
            "  --out FILE        file to write (created or replaced)\n"
-           "  --type T          f32|f16|bf16|q8_0: type of the 2-D/3-D weight matrices\n"
-           "                    (default f32 for tiny, q8_0 for bench); 1-D norms and biases are F32\n"
+           "  --type T          f32|f16|bf16|q8_0|q4_0|q2_k|q3_k|q4_k|q5_k|q6_k: type of the 2-D/3-D\n"
+           "                    weight matrices (default f32 for tiny, q8_0 for bench); 1-D norms and\n"
+           "                    biases are F32. k-quants need row lengths that are multiples of 256\n"
            "  --seed N          weight seed, 0..2^64-1 (default %d)\n"
-           "  --shape S         tiny|bench: default dimensions (default tiny)\n"
+           "  --shape S         tiny|bench|deepseek-v3: default dimensions (default tiny)\n"
            "  --tied            omit output.weight: the output head is token_embd\n"
+           "  --variant V       deepseek2: v2-lite (direct q, softmax, 2 shared experts; default)\n"
+           "                    or v3 (low-rank q, sigmoid + bias, 4 groups / 2 used, scale 2.5, YaRN)\n"
+           "  --split-kv-b      deepseek2: attn_k_b + attn_v_b instead of attn_kv_b\n"
+           "  --header-only     with --shape deepseek-v3: metadata and tensor infos only;\n"
+           "                    the file ends after the header (no tensor data)\n"
            "  --chat-template F chatml|mistral|deepseek|qwen3|none: tokenizer.chat_template in the\n"
            "                    family's Jinja form (default chatml for qwen2moe and qwen3moe,\n"
            "                    mistral for llama, none for olmoe)\n"
@@ -888,7 +1044,7 @@ static gm_arch_t gm_parse_arch(const char *s)
     for (int a = 0; a < GM_ARCH_COUNT; a++)
         if (strcmp(s, gm_archs[a].name) == 0)
             return (gm_arch_t)a;
-    gm_die("--arch '%s' is not supported (supported: llama, qwen2moe, qwen3moe, olmoe)", s);
+    gm_die("--arch '%s' is not supported (supported: llama, qwen2moe, qwen3moe, olmoe, deepseek2)", s);
 }
 
 static ms_type_t gm_parse_type(const char *s)
@@ -896,7 +1052,7 @@ static ms_type_t gm_parse_type(const char *s)
     for (size_t i = 0; i < sizeof(gm_types) / sizeof(gm_types[0]); i++)
         if (strcmp(s, gm_types[i].name) == 0)
             return gm_types[i].type;
-    gm_die("--type '%s' is not supported (supported: f32, f16, bf16, q8_0)", s);
+    gm_die("--type '%s' is not supported (supported: f32, f16, bf16, q8_0, q4_0, q2_k, q3_k, q4_k, q5_k, q6_k)", s);
 }
 
 static int gm_parse_chat(const char *s)
@@ -919,10 +1075,19 @@ static void gm_parse_opt(gm_cfg_t *cfg, gm_shape_t *given, int opt, const char *
     case GM_OPT_TIED: cfg->tied = true; break;
     case GM_OPT_CHAT: cfg->chat = gm_parse_chat(arg); cfg->chat_given = true; break;
     case GM_OPT_SHAPE:
-        if (strcmp(arg, "tiny") != 0 && strcmp(arg, "bench") != 0)
-            gm_die("--shape '%s' is not supported (supported: tiny, bench)", arg);
+        if (strcmp(arg, "tiny") != 0 && strcmp(arg, "bench") != 0 && strcmp(arg, "deepseek-v3") != 0)
+            gm_die("--shape '%s' is not supported (supported: tiny, bench, deepseek-v3)", arg);
         cfg->bench = strcmp(arg, "bench") == 0;
+        cfg->ds_v3_shape = strcmp(arg, "deepseek-v3") == 0;
         break;
+    case GM_OPT_VARIANT:
+        if (strcmp(arg, "v2-lite") != 0 && strcmp(arg, "v3") != 0)
+            gm_die("--variant '%s' is not supported (supported: v2-lite, v3)", arg);
+        cfg->variant = strcmp(arg, "v3") == 0 ? GM_DS_V3 : GM_DS_V2_LITE;
+        cfg->variant_given = true;
+        break;
+    case GM_OPT_SPLIT_KV_B: cfg->split_kv_b = true; break;
+    case GM_OPT_HEADER_ONLY: cfg->header_only = true; break;
     default: {
         MS_ASSERT(opt >= GM_OPT_NUM && (size_t)(opt - GM_OPT_NUM) < GM_N_NUM_OPTS);
         const gm_num_opt_t *o = &gm_num_opts[opt - GM_OPT_NUM];
@@ -951,22 +1116,41 @@ static void gm_parse_args(int argc, char **argv, gm_cfg_t *cfg, gm_shape_t *give
     if (optind < argc)
         gm_die("unexpected argument '%s' (see --help)", argv[optind]);
     if (!arch_given)
-        gm_die("--arch is required (llama, qwen2moe, qwen3moe or olmoe; see --help)");
+        gm_die("--arch is required (llama, qwen2moe, qwen3moe, olmoe or deepseek2; see --help)");
     if (!cfg->out)
         gm_die("--out FILE is required (see --help)");
+}
+
+/* deepseek2's options: only with --arch deepseek2; the real shape only as a header. */
+static void gm_ds_options(gm_cfg_t *cfg, const gm_shape_t *given)
+{
+    bool ds = gm_archs[cfg->arch].mla;
+    if (!ds && (cfg->variant_given || cfg->split_kv_b || cfg->ds_v3_shape))
+        gm_die("--variant, --split-kv-b and --shape deepseek-v3 apply to --arch deepseek2 only");
+    if (cfg->ds_v3_shape && !cfg->header_only)
+        gm_die("--shape deepseek-v3 needs --header-only (the weights would be hundreds of GB)");
+    if (cfg->header_only && !cfg->ds_v3_shape)
+        gm_die("--header-only applies to --shape deepseek-v3 only");
+    if (ds && cfg->bench)
+        gm_die("--shape bench does not apply to deepseek2 (use tiny, or deepseek-v3 with --header-only)");
+    if (ds && given->shared_ff)
+        gm_die("--shared-ff does not apply to deepseek2: its shared width is the shared expert count x --ff");
+    if (ds)
+        cfg->ds = cfg->ds_v3_shape ? gm_dsv3 : gm_ds_tiny[cfg->variant];
 }
 
 /* Defaults of the chosen shape, overridden by what the command line gave. */
 static void gm_apply_defaults(gm_cfg_t *cfg, const gm_shape_t *given)
 {
     const gm_arch_info_t *a = &gm_archs[cfg->arch];
-    cfg->s = cfg->bench ? gm_bench_shape : a->tiny;
+    gm_ds_options(cfg, given);
+    cfg->s = cfg->bench ? gm_bench_shape : cfg->ds_v3_shape ? gm_dsv3_shape : a->tiny;
     if (!a->shared_expert)
         cfg->s.shared_ff = 0;
-    if (!cfg->bench)
+    if (!cfg->bench && !cfg->ds_v3_shape)
         cfg->s.vocab = 256 + GM_TINY_MERGES + gm_n_control(cfg->arch);
     if (!cfg->type_given)
-        cfg->type = cfg->bench ? MS_TYPE_Q8_0 : MS_TYPE_F32;
+        cfg->type = cfg->bench || cfg->ds_v3_shape ? MS_TYPE_Q8_0 : MS_TYPE_F32;
     if (!cfg->chat_given)
         cfg->chat = a->chat_default;
     if (given->shared_ff && !a->shared_expert)
@@ -976,14 +1160,37 @@ static void gm_apply_defaults(gm_cfg_t *cfg, const gm_shape_t *given)
         if (v)
             *gm_shape_field(&cfg->s, gm_num_opts[i].off) = v;
     }
+    if (a->mla)
+        cfg->s.shared_ff = cfg->ds.n_shared * cfg->s.ff;
 }
 
-/* Row lengths (ne[0]) must be whole Q8_0 blocks. */
+/* Row lengths (ne[0]) must be whole blocks of the weight type (32 for Q8_0
+ * and Q4_0, 256 for the k-quants). */
 static void gm_check_q8_row(const gm_cfg_t *cfg, const char *what, uint32_t n)
 {
-    if (cfg->type == MS_TYPE_Q8_0 && n % MS_QK8_0 != 0)
-        gm_die("%s = %u is not a multiple of %d, the Q8_0 block size (use another --type or size)", what, n,
-               MS_QK8_0);
+    const ms_type_traits_t *tr = ms_type_traits(cfg->type);
+    if (n % tr->block_elems != 0)
+        gm_die("%s = %u is not a multiple of %u, the %s block size (use another --type or size)", what, n,
+               tr->block_elems, tr->name);
+}
+
+static void gm_validate_ds(const gm_cfg_t *cfg)
+{
+    const gm_shape_t *s = &cfg->s;
+    const gm_ds_t *ds = &cfg->ds;
+    if (s->head_dim <= ds->n_rot)
+        gm_die("--head-dim %u must exceed deepseek2's %u rotated dims (the key has an unrotated part)", s->head_dim,
+               ds->n_rot);
+    if (s->layers <= ds->dense_lead)
+        gm_die("--layers %u leaves no MoE layer after %u dense ones", s->layers, ds->dense_lead);
+    if (s->experts % ds->groups != 0 || s->top_k > ds->groups_used * (s->experts / ds->groups))
+        gm_die("--experts %u must split into %u groups whose %u used hold --top-k %u experts", s->experts,
+               ds->groups, ds->groups_used, s->top_k);
+    gm_check_q8_row(cfg, "head-dim - rotated dims", s->head_dim - ds->n_rot);
+    gm_check_q8_row(cfg, "kv_lora_rank", ds->kv_lora);
+    if (ds->q_lora)
+        gm_check_q8_row(cfg, "q_lora_rank", ds->q_lora);
+    gm_check_q8_row(cfg, "the dense layers' ff", ds->dense_ff);
 }
 
 static void gm_validate(const gm_cfg_t *cfg)
@@ -1004,11 +1211,13 @@ static void gm_validate(const gm_cfg_t *cfg)
     gm_check_q8_row(cfg, "ff", s->ff);
     if (s->shared_ff)
         gm_check_q8_row(cfg, "shared-ff", s->shared_ff);
+    if (gm_archs[cfg->arch].mla)
+        gm_validate_ds(cfg);
 }
 
 /* ------------------------------------------------------------------ main */
 
-static void gm_declare_tensors(ms_gguf_writer_t *w, const gm_plan_t *p, uint64_t *ret_total)
+static void gm_declare_tensors(ms_gguf_writer_t *w, const gm_plan_t *p, bool header_only, uint64_t *ret_total)
 {
     uint64_t total = 0;
     for (uint32_t i = 0; i < p->n; i++) {
@@ -1018,7 +1227,7 @@ static void gm_declare_tensors(ms_gguf_writer_t *w, const gm_plan_t *p, uint64_t
             gm_die("cannot declare tensor '%s': %s", t->name, strerror(-rc));
         total += gm_tensor_bytes(t);
     }
-    if (total > GM_FILE_BYTES_MAX)
+    if (total > GM_FILE_BYTES_MAX && !header_only)
         gm_die("these dimensions make %.1f GB of weights, above the %llu GiB this tool writes", (double)total / 1e9,
                (unsigned long long)(GM_FILE_BYTES_MAX >> 30));
     *ret_total = total;
@@ -1058,6 +1267,36 @@ static void gm_write_file(ms_gguf_writer_t *w, const gm_cfg_t *cfg, const gm_pla
     }
 }
 
+/* The writer streams data right after the header and buffers less than
+ * GM_HEADER_FLUSH_BYTES: one chunk of the first tensor that large puts the
+ * whole header on disk, and the file is cut back to where the data would
+ * begin. Readers that check tensor ranges against the file size refuse the
+ * result by design: it describes a model, it does not hold one. */
+#define GM_HEADER_FLUSH_BYTES (8u << 20)
+
+static void gm_write_header_only(ms_gguf_writer_t *w, const gm_cfg_t *cfg, const gm_plan_t *p)
+{
+    MS_ASSERT(p->n > 0 && gm_tensor_bytes(&p->t[0]) >= GM_HEADER_FLUSH_BYTES);
+    ms_err_t err = {{0}};
+    int rc = ms_gguf_writer_begin(w, cfg->out, &err);
+    if (rc < 0)
+        gm_die_io("cannot create the model file", cfg->out, &err, rc);
+    void *zeros = gm_xcalloc(GM_HEADER_FLUSH_BYTES, 1);
+    rc = ms_gguf_writer_write(w, zeros, GM_HEADER_FLUSH_BYTES, &err);
+    free(zeros);
+    if (rc < 0) {
+        gm_remove_partial(cfg->out);
+        gm_die_io("writing the header failed (partial file removed)", cfg->out, &err, rc);
+    }
+    struct stat st;
+    if (stat(cfg->out, &st) != 0 || (uint64_t)st.st_size < GM_HEADER_FLUSH_BYTES ||
+        truncate(cfg->out, st.st_size - (off_t)GM_HEADER_FLUSH_BYTES) != 0) {
+        int e = errno;
+        gm_remove_partial(cfg->out);
+        gm_die("cannot cut %s back to its header: %s", cfg->out, strerror(e));
+    }
+}
+
 int main(int argc, char **argv)
 {
     gm_cfg_t cfg = {.seed = GM_DEFAULT_SEED};
@@ -1077,8 +1316,11 @@ int main(int argc, char **argv)
     gm_meta_arch(w, &cfg);
     gm_meta_tokenizer(w, &cfg, &vocab);
     uint64_t total;
-    gm_declare_tensors(w, &plan, &total);
-    gm_write_file(w, &cfg, &plan, total);
+    gm_declare_tensors(w, &plan, cfg.header_only, &total);
+    if (cfg.header_only)
+        gm_write_header_only(w, &cfg, &plan);
+    else
+        gm_write_file(w, &cfg, &plan, total);
 
     char size[32];
     gm_fmt_bytes(size, sizeof(size), total);

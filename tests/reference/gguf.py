@@ -11,6 +11,8 @@ import struct
 
 import numpy as np
 
+import kquants
+
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
 DEFAULT_ALIGNMENT = 32
@@ -45,6 +47,7 @@ TENSOR_TYPES = {
     GGML_Q8_0: ("Q8_0", 32, 34),
     GGML_BF16: ("BF16", 1, 2),
 }
+TENSOR_TYPES.update(kquants.KQUANT_TYPES)  # Q4_0, Q2_K..Q6_K: decoded by kquants.py
 
 _Q8_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "i1", (32,))])
 
@@ -215,7 +218,7 @@ class GGUFFile:
     def _check_tensor_info(self, name, ne, gtype):
         if gtype not in TENSOR_TYPES:
             raise GGUFError("tensor %r: ggml type %d is not supported by the reference "
-                            "(F32, F16, BF16, Q8_0 only)" % (name, gtype))
+                            "(F32, F16, BF16, Q8_0, Q4_0, Q2_K-Q6_K only)" % (name, gtype))
         n = 1
         for d, v in enumerate(ne):
             if v == 0:
@@ -280,4 +283,6 @@ def dequantize(raw, ggml_type, n_elements):
         blocks = np.frombuffer(buf, dtype=_Q8_0_BLOCK, count=n_elements // 32)
         d = blocks["d"].astype(np.float64)[:, None]
         return (d * blocks["qs"].astype(np.float64)).reshape(-1)
+    if ggml_type in kquants.KQUANT_TYPES:
+        return kquants.dequantize(buf, ggml_type, n_elements)
     raise GGUFError("ggml type %d is not supported" % ggml_type)

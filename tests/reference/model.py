@@ -1,5 +1,5 @@
 """Float64 NumPy forward pass of the MoE architectures moeshard serves (llama/Mixtral,
-qwen2moe, qwen3moe, olmoe), the golden reference the C engine is checked against.
+qwen2moe, qwen3moe, olmoe, deepseek2), the golden reference the C engine is checked against.
 
 Written from the project's architecture specification and the original model
 definitions (transformers, llama.cpp's GGUF conventions), not from the engine. No KV cache: every call recomputes the whole causal sequence, which is
@@ -12,9 +12,9 @@ import numpy as np
 
 from gguf import GGUFError, GGUFFile, GGML_BF16, GGML_F16, GGML_Q8_0
 
-ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe")
+ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe", "deepseek2")
 NEOX_ARCHS = ("qwen2moe", "qwen3moe", "olmoe")     # RoPE pairs (j, j + rot/2)
-NORM_TOPK_DEFAULT = {"llama": True, "qwen3moe": True, "qwen2moe": False, "olmoe": False}
+NORM_TOPK_DEFAULT = {"llama": True, "qwen3moe": True, "qwen2moe": False, "olmoe": False, "deepseek2": False}
 
 
 class Hparams:
@@ -35,8 +35,14 @@ class Hparams:
             default_hd = None
         else:
             default_hd = self.d // self.n_head
-        self.hd_k = _opt_int(g, arch + ".attention.key_length", default_hd)
-        self.hd_v = _opt_int(g, arch + ".attention.value_length", default_hd)
+        if arch == "deepseek2":
+            # newer conversions give the per-head sizes in the _mla keys
+            suffix = "_mla" if g.get(arch + ".attention.key_length_mla") is not None else ""
+            self.hd_k = _req_int(g, arch + ".attention.key_length" + suffix)
+            self.hd_v = _req_int(g, arch + ".attention.value_length" + suffix)
+        else:
+            self.hd_k = _opt_int(g, arch + ".attention.key_length", default_hd)
+            self.hd_v = _opt_int(g, arch + ".attention.value_length", default_hd)
         if self.hd_k is None or self.hd_v is None:
             raise GGUFError("%s.attention.key_length/value_length missing and embedding_length "
                             "%d is not a multiple of head_count %d" % (arch, self.d, self.n_head))
@@ -48,7 +54,36 @@ class Hparams:
         if not isinstance(self.norm_topk, bool):
             raise GGUFError("%s.expert_weights_norm is not a bool" % arch)
         self.neox = arch in NEOX_ARCHS
+        if arch == "deepseek2":
+            self._deepseek2(g)
         self._check(arch)
+
+    def _deepseek2(self, g):
+        """MLA sizes, dense leading layers, shared experts, V3 routing, YaRN (DeepSeek's config names
+        in comments)."""
+        a = "deepseek2."
+        self.n_rot = _req_int(g, a + "rope.dimension_count")                  # qk_rope_head_dim
+        self.nope = self.hd_k - self.n_rot                                       # qk_nope_head_dim
+        self.n_dense = _req_nonneg_int(g, a + "leading_dense_block_count")      # first_k_dense_replace
+        self.q_lora = _opt_int(g, a + "attention.q_lora_rank", 0)
+        self.kv_lora = _req_int(g, a + "attention.kv_lora_rank")
+        self.n_shared = _req_nonneg_int(g, a + "expert_shared_count")
+        self.routed_scale = _req_float(g, a + "expert_weights_scale")          # routed_scaling_factor
+        gating = g.get(a + "expert_gating_func", 0)
+        if gating not in (0, 1, 2):
+            raise GGUFError("%sexpert_gating_func %r is not 1 (softmax) or 2 (sigmoid)" % (a, gating))
+        self.sigmoid = gating == 2                                               # scoring_func
+        self.n_group = _opt_int(g, a + "expert_group_count", 1)
+        self.topk_group = _opt_int(g, a + "expert_group_used_count", self.n_group)
+        self.softmax_scale = self.hd_k ** -0.5
+        self.yarn = g.get(a + "rope.scaling.type") == "yarn"
+        if self.yarn:
+            self.yarn_factor = _req_float(g, a + "rope.scaling.factor")
+            self.yarn_orig = _req_int(g, a + "rope.scaling.original_context_length")
+            # the file carries 0.1 * mscale_all_dim; DeepSeek: mscale = 0.1 * mscale_all_dim * ln(factor) + 1
+            log_mul = g.get(a + "rope.scaling.yarn_log_multiplier", 0.0)
+            mscale = log_mul * math.log(self.yarn_factor) + 1.0 if self.yarn_factor > 1 else 1.0
+            self.softmax_scale *= mscale * mscale
 
     def _check(self, arch):
         if self.n_head_kv == 0 or self.n_head % self.n_head_kv:
@@ -71,6 +106,13 @@ def _req_int(g, key):
     if v is None:
         raise GGUFError("required metadata %s is missing" % key)
     return _as_int(key, v)
+
+
+def _req_nonneg_int(g, key):
+    v = g.get(key)
+    if v is None or isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise GGUFError("metadata %s = %r is not an integer >= 0" % (key, v))
+    return v
 
 
 def _opt_int(g, key, default):
@@ -128,6 +170,8 @@ class Model:
         self.layers = [self._layer(i) for i in range(hp.n_layer)]
 
     def _layer(self, i):
+        if self.hp.arch == "deepseek2":
+            return self._layer_deepseek2(i)
         hp, p = self.hp, "blk.%d." % i
         H, Hkv, hk, hv, d, E = hp.n_head, hp.n_head_kv, hp.hd_k, hp.hd_v, hp.d, hp.n_expert
         L = {"prefix": p}
@@ -157,7 +201,7 @@ class Model:
         hp, d, E = self.hp, self.hp.d, self.hp.n_expert
         gate = self._w(p + "ffn_gate_exps.weight", 3)                 # [E, F, d]
         F = gate.shape[1]
-        if hp.arch in ("qwen2moe", "qwen3moe"):
+        if hp.arch in ("qwen2moe", "qwen3moe", "deepseek2"):
             key = hp.arch + ".expert_feed_forward_length"
         else:
             key = hp.arch + ".feed_forward_length"
@@ -170,6 +214,47 @@ class Model:
         self._shape(p + "ffn_up_exps.weight", (E, F, d))
         L["down_exps"] = self._w(p + "ffn_down_exps.weight", 3)       # [E, d, F]
         self._shape(p + "ffn_down_exps.weight", (E, d, F))
+
+    def _layer_deepseek2(self, i):
+        hp, p = self.hp, "blk.%d." % i
+        H, d, C, nope, hv = hp.n_head, hp.d, hp.kv_lora, hp.nope, hp.hd_v
+        L = {"prefix": p, "attn_norm": self._vec(p + "attn_norm.weight", d)}
+        if hp.q_lora:
+            L["wq_a"] = self._mat(p + "attn_q_a.weight", hp.q_lora, d)                 # q_a_proj
+            L["q_a_norm"] = self._vec(p + "attn_q_a_norm.weight", hp.q_lora)
+            L["wq_b"] = self._mat(p + "attn_q_b.weight", H * hp.hd_k, hp.q_lora)      # q_b_proj
+        else:
+            L["wq"] = self._mat(p + "attn_q.weight", H * hp.hd_k, d)                  # q_proj
+        L["wkv_a"] = self._mat(p + "attn_kv_a_mqa.weight", C + hp.n_rot, d)          # kv_a_proj_with_mqa
+        L["kv_a_norm"] = self._vec(p + "attn_kv_a_norm.weight", C)
+        if self.file.has_tensor(p + "attn_k_b.weight"):
+            # split by the converter: k_b [H, C, nope] (transposed), v_b [H, hv, C]; put kv_b_proj back
+            k_b = self._w(p + "attn_k_b.weight", 3)
+            self._shape(p + "attn_k_b.weight", (H, C, nope))
+            v_b = self._w(p + "attn_v_b.weight", 3)
+            self._shape(p + "attn_v_b.weight", (H, hv, C))
+            kv_b = np.concatenate([k_b.transpose(0, 2, 1), v_b], axis=1).reshape(H * (nope + hv), C)
+            L["wkv_b"], L["kv_b_name"] = kv_b, p + "attn_k_b.weight"
+        else:
+            L["wkv_b"] = self._mat(p + "attn_kv_b.weight", H * (nope + hv), C)      # kv_b_proj
+            L["kv_b_name"] = p + "attn_kv_b.weight"
+        L["wo"] = self._mat(p + "attn_output.weight", d, H * hv)
+        L["ffn_norm"] = self._vec(p + "ffn_norm.weight", d)
+        if i < hp.n_dense:
+            F = _req_int(self.file, "deepseek2.feed_forward_length")
+            L["dense"] = [self._mat(p + "ffn_gate.weight", F, d), self._mat(p + "ffn_up.weight", F, d),
+                          self._mat(p + "ffn_down.weight", d, F)]
+            return L
+        L["router"] = self._mat(p + "ffn_gate_inp.weight", hp.n_expert, d)
+        if self.file.has_tensor(p + "exp_probs_b.bias"):
+            L["bias"] = self._vec(p + "exp_probs_b.bias", hp.n_expert)             # e_score_correction_bias
+        self._experts(L, p)
+        if hp.n_shared:
+            Fs = hp.n_shared * L["gate_exps"].shape[1]
+            L["gate_shexp"] = self._mat(p + "ffn_gate_shexp.weight", Fs, d)
+            L["up_shexp"] = self._mat(p + "ffn_up_shexp.weight", Fs, d)
+            L["down_shexp"] = self._mat(p + "ffn_down_shexp.weight", d, Fs)
+        return L
 
     def _shared_expert(self, L, p):
         hp, d = self.hp, self.hp.d
@@ -339,9 +424,10 @@ def forward(model, tokens, emulate_act=False, trace=None):
     x = model.tok_embd[tokens].copy()                                   # [n, d]
     pos = np.arange(tokens.size)
     ctx.margins = []
+    ds = hp.arch == "deepseek2"
     for L in model.layers:
-        x = x + _attention(ctx, L, rmsnorm(x, L["attn_norm"], hp.eps), pos)
-        x = x + _moe(ctx, L, rmsnorm(x, L["ffn_norm"], hp.eps))
+        x = x + (_attention_mla if ds else _attention)(ctx, L, rmsnorm(x, L["attn_norm"], hp.eps), pos)
+        x = x + (_ffn_deepseek2 if ds else _moe)(ctx, L, rmsnorm(x, L["ffn_norm"], hp.eps))
     if trace is not None:
         trace["route_margin"] = np.array(ctx.margins)
     h = rmsnorm(x, model.output_norm, hp.eps)
@@ -389,6 +475,97 @@ def _moe(ctx, L, h):
         up = ctx.mm(h, L["up_shexp"], p + "ffn_up_shexp.weight")
         gate = ctx.mm(h, L["gate_shexp"], p + "ffn_gate_shexp.weight")
         out += g * ctx.mm(silu(gate) * up, L["down_shexp"], p + "ffn_down_shexp.weight")
+    return out
+
+
+# --- deepseek2, written from DeepSeek-V2/V3's modelling code (naive form: K and V expanded
+# per head from the latent, as the original does; the engine's absorbed form is checked by it)
+
+
+def _yarn_inv_freq(hp):
+    """Per-pair inverse frequencies of the rope dims, with DeepSeek's YaRN blend when scaled."""
+    dim, base = hp.n_rot, hp.freq_base
+    extra = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    if not hp.yarn:
+        return extra
+    inter = extra / hp.yarn_factor
+
+    def corr_dim(n_rot):                   # dims whose wavelength makes n_rot turns over the original context
+        return dim * math.log(hp.yarn_orig / (n_rot * 2 * math.pi)) / (2 * math.log(base))
+    low = max(math.floor(corr_dim(32)), 0)            # beta_fast 32
+    high = min(math.ceil(corr_dim(1)), dim - 1)       # beta_slow 1
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+    mask = 1.0 - ramp                       # 1: keep the original (extrapolated) frequency
+    return inter * (1 - mask) + extra * mask
+
+
+def _rope_deepseek(x, positions, inv_freq):
+    """DeepSeek's apply_rotary_pos_emb: the rope dims are stored interleaved, so they are first
+    regrouped (evens then odds) and then rotated by rotate_half. x: [n, heads, n_rot]."""
+    n, h, d = x.shape
+    x = x.reshape(n, h, d // 2, 2).transpose(0, 1, 3, 2).reshape(n, h, d)
+    freqs = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]    # [n, d/2]
+    emb = np.concatenate([freqs, freqs], axis=-1)[:, None, :]                        # [n, 1, d]
+    rot = np.concatenate([-x[..., d // 2:], x[..., :d // 2]], axis=-1)
+    return x * np.cos(emb) + rot * np.sin(emb)
+
+
+def _attention_mla(ctx, L, h, pos):
+    hp, p, n = ctx.model.hp, L["prefix"], h.shape[0]
+    H, C, nope, hv = hp.n_head, hp.kv_lora, hp.nope, hp.hd_v
+    if hp.q_lora:
+        q = ctx.mm(rmsnorm(ctx.mm(h, L["wq_a"], p + "attn_q_a.weight"), L["q_a_norm"], hp.eps),
+                   L["wq_b"], p + "attn_q_b.weight")
+    else:
+        q = ctx.mm(h, L["wq"], p + "attn_q.weight")
+    q = q.reshape(n, H, hp.hd_k)
+    kv_a = ctx.mm(h, L["wkv_a"], p + "attn_kv_a_mqa.weight")                   # [n, C + n_rot]
+    c = rmsnorm(kv_a[:, :C], L["kv_a_norm"], hp.eps)
+    kv = ctx.mm(c, L["wkv_b"], L["kv_b_name"]).reshape(n, H, nope + hv)
+    inv_freq = _yarn_inv_freq(hp)
+    q_pe = _rope_deepseek(q[..., nope:], pos, inv_freq)
+    k_pe = _rope_deepseek(kv_a[:, None, C:], pos, inv_freq)                     # one head, shared
+    qf = np.concatenate([q[..., :nope], q_pe], axis=-1)                          # [n, H, hd_k]
+    kf = np.concatenate([kv[..., :nope], np.broadcast_to(k_pe, (n, H, hp.n_rot))], axis=-1)
+    att = causal_attention(qf, kf, kv[..., nope:], hp.softmax_scale)
+    return ctx.mm(att, L["wo"], p + "attn_output.weight")
+
+
+def _mlp(ctx, h, gate, up, down, names):
+    return ctx.mm(silu(ctx.mm(h, gate, names[0])) * ctx.mm(h, up, names[1]), down, names[2])
+
+
+def _ffn_deepseek2(ctx, L, h):
+    hp, p = ctx.model.hp, L["prefix"]
+    if "dense" in L:
+        return _mlp(ctx, h, *L["dense"], [p + "ffn_gate.weight", p + "ffn_up.weight", p + "ffn_down.weight"])
+    logits = ctx.mm(h, L["router"], p + "ffn_gate_inp.weight")
+    scores = sigmoid(logits) if hp.sigmoid else softmax(logits)
+    choice = scores + L["bias"] if "bias" in L else scores.copy()               # selection only
+    if hp.topk_group < hp.n_group:
+        g = choice.reshape(choice.shape[0], hp.n_group, -1)
+        top2 = -np.sort(-g, axis=-1)[..., :2]
+        group_score = top2.sum(axis=-1)                                          # [n, n_group]
+        keep = top_k(group_score, hp.topk_group)
+        mask = np.zeros(group_score.shape, dtype=bool)
+        np.put_along_axis(mask, keep, True, axis=-1)
+        # llama.cpp (and so DeepSeek as people run it) drops the other groups with -inf
+        choice = np.where(np.repeat(mask, g.shape[-1], axis=-1), choice, -np.inf)
+    chosen = top_k(choice, hp.n_expert_used)
+    ctx.margins.append(_route_margin(choice, hp.n_expert_used))
+    w = np.take_along_axis(scores, chosen, axis=-1)
+    if hp.norm_topk:
+        w = w / (np.sum(w, axis=-1, keepdims=True) + 1e-20)
+    w = w * hp.routed_scale
+    out = np.zeros_like(h)
+    for e in np.unique(chosen):
+        rows, slot = np.nonzero(chosen == e)
+        out[rows] += w[rows, slot][:, None] * _expert(ctx, L, h[rows], e)
+    if hp.n_shared:
+        out += _mlp(ctx, h, L["gate_shexp"], L["up_shexp"], L["down_shexp"],
+                    [p + "ffn_gate_shexp.weight", p + "ffn_up_shexp.weight", p + "ffn_down_shexp.weight"])
     return out
 
 

@@ -20,6 +20,7 @@ int coord_cmd_serve(int argc, char **argv);
 int coord_cmd_generate(int argc, char **argv);
 int coord_cmd_status(int argc, char **argv);
 int coord_cmd_chat(int argc, char **argv);
+int coord_cmd_keygen(int argc, char **argv);
 
 /* Parse a whole decimal/float argument within [lo, hi]; on failure print
  * "moeshard CMD: OPTION expects ..." to stderr and return false. */

@@ -36,6 +36,7 @@ typedef struct {
     int64_t timeout_ms;
     ms_sampler_params_t sp;
     bool seed_set;
+    coord_client_sec_t sec;    /* --key, --server-key, --plaintext */
 } chat_opts_t;
 
 /* The conversation so far: messages point into texts this struct owns. */
@@ -83,12 +84,16 @@ static void chat_help(void)
            "      --repeat-penalty R   (default %.2f)   --repeat-last-n N (default %d)\n"
            "  -s, --seed S             random seed of every reply (default: random)\n"
            "      --timeout-ms N       give up when the coordinator is silent this long (default %d)\n"
+           "      --key FILE           this client's key pair ('moeshard keygen'; docs/security.md)\n"
+           "      --server-key FILE    the coordinator's public key\n"
+           "      --plaintext          no encryption: only for a coordinator on this machine (loopback)\n"
            "  -h, --help               this help\n",
            CHAT_N_PREDICT_DEFAULT, d.temp, d.top_k, d.top_p, d.min_p, d.repeat_penalty, d.repeat_last_n,
            CHAT_TIMEOUT_MS_DEFAULT);
 }
 
-enum { OPT_TEMPLATE = 1000, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REPPEN, OPT_REPN, OPT_TIMEOUT };
+enum { OPT_TEMPLATE = 1000, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REPPEN, OPT_REPN, OPT_TIMEOUT,
+       OPT_KEY, OPT_SERVER_KEY, OPT_PLAINTEXT };
 
 static bool parse_family(const char *s, ms_chat_family_t *ret)
 {
@@ -116,6 +121,9 @@ static bool parse_opt(chat_opts_t *o, int c, const char *arg)
     case OPT_REPN: ok = coord_parse_i64(CMD, "--repeat-last-n", arg, 0, MS_CONTEXT_MAX, &v); o->sp.repeat_last_n = (int32_t)v; break;
     case 's': ok = coord_parse_i64(CMD, "--seed", arg, 0, INT64_MAX, &v); o->sp.seed = (uint64_t)v; o->seed_set = true; break;
     case OPT_TIMEOUT: ok = coord_parse_i64(CMD, "--timeout-ms", arg, 1, CHAT_TIMEOUT_MS_MAX, &o->timeout_ms); break;
+    case OPT_KEY: o->sec.key_file = arg; break;
+    case OPT_SERVER_KEY: o->sec.server_key_file = arg; break;
+    case OPT_PLAINTEXT: o->sec.plaintext = true; break;
     default: ok = false; break;
     }
     return ok;
@@ -132,6 +140,8 @@ static int parse_opts(int argc, char **argv, chat_opts_t *o)
         { "repeat-penalty", required_argument, 0, OPT_REPPEN },
         { "repeat-last-n", required_argument, 0, OPT_REPN },
         { "seed", required_argument, 0, 's' },       { "timeout-ms", required_argument, 0, OPT_TIMEOUT },
+        { "key", required_argument, 0, OPT_KEY },    { "server-key", required_argument, 0, OPT_SERVER_KEY },
+        { "plaintext", no_argument, 0, OPT_PLAINTEXT },
         { "help", no_argument, 0, 'h' },             { 0, 0, 0, 0 },
     };
     opterr = 0;
@@ -226,9 +236,9 @@ static int chat_connect(chat_t *c)
     }
     chat_intr_wr = c->intr_pipe[1];
     ms_err_t err = { { 0 } };
-    int rc = coord_client_new(c->o.server, c->o.timeout_ms, c->intr_pipe[0], &c->cl, &err);
+    int rc = coord_client_new(c->o.server, &c->o.sec, c->o.timeout_ms, c->intr_pipe[0], &c->cl, &err);
     if (rc)
-        fprintf(stderr, "moeshard chat: cannot connect: %s\n", err.msg);
+        fprintf(stderr, "moeshard chat: %s%s\n", rc == -EPERM ? "" : "cannot connect: ", err.msg);
     return rc;
 }
 
@@ -438,5 +448,7 @@ int coord_cmd_chat(int argc, char **argv)
     chat_release(&c);
     if (rc == -EINTR)
         return 130;
+    if (rc == -EPERM)
+        return COORD_EXIT_USAGE; /* no usable keys, or --plaintext beyond loopback */
     return rc ? COORD_EXIT_FAIL : COORD_EXIT_OK;
 }

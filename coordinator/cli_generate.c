@@ -31,11 +31,13 @@ typedef struct {
     int64_t n_predict, timeout_ms;
     ms_sampler_params_t sp;
     bool seed_set, no_special;
+    coord_client_sec_t sec;
 } gen_opts_t;
 
 /* Ctrl-C and SIGTERM become readable on a signalfd the client's waits
  * watch, so a request is cancelled on the coordinator rather than cut off. */
-static int open_client(const char *cmd, const char *server, int64_t timeout_ms, int *sig_fd, coord_client_t **ret)
+static int open_client(const char *cmd, const char *server, const coord_client_sec_t *sec, int64_t timeout_ms,
+                       int *sig_fd, coord_client_t **ret)
 {
     sigset_t set;
     sigemptyset(&set);
@@ -48,9 +50,13 @@ static int open_client(const char *cmd, const char *server, int64_t timeout_ms, 
         return COORD_EXIT_FAIL;
     }
     ms_err_t err = { { 0 } };
-    int rc = coord_client_new(server, timeout_ms, *sig_fd, ret, &err);
+    int rc = coord_client_new(server, sec, timeout_ms, *sig_fd, ret, &err);
     if (rc == -EINVAL) {
         coord_usage_error(cmd, "--server %s; expected tcp://HOST:PORT", err.msg);
+        return COORD_EXIT_USAGE;
+    }
+    if (rc == -EPERM) {
+        fprintf(stderr, "moeshard %s: %s\n", cmd, err.msg);
         return COORD_EXIT_USAGE;
     }
     if (rc) {
@@ -80,11 +86,31 @@ static void generate_help(void)
            "  -s, --seed S             random seed (default: random, printed)\n"
            "      --no-special         treat special-token text in the prompt as plain text\n"
            "      --timeout-ms N       give up when the coordinator is silent this long (default %d)\n"
+           "      --key FILE           this client's key pair ('moeshard keygen'; docs/security.md)\n"
+           "      --server-key FILE    the coordinator's public key\n"
+           "      --plaintext          no encryption: only for a coordinator on this machine (loopback)\n"
            "  -h, --help               this help\n",
            d.temp, d.top_k, d.top_p, d.min_p, d.repeat_penalty, d.repeat_last_n, GEN_TIMEOUT_MS_DEFAULT);
 }
 
-enum { OPT_TEMP = 1000, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REPPEN, OPT_REPN, OPT_NOSPECIAL, OPT_TIMEOUT };
+enum { OPT_TEMP = 1000, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REPPEN, OPT_REPN, OPT_NOSPECIAL, OPT_TIMEOUT, OPT_KEY,
+       OPT_SERVER_KEY, OPT_PLAINTEXT };
+
+/* The security options both commands take; false when c is not one. */
+static bool sec_opt(int c, const char *arg, coord_client_sec_t *sec)
+{
+    if (c == OPT_KEY)
+        sec->key_file = arg;
+    else if (c == OPT_SERVER_KEY)
+        sec->server_key_file = arg;
+    else if (c == OPT_PLAINTEXT)
+        sec->plaintext = true;
+    return c == OPT_KEY || c == OPT_SERVER_KEY || c == OPT_PLAINTEXT;
+}
+
+#define SEC_LONGOPTS                                                                                             \
+    { "key", required_argument, 0, OPT_KEY }, { "server-key", required_argument, 0, OPT_SERVER_KEY },            \
+        { "plaintext", no_argument, 0, OPT_PLAINTEXT }
 
 static bool gen_opt(int c, const char *arg, gen_opts_t *o)
 {
@@ -103,7 +129,7 @@ static bool gen_opt(int c, const char *arg, gen_opts_t *o)
     case 's': ok = coord_parse_i64(cmd, "--seed", arg, 0, INT64_MAX, &v); o->sp.seed = (uint64_t)v; o->seed_set = true; break;
     case OPT_NOSPECIAL: o->no_special = true; break;
     case OPT_TIMEOUT: ok = coord_parse_i64(cmd, "--timeout-ms", arg, 1, GEN_TIMEOUT_MS_MAX, &o->timeout_ms); break;
-    default: ok = false;
+    default: ok = sec_opt(c, arg, &o->sec);
     }
     return ok;
 }
@@ -117,7 +143,7 @@ static int gen_parse(int argc, char **argv, gen_opts_t *o)
         { "repeat-penalty", required_argument, 0, OPT_REPPEN }, { "repeat-last-n", required_argument, 0, OPT_REPN },
         { "seed", required_argument, 0, 's' },      { "no-special", no_argument, 0, OPT_NOSPECIAL },
         { "timeout-ms", required_argument, 0, OPT_TIMEOUT }, { "help", no_argument, 0, 'h' },
-        { 0, 0, 0, 0 },
+        SEC_LONGOPTS, { 0, 0, 0, 0 },
     };
     opterr = 0;
     optind = 1;
@@ -265,7 +291,7 @@ int coord_cmd_generate(int argc, char **argv)
     o.sp.seed &= INT64_MAX; /* printable and accepted back by --seed */
     coord_client_t *c = NULL;
     int sig_fd = -1;
-    st = open_client("generate", o.server, o.timeout_ms, &sig_fd, &c);
+    st = open_client("generate", o.server, &o.sec, o.timeout_ms, &sig_fd, &c);
     if (st < 0)
         st = generate(c, &o);
     coord_client_destroy(&c);
@@ -278,7 +304,8 @@ int coord_cmd_generate(int argc, char **argv)
 
 static void status_help(void)
 {
-    printf("usage: moeshard status --server tcp://HOST:PORT [--timeout-ms N]\n\n"
+    printf("usage: moeshard status --server tcp://HOST:PORT [--timeout-ms N]\n"
+           "                       [--key FILE --server-key FILE | --plaintext]\n\n"
            "Prints a running coordinator's view: model, its chat template family, uptime, requests,\n"
            "tokens/s and, with expert hosts, each host's slices, memory, health (age of its last\n"
            "reply), round-trip time and traffic.\n");
@@ -297,9 +324,11 @@ static void print_status(const ms_cw_status_t *s)
         printf("experts    in the coordinator's process\n");
         return;
     }
-    printf("experts    on %u hosts (wire %s)\n", s->n_hosts, ms_wire_dtype_name(s->wire));
-    printf("%-28s %7s %10s %12s %9s %9s %12s %12s\n", "host", "slices", "memory MB", "last reply", "rtt ms",
-           "batches", "sent MB", "received MB");
+    printf("experts    on %u hosts (wire %s), placement epoch %" PRIu64 ", %u down, %" PRIu64
+           " slots recomputed on replicas\n", s->n_hosts, ms_wire_dtype_name(s->wire), s->epoch, s->hosts_down,
+           s->failover_slots);
+    printf("%-28s %-8s %7s %10s %12s %9s %9s %12s %12s\n", "host", "state", "slices", "memory MB", "last reply",
+           "rtt ms", "batches", "sent MB", "received MB");
     for (uint32_t i = 0; i < s->n_hosts; i++) {
         const ms_cw_host_t *h = &s->hosts[i];
         char age[32];
@@ -307,7 +336,7 @@ static void print_status(const ms_cw_status_t *s)
             snprintf(age, sizeof(age), "never");
         else
             snprintf(age, sizeof(age), "%.1f s ago", (double)h->last_reply_age_ms / 1e3);
-        printf("%-28s %7u %10.1f %12s %9.3f %9" PRIu64 " %12.3f %12.3f\n", h->endpoint, h->slices_held,
+        printf("%-28s %-8s %7u %10.1f %12s %9.3f %9" PRIu64 " %12.3f %12.3f\n", h->endpoint, h->state, h->slices_held,
                (double)h->memory_bytes / 1e6, age, h->rtt_ms_mean, h->batches, (double)h->bytes_sent / 1e6,
                (double)h->bytes_received / 1e6);
     }
@@ -341,9 +370,10 @@ int coord_cmd_status(int argc, char **argv)
 {
     static const struct option longopts[] = {
         { "server", required_argument, 0, 'S' }, { "timeout-ms", required_argument, 0, OPT_TIMEOUT },
-        { "help", no_argument, 0, 'h' },         { 0, 0, 0, 0 },
+        { "help", no_argument, 0, 'h' },         SEC_LONGOPTS, { 0, 0, 0, 0 },
     };
     const char *server = NULL;
+    coord_client_sec_t sec = { 0 };
     int64_t timeout_ms = 5000;
     opterr = 0;
     optind = 1;
@@ -354,6 +384,8 @@ int coord_cmd_status(int argc, char **argv)
         }
         if (c == 'S')
             server = optarg;
+        else if (sec_opt(c, optarg, &sec))
+            continue;
         else if (c == OPT_TIMEOUT) {
             if (!coord_parse_i64("status", "--timeout-ms", optarg, 1, GEN_TIMEOUT_MS_MAX, &timeout_ms))
                 return COORD_EXIT_USAGE;
@@ -369,7 +401,7 @@ int coord_cmd_status(int argc, char **argv)
     }
     coord_client_t *c = NULL;
     int sig_fd = -1;
-    int st = open_client("status", server, timeout_ms, &sig_fd, &c);
+    int st = open_client("status", server, &sec, timeout_ms, &sig_fd, &c);
     if (st < 0)
         st = status_query(c, server, timeout_ms);
     coord_client_destroy(&c);

@@ -14,6 +14,7 @@
 
 #include "backend.h"
 #include "cli.h"
+#include "curve.h"
 #include "forward.h"
 #include "limits.h"
 #include "log.h"
@@ -42,6 +43,8 @@ typedef struct {
     ms_wire_dtype_t wire;
     int64_t deadline_ms;
     bool wire_set, deadline_set;
+    const char *key, *host_keys;  /* CURVE to the hosts (docs/security.md) */
+    bool plaintext;
 } run_opts_t;
 
 static void run_help(void)
@@ -75,6 +78,10 @@ static void run_help(void)
            "                           of them; the model's own expert tensors are then not read\n"
            "      --wire f32|bf16|f16  activations on the wire with --hosts (default f32: exact)\n"
            "      --deadline-ms N      with --hosts: wait at most N ms for a host's reply (default %d)\n"
+           "      --key FILE           with --hosts: this process's CURVE key pair ('moeshard keygen');\n"
+           "                           the hosts must allow its public key (docs/security.md)\n"
+           "      --host-keys FILE     with --key: 'ENDPOINT KEY' lines, each host's public key\n"
+           "      --plaintext          with --hosts: no encryption, accepted only for loopback hosts\n"
            "  -v, --verbose            more log lines on stderr\n"
            "  -h, --help               this help\n",
            d.temp, d.top_k, d.top_p, d.min_p, d.repeat_penalty, d.repeat_last_n, ms_pool_default_threads(),
@@ -82,9 +89,28 @@ static void run_help(void)
 }
 
 enum { OPT_TEMP = 1000, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REPPEN, OPT_REPN, OPT_NOSPECIAL, OPT_DUMP, OPT_HOSTS,
-       OPT_WIRE, OPT_DEADLINE };
+       OPT_WIRE, OPT_DEADLINE, OPT_KEY, OPT_HOST_KEYS, OPT_PLAINTEXT };
 
 static bool parse_wire(const char *s, ms_wire_dtype_t *ret);
+
+/* With --hosts: both key files, or --plaintext (loopback checked later). */
+static bool security_usage(const run_opts_t *o)
+{
+    if (!o->hosts)
+        return true;
+    bool keys = o->key || o->host_keys;
+    if (keys && o->plaintext)
+        coord_usage_error(CMD, "--plaintext and --key/--host-keys exclude each other");
+    else if (keys && (!o->key || !o->host_keys))
+        coord_usage_error(CMD, "--key and --host-keys go together: this process's key pair and the hosts' keys");
+    else if (!keys && !o->plaintext)
+        fprintf(stderr, "moeshard run: no keys for --hosts: make a key pair with 'moeshard keygen --out NAME', add "
+                        "NAME.pub to each expertd's --allow list, and pass --key NAME.key --host-keys FILE "
+                        "('ENDPOINT KEY' lines); or --plaintext when every host is loopback (docs/security.md)\n");
+    else
+        return true;
+    return false;
+}
 
 /* Returns -1 to continue, or an exit status. */
 static int parse_opts(int argc, char **argv, run_opts_t *o)
@@ -102,6 +128,8 @@ static int parse_opts(int argc, char **argv, run_opts_t *o)
         { "verbose", no_argument, 0, 'v' },           { "help", no_argument, 0, 'h' },
         { "hosts", required_argument, 0, OPT_HOSTS }, { "wire", required_argument, 0, OPT_WIRE },
         { "deadline-ms", required_argument, 0, OPT_DEADLINE },
+        { "key", required_argument, 0, OPT_KEY },     { "host-keys", required_argument, 0, OPT_HOST_KEYS },
+        { "plaintext", no_argument, 0, OPT_PLAINTEXT },
         { 0, 0, 0, 0 },
     };
     int64_t v;
@@ -132,6 +160,9 @@ static int parse_opts(int argc, char **argv, run_opts_t *o)
         case OPT_HOSTS: o->hosts = optarg; break;
         case OPT_WIRE: ok = parse_wire(optarg, &o->wire); o->wire_set = true; break;
         case OPT_DEADLINE: ok = coord_parse_i64(CMD, "--deadline-ms", optarg, 1, MS_BACKEND_NET_DEADLINE_MS_MAX, &o->deadline_ms); o->deadline_set = true; break;
+        case OPT_KEY: o->key = optarg; break;
+        case OPT_HOST_KEYS: o->host_keys = optarg; break;
+        case OPT_PLAINTEXT: o->plaintext = true; break;
         case 'v': ms_log_set_level(MS_LOG_DEBUG); break;
         case 'h': run_help(); return COORD_EXIT_OK;
         case ':': coord_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]); return COORD_EXIT_USAGE;
@@ -152,11 +183,11 @@ static int parse_opts(int argc, char **argv, run_opts_t *o)
         coord_usage_error(CMD, "give exactly one of --prompt and --prompt-file");
         return COORD_EXIT_USAGE;
     }
-    if (!o->hosts && (o->wire_set || o->deadline_set)) {
-        coord_usage_error(CMD, "--wire and --deadline-ms apply only with --hosts");
+    if (!o->hosts && (o->wire_set || o->deadline_set || o->key || o->host_keys || o->plaintext)) {
+        coord_usage_error(CMD, "--wire, --deadline-ms, --key, --host-keys and --plaintext apply only with --hosts");
         return COORD_EXIT_USAGE;
     }
-    return -1;
+    return security_usage(o) ? -1 : COORD_EXIT_USAGE;
 }
 
 static bool parse_wire(const char *s, ms_wire_dtype_t *ret)
@@ -233,6 +264,8 @@ typedef struct {
     const char **hosts;     /* [n_hosts] into hosts_buf */
     int n_hosts;
     char *dense_path;       /* PACK_DIR/dense.gguf */
+    ms_curve_keypair_t kp;  /* with --key */
+    ms_curve_hostkeys_t *host_keys;
 } run_t;
 
 static void run_release(run_t *r)
@@ -251,6 +284,8 @@ static void run_release(run_t *r)
     free(r->hosts_buf);
     free(r->hosts);
     free(r->dense_path);
+    ms_curve_hostkeys_destroy(&r->host_keys);
+    explicit_bzero(&r->kp, sizeof(r->kp));
 }
 
 static int load_prompt(run_t *r)
@@ -346,6 +381,8 @@ static int make_backend(run_t *r, int n_batch)
         p.deadline_ms = (int32_t)r->o.deadline_ms;
     p.max_tokens = n_batch;
     p.pool = r->pool;
+    p.curve_key = r->o.key ? &r->kp : NULL;
+    p.host_keys = r->host_keys;
     ms_err_t err = { { 0 } };
     int rc = ms_backend_net_new(r->model, r->hosts, r->n_hosts, &p, &r->backend, &err);
     if (rc)
@@ -570,6 +607,24 @@ static void format_net(const run_t *r, const net_snap_t *a, const net_snap_t *b,
              ratio(b->rtt_ms_sum - a->rtt_ms_sum, (double)(b->replies - a->replies)));
 }
 
+/* Plaintext only to loopback hosts; key files read before the model. -EINVAL (usage), -errno. */
+static int run_security(run_t *r)
+{
+    ms_err_t err = { { 0 } };
+    int rc = 0;
+    if (r->o.plaintext && ms_curve_plaintext_check(r->hosts, r->n_hosts, &err)) {
+        fprintf(stderr, "moeshard run: %s\n", err.msg);
+        return -EINVAL;
+    }
+    if (r->o.key) {
+        rc = ms_curve_keypair_load(r->o.key, &r->kp, &err);
+        rc = rc ? rc : ms_curve_hostkeys_load(r->o.host_keys, &r->host_keys, &err);
+    }
+    if (rc)
+        ms_log_error("%s", err.msg);
+    return rc == -EINVAL ? -EIO : rc; /* a bad file is not a usage error */
+}
+
 int coord_cmd_run(int argc, char **argv)
 {
     run_t r = { .o = { .n_predict = 128, .parse_special = true, .sp = ms_sampler_defaults() } };
@@ -577,6 +632,7 @@ int coord_cmd_run(int argc, char **argv)
     if (status >= 0)
         return status;
     int rc = r.o.hosts ? split_hosts(r.o.hosts, &r.hosts_buf, &r.hosts, &r.n_hosts) : 0;
+    rc = rc ? rc : run_security(&r);
     if (rc) {
         run_release(&r);
         return rc == -EINVAL ? COORD_EXIT_USAGE : COORD_EXIT_FAIL;

@@ -12,12 +12,15 @@
 
 #include <zmq.h>
 
+#include "curve.h"
 #include "wire_zmq.h"
 
 #define CLIENT_INTR_READ_BYTES 128 /* one signalfd_siginfo, or a burst of self-pipe bytes */
 
 struct coord_client {
     void *zctx, *sock;
+    ms_curve_monitor_t *mon;  /* turns a refused handshake into an error, not a timeout */
+    char peer[160];           /* "the coordinator at EP", for messages */
     int intr_fd;
     int64_t timeout_ms;
     uint64_t next_id;
@@ -31,7 +34,34 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int client_connect(coord_client_t *c, const char *server, ms_err_t *err)
+/* CURVE client options from the key files, or the plaintext check. -EPERM (err). */
+static int client_secure(coord_client_t *c, const char *server, const coord_client_sec_t *sec, ms_err_t *err)
+{
+    bool keys = sec && (sec->key_file || sec->server_key_file);
+    if (!keys && !(sec && sec->plaintext)) {
+        ms_err_set(err, "no keys: make a key pair with 'moeshard keygen --out NAME', have the coordinator allow "
+                        "NAME.pub, and pass --key NAME.key --server-key SERVER.pub; or --plaintext when the "
+                        "coordinator is on this machine (docs/security.md)");
+        return -EPERM;
+    }
+    if (!keys)
+        return ms_curve_plaintext_check(&server, 1, err) ? -EPERM : 0;
+    if (sec->plaintext || !sec->key_file || !sec->server_key_file) {
+        ms_err_set(err, "%s", sec->plaintext ? "--plaintext and --key/--server-key exclude each other"
+                                             : "--key and --server-key go together");
+        return -EPERM;
+    }
+    ms_curve_keypair_t kp;
+    char server_pub[MS_CURVE_Z85_BYTES + 1];
+    int rc = ms_curve_keypair_load(sec->key_file, &kp, err);
+    rc = rc ? rc : ms_curve_pubkey_load(sec->server_key_file, server_pub, err);
+    if (!rc && (rc = ms_curve_client_setup(c->sock, &kp, server_pub)))
+        ms_err_set(err, "cannot set up CURVE: %s", zmq_strerror(-rc));
+    memset(&kp, 0, sizeof(kp));
+    return rc ? -EPERM : 0;
+}
+
+static int client_connect(coord_client_t *c, const char *server, const coord_client_sec_t *sec, ms_err_t *err)
 {
     c->zctx = zmq_ctx_new();
     c->sock = c->zctx ? zmq_socket(c->zctx, ZMQ_DEALER) : NULL;
@@ -44,6 +74,11 @@ static int client_connect(coord_client_t *c, const char *server, ms_err_t *err)
         ms_err_set(err, "cannot set the ZeroMQ socket's limits: %s", zmq_strerror(-rc));
         return -EIO;
     }
+    snprintf(c->peer, sizeof(c->peer), "the coordinator at %.120s", server);
+    rc = client_secure(c, server, sec, err);
+    rc = rc ? rc : ms_curve_monitor_new(c->zctx, c->sock, &c->mon, err) ? -EIO : 0;
+    if (rc)
+        return rc;
     if (zmq_connect(c->sock, server)) {
         ms_err_set(err, "'%s' is not an endpoint ZeroMQ accepts (%s)", server, zmq_strerror(zmq_errno()));
         return -EINVAL;
@@ -51,8 +86,8 @@ static int client_connect(coord_client_t *c, const char *server, ms_err_t *err)
     return 0;
 }
 
-int coord_client_new(const char *server, int64_t timeout_ms, int intr_fd, coord_client_t **ret_client,
-                     ms_err_t *err)
+int coord_client_new(const char *server, const coord_client_sec_t *sec, int64_t timeout_ms, int intr_fd,
+                     coord_client_t **ret_client, ms_err_t *err)
 {
     if (!server || timeout_ms < 1 || timeout_ms > COORD_CLIENT_TIMEOUT_MS_MAX) {
         ms_err_set(err, "a client needs an endpoint and a timeout in [1, %d] ms", COORD_CLIENT_TIMEOUT_MS_MAX);
@@ -69,7 +104,7 @@ int coord_client_new(const char *server, int64_t timeout_ms, int intr_fd, coord_
     /* a random start keeps ids of successive runs apart in the coordinator's log */
     if (getrandom(&c->next_id, sizeof(c->next_id), 0) != sizeof(c->next_id))
         c->next_id = (uint64_t)now_ms();
-    int rc = client_connect(c, server, err);
+    int rc = client_connect(c, server, sec, err);
     if (rc) {
         coord_client_destroy(&c);
         return rc;
@@ -83,6 +118,7 @@ void coord_client_destroy(coord_client_t **self_p)
     if (!self_p || !*self_p)
         return;
     coord_client_t *c = *self_p;
+    ms_curve_monitor_destroy(&c->mon);
     if (c->sock)
         zmq_close(c->sock);
     if (c->zctx)
@@ -148,21 +184,32 @@ static int take_message(coord_client_t *c, ms_cw_msg_t *msg, ms_err_t *err)
 /* The next message of id before deadline (now_ms clock); see coord_client_recv. */
 static int recv_until(coord_client_t *c, uint64_t id, int64_t deadline, ms_cw_msg_t *msg, ms_err_t *err)
 {
-    zmq_pollitem_t it[2] = { { .socket = c->sock, .events = ZMQ_POLLIN }, { .fd = c->intr_fd, .events = ZMQ_POLLIN } };
-    int n_items = c->intr_fd >= 0 ? 2 : 1;
+    zmq_pollitem_t it[3] = { { .socket = c->sock, .events = ZMQ_POLLIN },
+                             { .fd = c->intr_fd, .events = ZMQ_POLLIN },
+                             { .socket = ms_curve_monitor_socket(c->mon), .events = ZMQ_POLLIN } };
+    if (c->intr_fd < 0)
+        it[1] = it[2];
+    int n_items = c->intr_fd >= 0 ? 3 : 2, i_mon = n_items - 1;
     for (;;) {
         int64_t left = deadline - now_ms();
         if (left <= 0)
             return -ETIMEDOUT;
-        it[0].revents = it[1].revents = 0;
+        it[0].revents = it[1].revents = it[2].revents = 0;
         if (zmq_poll(it, n_items, (long)left) < 0) {
             if (zmq_errno() == EINTR)
                 continue; /* a handled signal; a Ctrl-C shows on intr_fd */
             ms_err_set(err, "waiting for the coordinator failed: %s", zmq_strerror(zmq_errno()));
             return -EIO;
         }
-        if (n_items == 2 && take_interrupt(c, it[1].revents))
+        if (n_items == 3 && take_interrupt(c, it[1].revents))
             return -EINTR;
+        if ((it[i_mon].revents & ZMQ_POLLIN) && ms_curve_monitor_read(c->mon, c->peer, err) < 0)
+            return -ECONNREFUSED;
+        if (ms_curve_monitor_lost(c->mon)) {
+            ms_err_set(err, "lost the connection to %s: the request was not completed (the coordinator stopped or "
+                            "restarted); send it again", c->peer);
+            return -ECONNRESET;
+        }
         if (!(it[0].revents & ZMQ_POLLIN))
             continue;
         int rc = take_message(c, msg, err);

@@ -67,6 +67,7 @@ struct coord_http {
     const ms_tokenizer_t *tok;
     char model_name[COORD_HTTP_MODEL_NAME_BYTES_MAX + 1];
     char *api_key;          /* NULL: no authentication */
+    char *tls_cert, *tls_key; /* PEM copies, alive as long as the daemon; NULL: plain HTTP */
     size_t body_bytes_max;
     uint32_t requests_max;
     int32_t n_ctx;
@@ -563,6 +564,25 @@ static int parse_job(const coord_http_t *h, const http_req_t *r, http_job_t *j, 
     rc = rc ? rc : default_length(h, j, f);
     json_decref(root);
     return rc;
+}
+
+int coord_http_parse_body(const ms_tokenizer_t *tok, ms_chat_family_t family, int32_t n_ctx, bool chat,
+                          const char *body, size_t len, ms_gen_params_t *ret_gp, char **ret_prompt, ms_err_t *err)
+{
+    /* the fields parse_job reads; the rest of a server is not needed */
+    coord_http_t h = { .tok = tok, .n_ctx = n_ctx, .family = family };
+    http_req_t r = { .ep = chat ? EP_CHAT : EP_COMPLETIONS, .body = (char *)body, .len = len };
+    http_fail_t f = { 0 };
+    http_job_t j = { .chat = chat };
+    j.gp = (ms_gen_params_t){ .parse_special = true, .add_bos = true, .sp = ms_sampler_defaults() };
+    if (parse_job(&h, &r, &j, &f)) {
+        free(j.prompt);
+        ms_err_set(err, "%s", f.msg);
+        return f.status >= 500 ? -ENOMEM : -EINVAL;
+    }
+    *ret_gp = j.gp;
+    *ret_prompt = j.prompt;
+    return 0;
 }
 
 /* --------------------------------------------------------- generations */
@@ -1420,6 +1440,14 @@ static int check_params(const coord_http_params_t *p, const char *model_name, ms
         ms_err_set(err, "HTTP context %d is outside [0, %d]", p->n_ctx, MS_CONTEXT_MAX);
         return -EINVAL;
     }
+    bool tls_bad = p && (!p->tls_cert_pem != !p->tls_key_pem ||
+                         (p->tls_cert_pem && (strlen(p->tls_cert_pem) > COORD_HTTP_PEM_BYTES_MAX ||
+                                              strlen(p->tls_key_pem) > COORD_HTTP_PEM_BYTES_MAX)));
+    if (tls_bad) {
+        ms_err_set(err, "HTTPS needs both a certificate and its key, each at most %u bytes of PEM",
+                   COORD_HTTP_PEM_BYTES_MAX);
+        return -EINVAL;
+    }
     if (p && p->api_key && strlen(p->api_key) > COORD_HTTP_API_KEY_BYTES_MAX) {
         ms_err_set(err, "the API key is longer than %d bytes", COORD_HTTP_API_KEY_BYTES_MAX);
         return -EINVAL;
@@ -1476,6 +1504,8 @@ static coord_http_t *http_alloc(ms_sched_t *sched, const ms_model_t *m, const ms
         h->id_salt = (uint64_t)time(NULL) * 0x2545F4914F6CDD1Dull;
     if (p && p->api_key && *p->api_key && !(h->api_key = strdup(p->api_key)))
         goto out_free;
+    if (p && p->tls_cert_pem && (!(h->tls_cert = strdup(p->tls_cert_pem)) || !(h->tls_key = strdup(p->tls_key_pem))))
+        goto out_free;
     h->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (h->stop_fd >= 0 && !chat_setup(h))
         return h;
@@ -1484,28 +1514,55 @@ out_free:
     return NULL;
 }
 
+/* Plain HTTP beyond loopback lets anyone on the path read prompts, replies
+ * and the API key: refused unless the operator says otherwise. */
+static int check_exposure(const coord_http_t *h, const char *listen_addr, const struct sockaddr_storage *sa,
+                          const coord_http_params_t *p, ms_err_t *err)
+{
+    if (is_loopback(sa))
+        return 0;
+    if (!h->api_key)
+        ms_log_warn("http: %s is reachable beyond loopback without an API key: anyone who reaches it may use it "
+                    "(--http-api-key FILE)", listen_addr);
+    if (h->tls_cert)
+        return 0;
+    if (!p || !p->insecure) {
+        ms_err_set(err, "HTTP on %.200s would be reachable beyond loopback in plain text: give it TLS "
+                        "(--http-tls-cert FILE --http-tls-key FILE), listen on 127.0.0.1 behind a TLS proxy, or "
+                        "pass --http-insecure (docs/security.md)", listen_addr);
+        return -EPERM;
+    }
+    ms_log_warn("http: %s is reachable beyond loopback over plain HTTP (--http-insecure)", listen_addr);
+    return 0;
+}
+
 static int http_listen(coord_http_t *h, const char *listen_addr, const struct sockaddr_storage *sa_in, socklen_t len,
                        ms_err_t *err)
 {
     struct sockaddr_storage sa = *sa_in;
     int rc;
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
-                     MHD_USE_ERROR_LOG | (sa.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
+                     MHD_USE_ERROR_LOG | (sa.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0) | (h->tls_cert ? MHD_USE_TLS : 0);
+    struct MHD_OptionItem tls[] = { { MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert },
+                                    { MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key },
+                                    { MHD_OPTION_END, 0, NULL } };
     h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)(h->requests_max + COORD_HTTP_SPARE_CONNECTIONS),
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)COORD_HTTP_IDLE_TIMEOUT_S,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
-                            MHD_OPTION_END);
+                            MHD_OPTION_ARRAY, h->tls_cert ? tls : tls + 2, MHD_OPTION_END);
     if (!h->d) {
         rc = listen_errno(&sa, len);
+        if (rc == -EIO && h->tls_cert) {
+            ms_err_set(err, "HTTPS on %.200s: libmicrohttpd refused the TLS certificate or key (see the log line "
+                            "before this one)", listen_addr);
+            return -EINVAL;
+        }
         ms_err_set(err, "cannot listen for HTTP on %.200s: %s", listen_addr, strerror(-rc));
         return rc;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     h->port = di ? di->port : 0;
-    if (!is_loopback(&sa))
-        ms_log_warn("http: %s is reachable beyond loopback over plain HTTP%s; put a TLS proxy in front (docs/http.md)",
-                    listen_addr, h->api_key ? "" : " and without an API key");
     return 0;
 }
 
@@ -1527,7 +1584,8 @@ int coord_http_start(ms_sched_t *sched, const ms_model_t *m, const ms_tokenizer_
         ms_err_set(err, "out of memory");
         return -ENOMEM;
     }
-    rc = http_listen(h, listen_addr, &sa, len, err);
+    rc = check_exposure(h, listen_addr, &sa, p, err);
+    rc = rc ? rc : http_listen(h, listen_addr, &sa, len, err);
     if (rc) {
         coord_http_stop(&h);
         return rc;
@@ -1558,6 +1616,10 @@ void coord_http_stop(coord_http_t **self_p)
     pthread_mutex_destroy(&h->busy_mu);
     pthread_cond_destroy(&h->busy_cv);
     free(h->api_key);
+    if (h->tls_key)
+        explicit_bzero(h->tls_key, strlen(h->tls_key));
+    free(h->tls_key);
+    free(h->tls_cert);
     free(h->bos_text);
     free(h);
 }

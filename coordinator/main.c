@@ -4,6 +4,7 @@
 
 #include "cli.h"
 
+
 static const struct {
     const char *name;
     int (*fn)(int, char **);
@@ -17,6 +18,7 @@ static const struct {
     { "generate", coord_cmd_generate, "send a prompt to a running coordinator and stream the text" },
     { "status", coord_cmd_status, "show a running coordinator's requests, speed and hosts" },
     { "chat", coord_cmd_chat, "talk with a running coordinator's model, using its chat template" },
+    { "keygen", coord_cmd_keygen, "make a CURVE key pair for encrypted, authenticated links" },
 };
 
 static void usage(FILE *out)

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "curve.h"
 #include "err.h"
 #include "model.h"
 #include "sched.h"
@@ -24,6 +25,8 @@ typedef struct {
     ms_wire_dtype_t wire;
     int32_t n_seq_max;
     int sig_fd;                  /* readable when the server should stop (a signalfd) */
+    const ms_curve_keypair_t *curve_key;   /* CURVE server key pair; NULL: plaintext (docs/security.md) */
+    const ms_curve_allow_t *curve_allow;   /* client keys admitted; borrowed, outlives the server */
 } coord_server_params_t;
 
 typedef struct coord_server coord_server_t;

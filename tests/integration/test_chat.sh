@@ -37,7 +37,7 @@ set +e
 [ $rc -eq 2 ] || fail "stray argument: rc $rc"
 # nobody listens there: the turn times out and the chat ends with 1
 dead=$(free_port)
-echo hi | timeout 20 "$BIN/moeshard" chat --server "tcp://127.0.0.1:$dead" --timeout-ms 500 >/dev/null 2>"$tmp/err"; rc=$?
+echo hi | timeout 20 "$BIN/moeshard" chat --plaintext --server "tcp://127.0.0.1:$dead" --timeout-ms 500 >/dev/null 2>"$tmp/err"; rc=$?
 [ $rc -eq 1 ] && grep -q "no word from" "$tmp/err" || fail "silent server: rc $rc: $(cat "$tmp/err")"
 set -e
 "$BIN/moeshard" chat --help | grep -q -- "--template" || fail "--help"
@@ -46,7 +46,7 @@ set -e
 serve() {
     local port
     port=$(free_port)
-    "$BIN/moeshard" serve --model "$1" --listen "tcp://127.0.0.1:$port" --threads 2 >"$2" 2>&1 &
+    "$BIN/moeshard" serve --plaintext --model "$1" --listen "tcp://127.0.0.1:$port" --threads 2 >"$2" 2>&1 &
     serve_pids+=($!)
     ep="tcp://127.0.0.1:$port"
 }
@@ -56,7 +56,7 @@ serve "$tmp/m.gguf" "$tmp/serve.log"
 
 # The client queues its request until the coordinator listens, so no
 # readiness poll is needed; the timeout bounds the wait.
-chat() { timeout 60 "$BIN/moeshard" chat --server "$ep" --timeout-ms 30000 -n 12 --temp 0 --seed 1 "$@"; }
+chat() { timeout 60 "$BIN/moeshard" chat --plaintext --server "$ep" --timeout-ms 30000 -n 12 --temp 0 --seed 1 "$@"; }
 
 printf 'Hello there\n' | chat >"$tmp/one.out" 2>"$tmp/one.err" || fail "one turn: $(cat "$tmp/one.err")"
 # the family came from the coordinator: no fallback note, and --template
@@ -65,7 +65,7 @@ grep -q "using chatml" "$tmp/one.err" && fail "chatml model reported as having n
 printf 'Hello there\n' | chat --template chatml >"$tmp/one-t.out" 2>"$tmp/one-t.err" \
     || fail "one turn with --template chatml: $(cat "$tmp/one-t.err")"
 cmp -s "$tmp/one.out" "$tmp/one-t.out" || fail "chat without --template differs from --template chatml"
-timeout 30 "$BIN/moeshard" status --server "$ep" >"$tmp/status.txt" 2>&1 || fail "status: $(cat "$tmp/status.txt")"
+timeout 30 "$BIN/moeshard" status --plaintext --server "$ep" >"$tmp/status.txt" 2>&1 || fail "status: $(cat "$tmp/status.txt")"
 grep -q "^template   chatml$" "$tmp/status.txt" || fail "status template line: $(cat "$tmp/status.txt")"
 prompt=$'<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n'
 "$BIN/moeshard" run --model "$tmp/m.gguf" --prompt "$prompt" -n 12 --temp 0 --seed 1 >"$tmp/run.out" 2>/dev/null \
@@ -99,7 +99,7 @@ printf 'Hello there\n' | chat >"$tmp/mi.out" 2>"$tmp/mi.err" || fail "mistral tu
 "$BIN/moeshard" run --model "$tmp/mi.gguf" --prompt ' [INST] Hello there [/INST]' -n 12 --temp 0 --seed 1 \
     >"$tmp/run-mi.out" 2>/dev/null || fail "moeshard run (mistral) failed"
 cmp -s "$tmp/mi.out" "$tmp/run-mi.out" || fail "chat on a mistral model differs from run on the mistral prompt"
-timeout 30 "$BIN/moeshard" status --server "$ep" | grep -q "^template   mistral$" || fail "status on the mistral model"
+timeout 30 "$BIN/moeshard" status --plaintext --server "$ep" | grep -q "^template   mistral$" || fail "status on the mistral model"
 
 # No template: status says so, chat notes the fallback and writes chatml.
 "$BIN/genmodel" --arch qwen2moe --chat-template none --out "$tmp/none.gguf" 2>/dev/null
@@ -109,6 +109,6 @@ grep -q "no chat template .*using chatml" "$tmp/none.err" || fail "no fallback n
 "$BIN/moeshard" run --model "$tmp/none.gguf" --prompt "$prompt" -n 12 --temp 0 --seed 1 >"$tmp/run-none.out" 2>/dev/null \
     || fail "moeshard run (no template) failed"
 cmp -s "$tmp/none.out" "$tmp/run-none.out" || fail "fallback chat differs from run on the chatml prompt"
-timeout 30 "$BIN/moeshard" status --server "$ep" | grep -q "^template   none recognised" || fail "status without template"
+timeout 30 "$BIN/moeshard" status --plaintext --server "$ep" | grep -q "^template   none recognised" || fail "status without template"
 
 echo "chat: all checks passed"

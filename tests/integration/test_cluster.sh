@@ -33,12 +33,15 @@ PYEOF
 }
 
 # start_host NAME MODEL ENDPOINT [NETNS]: one expertd; its pid joins pids.
+# Plaintext on loopback; the namespace part below sets CURVE keys.
+host_sec=(--plaintext)
 start_host() {
     local name=$1 model=$2 ep=$3 ns=${4:-}
     if [ -n "$ns" ]; then
-        ip netns exec "$ns" "$BIN/expertd" --listen "$ep" --model "$model" --threads 1 2>"$tmp/$name.log" &
+        ip netns exec "$ns" "$BIN/expertd" --listen "$ep" --model "$model" --threads 1 "${host_sec[@]}" \
+            2>"$tmp/$name.log" &
     else
-        "$BIN/expertd" --listen "$ep" --model "$model" --threads 1 2>"$tmp/$name.log" &
+        "$BIN/expertd" --listen "$ep" --model "$model" --threads 1 "${host_sec[@]}" 2>"$tmp/$name.log" &
     fi
     pids+=($!)
 }
@@ -121,10 +124,10 @@ for arch in llama qwen2moe; do
     for k in 0 1 2; do start_host "$arch-h$k" "$tmp/$arch-p1/host-$k.gguf" "tcp://127.0.0.1:${ports[$k]}"; done
     wait_serving "$arch-h0" "$arch-h1" "$arch-h2"
     H=$(hosts_of 127.0.0.1 "${ports[@]}")
-    run_model "$tmp/$arch-pack" "$tmp/$arch-p1" --hosts "$H"
+    run_model "$tmp/$arch-pack" "$tmp/$arch-p1" --hosts "$H" --plaintext
     same_as_embedded "$arch-pack" "$arch-embedded"
     grep -q "experts on 3 hosts (wire f32)" "$tmp/$arch-pack.err" || fail "summary: $(cat "$tmp/$arch-pack.err")"
-    run_model "$tmp/$arch-full" "$tmp/$arch.gguf" --hosts "$H"   # a full model: its experts unused
+    run_model "$tmp/$arch-full" "$tmp/$arch.gguf" --hosts "$H" --plaintext   # a full model: its experts unused
     same_as_embedded "$arch-full" "$arch-embedded"
     # bf16 halves the bytes and rounds each activation and partial sum to 8
     # significant bits (relative error <= 2^-9); through two layers of these
@@ -132,7 +135,7 @@ for arch in llama qwen2moe; do
     # a greedy choice flips the two runs continue from different text, so only
     # the rows up to the first flip are compared. The bound (5% of the largest
     # logit) only catches a broken conversion.
-    run_model "$tmp/$arch-bf16" "$tmp/$arch-p1" --hosts "$H" --wire bf16
+    run_model "$tmp/$arch-bf16" "$tmp/$arch-p1" --hosts "$H" --wire bf16 --plaintext
     read -r diff mag rows < <(prefix_diff "$tmp/$arch-bf16.npy" "$tmp/$arch-embedded.npy")
     echo "$arch-bf16: max logit difference to embedded $diff (largest |logit| $mag; $rows)"
     "$PY" -c "import sys; sys.exit(0 if float('$diff') <= 0.05 * float('$mag') else 1)" \
@@ -145,9 +148,9 @@ done
 read -r -a ports < <(free_ports 3)
 for k in 0 1 2; do start_host "q2-h$k" "$tmp/q-p2/host-$k.gguf" "tcp://127.0.0.1:${ports[$k]}"; done
 wait_serving q2-h0 q2-h1 q2-h2
-run_model "$tmp/q2-all" "$tmp/q-p2" --hosts "$(hosts_of 127.0.0.1 "${ports[@]}")"
+run_model "$tmp/q2-all" "$tmp/q-p2" --hosts "$(hosts_of 127.0.0.1 "${ports[@]}")" --plaintext
 same_as_embedded q2-all qwen2moe-embedded
-run_model "$tmp/q2-two" "$tmp/q-p2" --hosts "$(hosts_of 127.0.0.1 "${ports[1]}" "${ports[2]}")"
+run_model "$tmp/q2-two" "$tmp/q-p2" --hosts "$(hosts_of 127.0.0.1 "${ports[1]}" "${ports[2]}")" --plaintext
 same_as_embedded q2-two qwen2moe-embedded
 stop_hosts
 
@@ -156,7 +159,7 @@ set +e
 read -r -a ports < <(free_ports 3)
 start=$(date +%s)
 timeout "$RUN_TIMEOUT" "$BIN/moeshard" run --model "$tmp/qwen2moe-p1" --hosts "tcp://127.0.0.1:${ports[0]}" \
-    --deadline-ms 2000 -p "x" -n 4 >/dev/null 2>"$tmp/dead.err"
+    --plaintext --deadline-ms 2000 -p "x" -n 4 >/dev/null 2>"$tmp/dead.err"
 rc=$?
 elapsed=$(($(date +%s) - start))
 [ $rc -eq 1 ] && grep -q "no Hello reply within 2000 ms from tcp://127.0.0.1:${ports[0]}" "$tmp/dead.err" \
@@ -166,7 +169,7 @@ elapsed=$(($(date +%s) - start))
 for k in 0 1; do start_host "miss-h$k" "$tmp/qwen2moe-p1/host-$k.gguf" "tcp://127.0.0.1:${ports[$k]}"; done
 wait_serving miss-h0 miss-h1
 timeout "$RUN_TIMEOUT" "$BIN/moeshard" run --model "$tmp/qwen2moe-p1" \
-    --hosts "$(hosts_of 127.0.0.1 "${ports[@]}")" --deadline-ms 2000 -p "x" -n 4 >/dev/null 2>"$tmp/miss.err"
+    --hosts "$(hosts_of 127.0.0.1 "${ports[@]}")" --plaintext --deadline-ms 2000 -p "x" -n 4 >/dev/null 2>"$tmp/miss.err"
 rc=$?
 [ $rc -eq 1 ] || fail "host-2 not started: rc $rc: $(cat "$tmp/miss.err")"
 grep -q "no Hello reply within 2000 ms from tcp://127.0.0.1:${ports[2]} .*; without it, no live host holds" \
@@ -176,7 +179,7 @@ stop_hosts
 for k in 0 1; do start_host "miss2-h$k" "$tmp/qwen2moe-p1/host-$k.gguf" "tcp://127.0.0.1:${ports[$k]}"; done
 wait_serving miss2-h0 miss2-h1
 timeout "$RUN_TIMEOUT" "$BIN/moeshard" run --model "$tmp/qwen2moe-p1" \
-    --hosts "$(hosts_of 127.0.0.1 "${ports[0]}" "${ports[1]}")" -p "x" -n 4 >/dev/null 2>"$tmp/miss2.err"
+    --hosts "$(hosts_of 127.0.0.1 "${ports[0]}" "${ports[1]}")" --plaintext -p "x" -n 4 >/dev/null 2>"$tmp/miss2.err"
 rc=$?
 set -e
 [ $rc -eq 1 ] || fail "two of three hosts: rc $rc: $(cat "$tmp/miss2.err")"
@@ -216,6 +219,12 @@ fi
 netns+=("${tag}c")
 ip -n "${tag}c" link set lo up
 read -r -a ports < <(free_ports 3)
+# beyond loopback plaintext is refused: the hosts and the coordinator use CURVE keys
+"$BIN/moeshard" keygen --out "$tmp/coord" >/dev/null && "$BIN/moeshard" keygen --out "$tmp/host" >/dev/null \
+    || fail "keygen"
+grep -v '^#' "$tmp/coord.pub" >"$tmp/coord.allow"
+host_sec=(--key "$tmp/host.key" --allow "$tmp/coord.allow")
+: >"$tmp/hosts.keys"
 H=""
 for k in 0 1 2; do
     ns="${tag}h$k"
@@ -229,10 +238,11 @@ for k in 0 1 2; do
     ip -n "$ns" link set lo up
     start_host "ns-h$k" "$tmp/qwen2moe-p1/host-$k.gguf" "tcp://192.0.2.$((4 * k + 2)):${ports[$k]}" "$ns"
     H+="${H:+,}tcp://192.0.2.$((4 * k + 2)):${ports[$k]}"
+    echo "tcp://192.0.2.$((4 * k + 2)):${ports[$k]} $(grep -v '^#' "$tmp/host.pub")" >>"$tmp/hosts.keys"
 done
 wait_serving ns-h0 ns-h1 ns-h2
 ip netns exec "${tag}c" timeout "$RUN_TIMEOUT" "$BIN/moeshard" run --model "$tmp/qwen2moe-p1" --hosts "$H" \
-    -p "$PROMPT" -n 64 --temp 0 --dump-logits "$tmp/ns.npy" >"$tmp/ns.txt" 2>"$tmp/ns.err" \
+    --key "$tmp/coord.key" --host-keys "$tmp/hosts.keys" -p "$PROMPT" -n 64 --temp 0 --dump-logits "$tmp/ns.npy" >"$tmp/ns.txt" 2>"$tmp/ns.err" \
     || fail "run across namespaces: $(cat "$tmp/ns.err")"
 same_as_embedded ns qwen2moe-embedded
 echo "network namespaces: ok"

@@ -14,7 +14,7 @@ fail() { echo "FAIL: $*" >&2; [ -f "$tmp/log" ] && cat "$tmp/log" >&2; exit 1; }
     --heads 8 --kv-heads 2 --out "$tmp/m.gguf" 2>/dev/null
 file_mib=$(( $(stat -c %s "$tmp/m.gguf") / 1048576 ))
 port=$((30000 + RANDOM % 20000))
-"$BIN/expertd" --listen "tcp://127.0.0.1:$port" --model "$tmp/m.gguf" --experts 0-1 --threads 2 2>"$tmp/log" &
+"$BIN/expertd" --listen "tcp://127.0.0.1:$port" --model "$tmp/m.gguf" --experts 0-1 --threads 2 --plaintext 2>"$tmp/log" &
 pid=$!
 for ((i = 0; i < 150; i++)); do
     grep -q "serving " "$tmp/log" && break

@@ -34,7 +34,7 @@ start_serve() {
     for attempt in 1 2 3; do
         ZP=$(free_port); HP=$(free_port)
         U="http://127.0.0.1:$HP"
-        "$BIN/moeshard" serve --model "$M" --listen "tcp://127.0.0.1:$ZP" --http "127.0.0.1:$HP" --threads 2 \
+        "$BIN/moeshard" serve --plaintext --model "$M" --listen "tcp://127.0.0.1:$ZP" --http "127.0.0.1:$HP" --threads 2 \
             --name tiny >"$tmp/serve.log" 2>&1 &
         pid=$!
         for _ in $(seq 300); do

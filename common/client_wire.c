@@ -147,6 +147,7 @@ int ms_cw_encode_status(uint64_t request_id, const ms_cw_status_t *st, void *buf
         hs[i].bytes_sent = h->bytes_sent;
         hs[i].bytes_received = h->bytes_received;
         hs[i].batches = h->batches;
+        hs[i].state = (char *)h->state;
         hp[i] = &hs[i];
     }
     Moeshard__Envelope env;
@@ -156,6 +157,9 @@ int ms_cw_encode_status(uint64_t request_id, const ms_cw_status_t *st, void *buf
     m.model = (char *)st->model;
     m.arch = (char *)st->arch;
     m.uptime_ms = st->uptime_ms;
+    m.epoch = st->epoch;
+    m.hosts_down = st->hosts_down;
+    m.failover_slots = st->failover_slots;
     m.active = st->active;
     m.queued = st->queued;
     m.requests_done = st->requests_done;
@@ -250,7 +254,8 @@ static int decode_host(ms_cw_host_t *h, const Moeshard__HostStatus *p, ms_err_t 
     *h = (ms_cw_host_t){ .slices_held = p->slices_held, .memory_bytes = p->memory_bytes,
                          .last_reply_age_ms = p->last_reply_age_ms, .rtt_ms_mean = p->rtt_ms_mean,
                          .bytes_sent = p->bytes_sent, .bytes_received = p->bytes_received, .batches = p->batches };
-    return copy_str(h->endpoint, sizeof(h->endpoint), p->endpoint, "HostStatus.endpoint", err);
+    int rc = copy_str(h->state, sizeof(h->state), p->state, "HostStatus.state", err);
+    return rc ? rc : copy_str(h->endpoint, sizeof(h->endpoint), p->endpoint, "HostStatus.endpoint", err);
 }
 
 static int decode_status(ms_cw_msg_t *msg, const Moeshard__StatusReply *s, ms_err_t *err)
@@ -264,7 +269,8 @@ static int decode_status(ms_cw_msg_t *msg, const Moeshard__StatusReply *s, ms_er
                             .n_seq_max = s->n_seq_max, .requests_done = s->requests_done,
                             .tokens_generated = s->tokens_generated, .prompt_tokens = s->prompt_tokens,
                             .decode_tok_s = s->decode_tok_s, .prefill_tok_s = s->prefill_tok_s,
-                            .wire = dtype_ms(s->wire) };
+                            .wire = dtype_ms(s->wire), .epoch = s->epoch, .hosts_down = s->hosts_down,
+                            .failover_slots = s->failover_slots };
     int rc = copy_str(st->model, sizeof(st->model), s->model, "StatusReply.model", err);
     rc = rc ? rc : copy_str(st->arch, sizeof(st->arch), s->arch, "StatusReply.arch", err);
     rc = rc ? rc : copy_str(st->chat_family, sizeof(st->chat_family), s->chat_template_family,
@@ -295,6 +301,13 @@ static int decode_kind(ms_cw_msg_t *msg, const Moeshard__Envelope *env, ms_err_t
     case MOESHARD__ENVELOPE__KIND_STATUS_QUERY: msg->kind = MS_CW_STATUS_QUERY; return 0;
     case MOESHARD__ENVELOPE__KIND_STATUS: msg->kind = MS_CW_STATUS; return decode_status(msg, env->status, err);
     case MOESHARD__ENVELOPE__KIND_ERROR: msg->kind = MS_CW_ERROR; return decode_error(msg, env->error, err);
+    case MOESHARD__ENVELOPE__KIND_HELLO:
+        msg->kind = MS_CW_JOIN;
+        if (!env->hello->endpoint || !env->hello->endpoint[0]) {
+            ms_err_set(err, "a Hello sent to a coordinator must name the host's endpoint (expertd --join)");
+            return -EPROTO;
+        }
+        return copy_str(msg->join_endpoint, sizeof(msg->join_endpoint), env->hello->endpoint, "Hello.endpoint", err);
     default:
         ms_err_set(err, "envelope carries no client message (kind %d)", (int)env->kind_case);
         return -EPROTO;

@@ -18,6 +18,7 @@
 #define MS_CW_NAME_BYTES_MAX   255                    /* model name, endpoint, kernels name */
 #define MS_CW_REASON_BYTES_MAX 31
 #define MS_CW_FAMILY_BYTES_MAX 31                     /* a chat template family name */
+#define MS_CW_STATE_BYTES_MAX 15
 
 _Static_assert(MS_CW_PROMPT_BYTES_MAX + 4096 <= MS_WIRE_HEADER_BYTES_MAX, "a Generate fits the header bound");
 _Static_assert((uint64_t)MS_HOSTS_MAX * (MS_CW_NAME_BYTES_MAX + 96) + 4096 <= MS_WIRE_HEADER_BYTES_MAX,
@@ -30,6 +31,7 @@ typedef enum {
     MS_CW_STATUS_QUERY,
     MS_CW_STATUS,
     MS_CW_ERROR,
+    MS_CW_JOIN,        /* an expert host's Hello naming its endpoint: it asks to join */
     MS_CW_KIND_COUNT
 } ms_cw_kind_t;
 
@@ -73,6 +75,7 @@ typedef struct {
     int64_t last_reply_age_ms; /* -1: none yet */
     double rtt_ms_mean;
     uint64_t bytes_sent, bytes_received, batches;
+    char state[MS_CW_STATE_BYTES_MAX + 1]; /* "up", "down", "loading" */
 } ms_cw_host_t;
 
 typedef struct {
@@ -87,6 +90,9 @@ typedef struct {
      * it has none or one not recognised; a newer server may name a family
      * this side does not know, so readers check it */
     char chat_family[MS_CW_FAMILY_BYTES_MAX + 1];
+    uint64_t epoch;          /* placement epoch of the expert hosts */
+    uint32_t hosts_down;
+    uint64_t failover_slots;
     uint32_t n_hosts;
     ms_cw_host_t *hosts;  /* [n_hosts]; decoded: owned by the message */
 } ms_cw_status_t;
@@ -99,6 +105,7 @@ typedef struct {
     ms_cw_event_t ev;
     ms_cw_status_t status;
     ms_wire_error_t error;
+    char join_endpoint[MS_WIRE_ENDPOINT_BYTES_MAX + 1];
     char *prompt_buf;     /* owned storage behind gen.prompt */
 } ms_cw_msg_t;
 

@@ -47,6 +47,7 @@
 #define MS_WIRE_ID_BYTES_MAX    255          /* a ZeroMQ routing id */
 #define MS_WIRE_ERROR_BYTES_MAX 480          /* the text of an Error reply */
 #define MS_WIRE_SOURCE_BYTES_MAX 4096        /* a file name in Load */
+#define MS_WIRE_ENDPOINT_BYTES_MAX 255       /* a joining host's endpoint in Hello */
 #define MS_WIRE_SLICES_MAX      (MS_LAYERS_MAX * MS_EXPERTS_MAX) /* (layer, expert) pairs in a Hello */
 
 _Static_assert(MS_TOPK_MAX <= MS_EXPERTS_MAX, "top-k cannot exceed the expert count");

@@ -254,6 +254,13 @@ static int decode_hello(ms_wire_msg_t *msg, const Moeshard__Hello *h, ms_err_t *
                    h->n_layer, h->hidden, h->n_expert);
         return -EPROTO;
     }
+    size_t elen = h->endpoint ? strlen(h->endpoint) : 0;
+    if (elen > MS_WIRE_ENDPOINT_BYTES_MAX) {
+        ms_err_set(err, "Hello: endpoint of %zu bytes (at most %d)", elen, MS_WIRE_ENDPOINT_BYTES_MAX);
+        return -EPROTO;
+    }
+    memcpy(o->endpoint, elen ? h->endpoint : "", elen + 1);
+    o->capacity_bytes = h->capacity_bytes;
     int rc = decode_slices(h->n_held_layer, h->held_layer, h->n_held_expert, h->held_expert, msg->store->held,
                            &o->n_held, "held", err);
     if (rc)
@@ -564,7 +571,8 @@ static int split_slices(const ms_wire_slice_t *s, uint32_t n, int32_t **ret_l, i
 
 static int check_hello(const ms_wire_hello_t *o, ms_err_t *err)
 {
-    if (o->n_held > MS_WIRE_SLICES_MAX || o->n_failed > MS_WIRE_SLICES_MAX || o->host_id < -1) {
+    if (o->n_held > MS_WIRE_SLICES_MAX || o->n_failed > MS_WIRE_SLICES_MAX || o->host_id < -1 ||
+        !memchr(o->endpoint, '\0', sizeof(o->endpoint))) {
         ms_err_set(err, "Hello: %u held, %u failed slices or host %d out of range", o->n_held, o->n_failed,
                    o->host_id);
         return -EINVAL;
@@ -585,6 +593,8 @@ int ms_wire_encode_hello(const ms_wire_head_t *h, const ms_wire_hello_t *o, void
     pb.n_layer = o->n_layer;
     pb.hidden = o->hidden;
     pb.n_expert = o->n_expert;
+    pb.endpoint = (char *)(o->endpoint[0] ? o->endpoint : "");
+    pb.capacity_bytes = o->capacity_bytes;
     pb.n_held_layer = pb.n_held_expert = o->n_held;
     pb.n_failed_layer = pb.n_failed_expert = o->n_failed;
     rc = split_slices(o->held, o->n_held, &pb.held_layer, &pb.held_expert);

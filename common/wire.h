@@ -70,7 +70,12 @@ typedef struct {
     uint32_t n_held, n_failed;
     const ms_wire_slice_t *held;   /* [n_held] */
     const ms_wire_slice_t *failed; /* [n_failed]: assigned but refused (digest mismatch) */
+    char endpoint[MS_WIRE_ENDPOINT_BYTES_MAX + 1]; /* a joining host's own endpoint; "" otherwise */
+    uint64_t capacity_bytes;       /* bytes of slices it may hold; 0: not stated */
 } ms_wire_hello_t;
+
+/* The Load source that names the host's own model file (the only one expertd reads). */
+#define MS_WIRE_SOURCE_LOCAL "local"
 
 /* Load (source set) or Unload (source empty) of experts of one layer. */
 typedef struct {

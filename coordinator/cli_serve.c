@@ -12,15 +12,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <systemd/sd-daemon.h>
-
 #include "backend.h"
 #include "cli.h"
+#include "curve.h"
 #include "http.h"
 #include "kernels.h"
 #include "limits.h"
 #include "log.h"
 #include "model.h"
+#include "notify.h"
 #include "pool.h"
 #include "sched.h"
 #include "serve.h"
@@ -36,9 +36,12 @@
 
 typedef struct {
     const char *model_path, *hosts, *listen, *http, *config, *name;
-    int64_t threads, seqs, ctx, batch, queue, deadline_ms;
+    int64_t threads, seqs, ctx, batch, queue, deadline_ms, replicas, heartbeat_ms;
     ms_wire_dtype_t wire;
-    bool wire_set, queue_set;
+    bool wire_set, queue_set, replicas_set;
+    const char *key, *allow, *host_keys;                   /* CURVE (docs/security.md) */
+    const char *http_api_key, *http_tls_cert, *http_tls_key;
+    bool plaintext, http_insecure;
 } serve_opts_t;
 
 static void serve_help(void)
@@ -60,13 +63,30 @@ static void serve_help(void)
            "      --queue N           requests waiting for a free sequence before new ones are refused (default %d)\n"
            "      --wire f32|bf16|f16 activations on the wire with --hosts (default f32: exact)\n"
            "      --deadline-ms N     with --hosts: wait at most N ms for a host's reply (default %d)\n"
+           "      --replicas R        with --hosts and a full GGUF: place R copies of every expert slice on\n"
+           "                          distinct hosts, which load them from their own copy of the model\n"
+           "                          (expertd --experts none); 0 serves what the hosts hold (default 1)\n"
+           "      --heartbeat-ms N    with --hosts: idle heartbeat period; a host that misses %d is marked\n"
+           "                          down and its work goes to replicas (default %d)\n"
+           "      --key FILE          this coordinator's CURVE key pair ('moeshard keygen'): encrypts the\n"
+           "                          client endpoint and authenticates it to the expert hosts\n"
+           "      --allow FILE        client public keys admitted on --listen, one per line\n"
+           "      --host-keys FILE    with --hosts: 'ENDPOINT KEY' lines, each host's public key\n"
+           "      --plaintext         no encryption: accepted only when --listen and every host are loopback\n"
+           "      --http-api-key FILE require 'Authorization: Bearer KEY' on the HTTP API, KEY read from FILE\n"
+           "      --http-tls-cert FILE  serve HTTPS with this PEM certificate chain ...\n"
+           "      --http-tls-key FILE   ... and its PEM private key (mode 0600)\n"
+           "      --http-insecure     allow plain HTTP on an address beyond loopback\n"
            "  -v, --verbose           more log lines\n"
            "  -h, --help              this help\n",
            ms_pool_default_threads(), SERVE_SEQS_DEFAULT, SERVE_CTX_DEFAULT, SERVE_BATCH_DEFAULT,
-           MS_BATCH_TOKENS_MAX, SERVE_QUEUE_DEFAULT, MS_BACKEND_NET_DEADLINE_MS_DEFAULT);
+           MS_BATCH_TOKENS_MAX, SERVE_QUEUE_DEFAULT, MS_BACKEND_NET_DEADLINE_MS_DEFAULT, MS_BACKEND_NET_MISSED_MAX,
+           MS_BACKEND_NET_HEARTBEAT_MS_DEFAULT);
 }
 
-enum { OPT_HTTP = 1000, OPT_CONFIG, OPT_SEQS, OPT_QUEUE, OPT_WIRE, OPT_DEADLINE, OPT_NAME };
+enum { OPT_HTTP = 1000, OPT_CONFIG, OPT_SEQS, OPT_QUEUE, OPT_WIRE, OPT_DEADLINE, OPT_NAME, OPT_REPLICAS,
+       OPT_HEARTBEAT, OPT_KEY, OPT_ALLOW, OPT_HOST_KEYS, OPT_PLAINTEXT, OPT_API_KEY, OPT_TLS_CERT, OPT_TLS_KEY,
+       OPT_INSECURE };
 
 static const struct option longopts[] = {
     { "model", required_argument, 0, 'm' },   { "hosts", required_argument, 0, 'H' },
@@ -76,12 +96,51 @@ static const struct option longopts[] = {
     { "batch", required_argument, 0, 'b' },   { "queue", required_argument, 0, OPT_QUEUE },
     { "wire", required_argument, 0, OPT_WIRE }, { "deadline-ms", required_argument, 0, OPT_DEADLINE },
     { "name", required_argument, 0, OPT_NAME }, { "verbose", no_argument, 0, 'v' },
+    { "replicas", required_argument, 0, OPT_REPLICAS }, { "heartbeat-ms", required_argument, 0, OPT_HEARTBEAT },
+    { "key", required_argument, 0, OPT_KEY }, { "allow", required_argument, 0, OPT_ALLOW },
+    { "host-keys", required_argument, 0, OPT_HOST_KEYS }, { "plaintext", no_argument, 0, OPT_PLAINTEXT },
+    { "http-api-key", required_argument, 0, OPT_API_KEY }, { "http-tls-cert", required_argument, 0, OPT_TLS_CERT },
+    { "http-tls-key", required_argument, 0, OPT_TLS_KEY }, { "http-insecure", no_argument, 0, OPT_INSECURE },
     { "help", no_argument, 0, 'h' },          { 0, 0, 0, 0 },
 };
+
+/* A flag: bare on the command line; "true"/"false" (or absent) in the config file. */
+static bool apply_flag(const char *opt, const char *arg, bool *dst)
+{
+    if (!arg || !strcmp(arg, "true") || !strcmp(arg, "yes") || !strcmp(arg, "1"))
+        *dst = true;
+    else if (!strcmp(arg, "false") || !strcmp(arg, "no") || !strcmp(arg, "0"))
+        *dst = false;
+    else {
+        coord_usage_error(CMD, "%s expects true or false, not '%s'", opt, arg);
+        return false;
+    }
+    return true;
+}
+
+/* The security options; false when c is not one of them. */
+static bool apply_security_opt(int c, const char *arg, serve_opts_t *o, bool *ok)
+{
+    *ok = true;
+    switch (c) {
+    case OPT_KEY: o->key = arg; return true;
+    case OPT_ALLOW: o->allow = arg; return true;
+    case OPT_HOST_KEYS: o->host_keys = arg; return true;
+    case OPT_API_KEY: o->http_api_key = arg; return true;
+    case OPT_TLS_CERT: o->http_tls_cert = arg; return true;
+    case OPT_TLS_KEY: o->http_tls_key = arg; return true;
+    case OPT_PLAINTEXT: *ok = apply_flag("plaintext", arg, &o->plaintext); return true;
+    case OPT_INSECURE: *ok = apply_flag("http-insecure", arg, &o->http_insecure); return true;
+    default: return false;
+    }
+}
 
 /* One option; false after printing a usage error. */
 static bool apply_opt(int c, const char *arg, serve_opts_t *o)
 {
+    bool ok;
+    if (apply_security_opt(c, arg, o, &ok))
+        return ok;
     switch (c) {
     case 'm': o->model_path = arg; return true;
     case 'H': o->hosts = arg; return true;
@@ -96,13 +155,25 @@ static bool apply_opt(int c, const char *arg, serve_opts_t *o)
     case OPT_QUEUE: o->queue_set = true; return coord_parse_i64(CMD, "--queue", arg, 0, MS_SCHED_QUEUE_MAX, &o->queue);
     case OPT_DEADLINE:
         return coord_parse_i64(CMD, "--deadline-ms", arg, 1, MS_BACKEND_NET_DEADLINE_MS_MAX, &o->deadline_ms);
+    case OPT_REPLICAS:
+        o->replicas_set = true;
+        return coord_parse_i64(CMD, "--replicas", arg, 0, MS_HOSTS_MAX, &o->replicas);
+    case OPT_HEARTBEAT:
+        return coord_parse_i64(CMD, "--heartbeat-ms", arg, MS_BACKEND_NET_HEARTBEAT_MS_MIN,
+                               MS_BACKEND_NET_HEARTBEAT_MS_MAX, &o->heartbeat_ms);
     case OPT_WIRE:
         o->wire_set = true;
         if (ms_wire_dtype_parse(arg, &o->wire) == 0)
             return true;
         coord_usage_error(CMD, "--wire expects f32, bf16 or f16, not '%s'", arg);
         return false;
-    case 'v': ms_log_set_level(MS_LOG_DEBUG); return true;
+    case 'v': { /* a flag: also "verbose = false" in a config file */
+        bool v = false;
+        if (!apply_flag("verbose", arg, &v))
+            return false;
+        ms_log_set_level(v ? MS_LOG_DEBUG : MS_LOG_INFO);
+        return true;
+    }
     default: return false;
     }
 }
@@ -217,8 +288,8 @@ static int parse_opts(int argc, char **argv, serve_opts_t *o, char **ret_config_
         coord_usage_error(CMD, "--model and --listen are required");
         return COORD_EXIT_USAGE;
     }
-    if (!o->hosts && (o->wire_set || o->deadline_ms)) {
-        coord_usage_error(CMD, "--wire and --deadline-ms apply only with --hosts");
+    if (!o->hosts && (o->wire_set || o->deadline_ms || o->replicas_set || o->heartbeat_ms)) {
+        coord_usage_error(CMD, "--wire, --deadline-ms, --replicas and --heartbeat-ms apply only with --hosts");
         return COORD_EXIT_USAGE;
     }
     return -1;
@@ -238,6 +309,10 @@ typedef struct {
     coord_server_t *server;
     coord_http_t *http;
     int sig_fd;
+    ms_curve_keypair_t kp;          /* with --key */
+    ms_curve_allow_t *allow;
+    ms_curve_hostkeys_t *host_keys;
+    char *api_key, *tls_cert, *tls_key;
 } serve_t;
 
 static void serve_release(serve_t *d)
@@ -257,6 +332,16 @@ static void serve_release(serve_t *d)
     free(d->hosts_buf);
     free(d->hosts);
     free(d->dense_path);
+    ms_curve_allow_destroy(&d->allow);
+    ms_curve_hostkeys_destroy(&d->host_keys);
+    if (d->api_key)
+        explicit_bzero(d->api_key, strlen(d->api_key));
+    if (d->tls_key)
+        explicit_bzero(d->tls_key, strlen(d->tls_key));
+    free(d->api_key);
+    free(d->tls_key);
+    free(d->tls_cert);
+    explicit_bzero(&d->kp, sizeof(d->kp));
 }
 
 static int split_hosts(serve_t *d)
@@ -318,11 +403,27 @@ static int make_backend(serve_t *d, int n_batch, ms_err_t *err)
         return rc;
     }
     ms_backend_net_params_t p = ms_backend_net_defaults();
+    p.stop_fd = d->sig_fd; /* SIGTERM while hosts load their slices */
     p.wire = d->o.wire;
     if (d->o.deadline_ms)
         p.deadline_ms = (int32_t)d->o.deadline_ms;
     p.max_tokens = n_batch;
     p.pool = d->pool;
+    if (d->o.heartbeat_ms)
+        p.heartbeat_ms = (int32_t)d->o.heartbeat_ms;
+    /* a full GGUF: the coordinator places the slices; a pack: its plan did */
+    p.replicas = d->dense_path ? 0 : d->o.replicas_set ? (int32_t)d->o.replicas : 1;
+    if (p.replicas > d->n_hosts) {
+        ms_err_set(err, "--replicas %d exceeds the %d hosts of --hosts", p.replicas, d->n_hosts);
+        return -EINVAL;
+    }
+    if (d->dense_path && d->o.replicas_set && d->o.replicas) {
+        ms_err_set(err, "--replicas applies to a full GGUF; the pack %s already placed its slices (moeshard pack --replicas)",
+                   d->o.model_path);
+        return -EINVAL;
+    }
+    p.curve_key = d->o.key ? &d->kp : NULL;
+    p.host_keys = d->host_keys;
     return ms_backend_net_new(d->model, d->hosts, d->n_hosts, &p, &d->backend, err);
 }
 
@@ -363,7 +464,8 @@ static void http_host_metrics(void *ctx, char *buf, size_t cap)
     const serve_t *d = ctx;
     size_t len = 0;
     buf[0] = '\0';
-    for (int h = 0; h < d->n_hosts && len < cap; h++) {
+    int n_hosts = d->n_hosts ? ms_backend_net_n_hosts(d->backend) : 0; /* with those that joined */
+    for (int h = 0; h < n_hosts && len < cap; h++) {
         ms_backend_net_host_stats_t hs;
         if (ms_backend_net_host_stats(d->backend, h, &hs))
             continue;
@@ -385,7 +487,8 @@ static void http_host_metrics(void *ctx, char *buf, size_t cap)
 static int start_http(serve_t *d, ms_err_t *err)
 {
     /* the scheduler's context, not the model's: requests without max_tokens fill it */
-    coord_http_params_t hp = { .n_ctx = serve_ctx(d) };
+    coord_http_params_t hp = { .n_ctx = serve_ctx(d), .api_key = d->api_key, .tls_cert_pem = d->tls_cert,
+                               .tls_key_pem = d->tls_key, .insecure = d->o.http_insecure };
     int rc = coord_http_start(d->sched, d->model, d->tok, model_name(d), d->o.http, &hp, &d->http, err);
     if (!rc && d->n_hosts)
         coord_http_set_stats_fn(d->http, http_host_metrics, d);
@@ -396,6 +499,7 @@ static int start_http(serve_t *d, ms_err_t *err)
 
 static int setup(serve_t *d, ms_err_t *err)
 {
+    ms_notify_status("loading %s", d->o.model_path);
     int rc = load_model(d, err);
     rc = rc ? rc : ms_tokenizer_new_from_gguf(d->model->gguf, &d->tok, err);
     if (rc)
@@ -407,6 +511,8 @@ static int setup(serve_t *d, ms_err_t *err)
         return rc;
     }
     int n_batch = (int)(d->o.batch ? d->o.batch : SERVE_BATCH_DEFAULT);
+    if (d->n_hosts)
+        ms_notify_status("waiting for %d expert hosts to answer", d->n_hosts);
     rc = make_backend(d, n_batch, err);
     rc = rc ? rc : make_sched(d, n_batch, err);
     if (rc)
@@ -414,7 +520,8 @@ static int setup(serve_t *d, ms_err_t *err)
     coord_server_params_t sp = { .listen = d->o.listen, .model_name = model_name(d), .m = d->model,
                                  .sched = d->sched, .backend = d->backend, .n_hosts = d->n_hosts,
                                  .wire = d->o.wire, .n_seq_max = (int32_t)(d->o.seqs ? d->o.seqs : SERVE_SEQS_DEFAULT),
-                                 .sig_fd = d->sig_fd };
+                                 .sig_fd = d->sig_fd, .curve_key = d->o.key ? &d->kp : NULL,
+                                 .curve_allow = d->allow };
     rc = coord_server_new(&sp, &d->server, err);
     return rc ? rc : d->o.http ? start_http(d, err) : 0;
 }
@@ -433,6 +540,115 @@ static int block_signals(void)
     return fd < 0 ? -errno : fd;
 }
 
+/* ------------------------------------------------------------ security */
+
+/* The combinations of security options that make sense; false after a usage error. */
+static bool security_usage(const serve_opts_t *o)
+{
+    bool keys = o->key || o->allow || o->host_keys;
+    const char *msg = NULL;
+    if (keys && o->plaintext)
+        msg = "--plaintext and --key/--allow/--host-keys exclude each other";
+    else if (keys && (!o->key || !o->allow))
+        msg = "--key and --allow go together: this coordinator's key pair and the client keys it admits";
+    else if (o->host_keys && !o->hosts)
+        msg = "--host-keys applies only with --hosts";
+    else if (keys && o->hosts && !o->host_keys)
+        msg = "--hosts with --key needs --host-keys FILE: 'ENDPOINT KEY' lines with each host's public key";
+    else if (!o->http && (o->http_api_key || o->http_tls_cert || o->http_tls_key || o->http_insecure))
+        msg = "--http-api-key, --http-tls-cert, --http-tls-key and --http-insecure apply only with --http";
+    else if (!o->http_tls_cert != !o->http_tls_key)
+        msg = "--http-tls-cert and --http-tls-key go together";
+    if (msg) {
+        coord_usage_error(CMD, "%s", msg);
+        return false;
+    }
+    if (!keys && !o->plaintext) {
+        fprintf(stderr, "moeshard serve: no keys: make a key pair with 'moeshard keygen --out NAME' and pass "
+                        "--key NAME.key --allow CLIENTS (their .pub keys, one per line)%s; or --plaintext when "
+                        "--listen%s are loopback (docs/security.md)\n",
+                o->hosts ? " --host-keys HOSTS" : "", o->hosts ? " and every host" : "");
+        return false;
+    }
+    return true;
+}
+
+/* The bearer token: one line of printable characters, from a private file. */
+static int read_api_key(const char *path, char **ret, ms_err_t *err)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = ms_curve_read_private(path, COORD_HTTP_API_KEY_BYTES_MAX + 2, &buf, &len, err);
+    if (rc)
+        return rc;
+    while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+        buf[--len] = '\0';
+    bool ok = len > 0 && len <= COORD_HTTP_API_KEY_BYTES_MAX;
+    for (size_t i = 0; i < len; i++)
+        ok = ok && buf[i] > ' ' && buf[i] < 0x7f;
+    if (!ok) {
+        ms_err_set(err, "%s: the API key must be one line of 1 to %d printable characters without spaces", path,
+                   COORD_HTTP_API_KEY_BYTES_MAX);
+        explicit_bzero(buf, len);
+        free(buf);
+        return -EINVAL;
+    }
+    *ret = buf;
+    return 0;
+}
+
+static int read_http_files(serve_t *d, ms_err_t *err)
+{
+    const serve_opts_t *o = &d->o;
+    int rc = o->http_api_key ? read_api_key(o->http_api_key, &d->api_key, err) : 0;
+    if (rc || !o->http_tls_cert)
+        return rc;
+    uint64_t len = 0;
+    rc = coord_read_file(o->http_tls_cert, COORD_HTTP_PEM_BYTES_MAX, &d->tls_cert, &len);
+    if (rc) {
+        d->tls_cert = NULL;
+        ms_err_set(err, "--http-tls-cert %s: %s", o->http_tls_cert, strerror(-rc));
+        return rc;
+    }
+    size_t klen = 0;
+    return ms_curve_read_private(o->http_tls_key, COORD_HTTP_PEM_BYTES_MAX, &d->tls_key, &klen, err);
+}
+
+/* Keys and secrets are read before the model, so a bad file fails at once. */
+static int read_security_files(serve_t *d, ms_err_t *err)
+{
+    const serve_opts_t *o = &d->o;
+    int rc = o->key ? ms_curve_keypair_load(o->key, &d->kp, err) : 0;
+    rc = rc ? rc : o->allow ? ms_curve_allow_load(o->allow, &d->allow, err) : 0;
+    rc = rc ? rc : o->host_keys ? ms_curve_hostkeys_load(o->host_keys, &d->host_keys, err) : 0;
+    rc = rc ? rc : read_http_files(d, err);
+    if (!rc && o->key)
+        ms_log_info("CURVE: public key %s; %zu client keys admitted (%s)", d->kp.pub, ms_curve_allow_count(d->allow),
+                    o->allow);
+    return rc;
+}
+
+/* -1 to go on, or the exit status. */
+static int serve_security(serve_t *d)
+{
+    if (!security_usage(&d->o))
+        return COORD_EXIT_USAGE;
+    ms_err_t err = { { 0 } };
+    if (d->o.plaintext && (ms_curve_plaintext_check(&d->o.listen, 1, &err) ||
+                           ms_curve_plaintext_check(d->hosts, d->n_hosts, &err))) {
+        fprintf(stderr, "moeshard serve: %s\n", err.msg);
+        return COORD_EXIT_USAGE;
+    }
+    if (d->o.plaintext)
+        ms_log_warn("plaintext: the client endpoint%s neither encrypted nor authenticated (loopback only)",
+                    d->n_hosts ? " and the links to the hosts are" : " is");
+    if (read_security_files(d, &err)) {
+        ms_log_error("%s", err.msg);
+        return COORD_EXIT_FAIL;
+    }
+    return -1;
+}
+
 int coord_cmd_serve(int argc, char **argv)
 {
     serve_t d = { .sig_fd = -1 };
@@ -446,6 +662,11 @@ int coord_cmd_serve(int argc, char **argv)
         serve_release(&d);
         return rc == -EINVAL ? COORD_EXIT_USAGE : COORD_EXIT_FAIL;
     }
+    st = serve_security(&d);
+    if (st >= 0) {
+        serve_release(&d);
+        return st;
+    }
     d.sig_fd = block_signals();
     ms_err_t err = { { 0 } };
     if (d.sig_fd < 0) {
@@ -456,6 +677,7 @@ int coord_cmd_serve(int argc, char **argv)
     rc = setup(&d, &err);
     if (rc) {
         ms_log_error("%s", err.msg[0] ? err.msg : strerror(-rc));
+        ms_notify_status("failed: %s", err.msg[0] ? err.msg : strerror(-rc));
         serve_release(&d);
         return COORD_EXIT_FAIL;
     }
@@ -463,9 +685,12 @@ int coord_cmd_serve(int argc, char **argv)
                 ms_arch_name(d.model->hp.arch), d.o.listen,
                 d.n_hosts ? "experts on hosts" : "experts in this process", ms_sched_threads(d.sched),
                 ms_sched_kernels_name(d.sched));
-    sd_notifyf(0, "READY=1\nSTATUS=serving on %s", d.o.listen);
+    char status[MS_NOTIFY_STATUS_BYTES_MAX];
+    snprintf(status, sizeof(status), "serving %s on %s, experts %s", model_name(&d), d.o.listen,
+             d.n_hosts ? "on hosts" : "in this process");
+    ms_notify_ready(status); /* the hosts answered Hello and the client socket is bound */
     int sig = coord_server_run(d.server);
-    sd_notify(0, "STOPPING=1");
+    ms_notify_stopping();
     ms_log_info("%s: stopping; requests in flight end with an error", sig > 0 ? strsignal(sig) : "error");
     serve_release(&d);
     return sig > 0 ? COORD_EXIT_OK : COORD_EXIT_FAIL;

@@ -56,6 +56,8 @@ struct ms_sched {
     const ms_model_t *m;
     const ms_tokenizer_t *tok;
     ms_expert_backend_t *backend;
+    bool hold_admission;        /* the backend waits for an idle moment to switch placement */
+    uint64_t steps;             /* model steps completed (under lock) */
     ms_sched_params_t p;
     ms_pool_t *pool, *own_pool;
     const ms_kernels_t *k;
@@ -179,6 +181,8 @@ static void slot_start(ms_sched_t *s, int32_t i, sched_req_t *r, double t)
 /* Under the lock: moves queued requests into free slots. */
 static void admit(ms_sched_t *s)
 {
+    if (s->hold_admission && s->n_active > 0)
+        return; /* the backend switches its placement once the requests in flight are done */
     double t = now_s();
     for (int32_t i = 0; i < s->p.n_seq_max && s->head; i++) {
         if (s->slots[i].r)
@@ -316,6 +320,7 @@ static void rate_add(ms_sched_t *s, double t, uint32_t gen, uint32_t prompt)
     s->rate_at = (s->rate_at + 1) % SCHED_RATE_RING;
     if (s->rate_n < SCHED_RATE_RING)
         s->rate_n++;
+    s->steps++;
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -353,7 +358,20 @@ static bool wait_work(ms_sched_t *s, bool *cancelled)
     pthread_mutex_lock(&s->lock);
     while (!s->stop && !s->head && s->n_active == 0) {
         ms_pool_set_spin(s->pool, 0); /* idle: no worker polls */
-        pthread_cond_wait(&s->cond, &s->lock);
+        if (!s->backend->tick) {
+            pthread_cond_wait(&s->cond, &s->lock);
+            continue;
+        }
+        /* the backend's housekeeping (heartbeats) runs on this thread, which owns it */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += MS_BACKEND_TICK_MS * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+        pthread_mutex_unlock(&s->lock);
+        s->hold_admission = s->backend->tick(s->backend, true) == 1;
+        pthread_mutex_lock(&s->lock);
     }
     bool go = !s->stop;
     sched_req_t *dropped = NULL;
@@ -395,6 +413,8 @@ static void *sched_main(void *arg)
             if (cancelled[i])
                 finish(s, i, "cancelled");
         step(s);
+        if (s->backend->tick) /* idle once nothing is decoding: a placement switch waits for that */
+            s->hold_admission = s->backend->tick(s->backend, s->n_active == 0) == 1;
     }
     drain(s);
     free(cancelled);
@@ -636,7 +656,8 @@ void ms_sched_stats(ms_sched_t *s, ms_sched_stats_t *ret)
     double t = now_s();
     pthread_mutex_lock(&s->lock);
     *ret = (ms_sched_stats_t){ .active = s->n_active, .queued = s->n_queued, .requests_done = s->requests_done,
-                               .tokens_generated = s->tokens_generated, .prompt_tokens = s->prompt_tokens };
+                               .tokens_generated = s->tokens_generated, .prompt_tokens = s->prompt_tokens,
+                               .steps = s->steps };
     uint64_t gen = 0, prompt = 0;
     double oldest = t;
     for (uint32_t j = 0; j < s->rate_n; j++) {

@@ -92,6 +92,7 @@ typedef struct {
     uint64_t requests_done, tokens_generated, prompt_tokens;
     double decode_tok_s; /* over the last few seconds */
     double prefill_tok_s;
+    uint64_t steps;      /* model steps completed: progress, for the watchdog */
 } ms_sched_stats_t;
 void ms_sched_stats(ms_sched_t *s, ms_sched_stats_t *ret);
 

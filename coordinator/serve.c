@@ -19,6 +19,7 @@
 #include "chat.h"
 #include "client_wire.h"
 #include "log.h"
+#include "notify.h"
 #include "wire_zmq.h"
 
 #define SERVE_EV_TEXT_MAX MS_CW_TEXT_BYTES_MAX
@@ -49,6 +50,7 @@ typedef struct {
 struct coord_server {
     coord_server_params_t p;
     void *zctx, *router, *push, *pull;
+    ms_curve_zap_t *zap;          /* admits the allowlisted clients; NULL in plaintext */
     char inproc[64];
     serve_req_t *reqs;            /* [n_reqs] */
     int n_reqs;
@@ -169,7 +171,7 @@ static void fill_summary(coord_server_t *s, const serve_req_t *r, const ms_gen_s
     snprintf(ev->kernels, sizeof(ev->kernels), "%s", ms_sched_kernels_name(s->p.sched));
     ev->threads = ms_sched_threads(s->p.sched);
     ev->seed = r->seed;
-    ev->n_hosts = s->p.n_hosts;
+    ev->n_hosts = s->p.n_hosts ? ms_backend_net_n_hosts(s->p.backend) : 0;
     ev->wire = s->p.wire;
     ev->net_bytes_decode = st->net_bytes_decode;
 }
@@ -271,6 +273,19 @@ static void on_cancel(coord_server_t *s, const unsigned char *route, size_t rout
     ms_log_info("request %" PRIu64 ": cancel requested by the client", r->sched_id);
 }
 
+/* An expert host asks to join (expertd --join); refusals are answered,
+ * acceptance is silent. On a CURVE link the key it authenticated with
+ * (ZAP's User-Id) is the key its endpoint is reached with. */
+static void on_join(coord_server_t *s, const unsigned char *route, size_t route_len, const char *user_id)
+{
+    ms_err_t err = { { 0 } };
+    int rc = ms_backend_net_join(s->p.backend, s->msg.join_endpoint, s->p.curve_key ? user_id : NULL, &err);
+    if (rc) {
+        ms_log_warn("expert host %s cannot join: %s", s->msg.join_endpoint, err.msg);
+        reply_error(s, route, route_len, s->msg.request_id, -rc, err.msg);
+    }
+}
+
 static void host_status(coord_server_t *s, int h, ms_cw_host_t *out)
 {
     ms_backend_net_host_stats_t hs = { 0 };
@@ -283,6 +298,7 @@ static void host_status(coord_server_t *s, int h, ms_cw_host_t *out)
                            .rtt_ms_mean = hs.rtt_ms_mean, .bytes_sent = hs.bytes_sent,
                            .bytes_received = hs.bytes_received, .batches = hs.replies };
     snprintf(out->endpoint, sizeof(out->endpoint), "%s", hs.endpoint ? hs.endpoint : "?");
+    snprintf(out->state, sizeof(out->state), "%s", hs.state ? hs.state : "?");
 }
 
 static void on_status(coord_server_t *s, const unsigned char *route, size_t route_len)
@@ -297,15 +313,23 @@ static void on_status(coord_server_t *s, const unsigned char *route, size_t rout
     snprintf(st.model, sizeof(st.model), "%s", s->p.model_name);
     snprintf(st.arch, sizeof(st.arch), "%s", ms_arch_name(s->p.m->hp.arch));
     snprintf(st.chat_family, sizeof(st.chat_family), "%s", s->chat_family);
-    ms_cw_host_t *hosts = s->p.n_hosts ? calloc((size_t)s->p.n_hosts, sizeof(*hosts)) : NULL;
-    if (s->p.n_hosts && !hosts) {
+    /* hosts may have joined since the start */
+    int n_hosts = s->p.n_hosts ? ms_backend_net_n_hosts(s->p.backend) : 0;
+    ms_cw_host_t *hosts = n_hosts > 0 ? calloc((size_t)n_hosts, sizeof(*hosts)) : NULL;
+    if (n_hosts > 0 && !hosts) {
         reply_error(s, route, route_len, s->msg.request_id, ENOMEM, "out of memory");
         return;
     }
-    for (int h = 0; h < s->p.n_hosts; h++)
+    for (int h = 0; h < n_hosts; h++)
         host_status(s, h, &hosts[h]);
     st.hosts = hosts;
-    st.n_hosts = (uint32_t)s->p.n_hosts;
+    st.n_hosts = n_hosts > 0 ? (uint32_t)n_hosts : 0;
+    ms_backend_net_stats_t ns;
+    if (s->p.n_hosts && ms_backend_net_stats(s->p.backend, &ns) == 0) {
+        st.epoch = ns.epoch;
+        st.hosts_down = ns.hosts_down;
+        st.failover_slots = ns.failover_slots;
+    }
     size_t len;
     if (ms_cw_encode_status(s->msg.request_id, &st, s->hdr, MS_WIRE_HEADER_BYTES_MAX, &len) == 0)
         send_to(s, route, route_len, len, NULL);
@@ -333,6 +357,8 @@ static void on_client(coord_server_t *s, ms_wire_rx_t *rx)
         on_cancel(s, route, route_len);
     else if (!rc && s->msg.kind == MS_CW_STATUS_QUERY)
         on_status(s, route, route_len);
+    else if (!rc && s->msg.kind == MS_CW_JOIN)
+        on_join(s, route, route_len, zmq_msg_gets(&rx->part[1], "User-Id"));
     else {
         if (!rc)
             snprintf(err.msg, sizeof(err.msg), "a coordinator takes Generate, Cancel and StatusQuery, not kind %d",
@@ -356,13 +382,58 @@ static void drain_clients(coord_server_t *s)
     }
 }
 
+/* The watchdog's view of the scheduler thread, sampled from this loop: a
+ * ping goes out only when a step finished or requests moved since the last
+ * one, or when nothing waits for the scheduler. A step stuck past WatchdogSec
+ * (a deadlock, a forward pass that never returns) or a hung client loop thus
+ * stops the pings, and systemd restarts the coordinator. */
+typedef struct {
+    ms_notify_pacer_t pacer;
+    ms_sched_stats_t last;
+    double t_sample;
+    bool moved, busy;
+} serve_wd_t;
+
+/* How often a busy scheduler is sampled between two pings. */
+#define SERVE_WD_SAMPLE_MS 2000
+
+static void wd_sample(coord_server_t *s, serve_wd_t *wd)
+{
+    ms_sched_stats_t st;
+    ms_sched_stats(s->p.sched, &st);
+    wd->busy = st.active || st.queued;
+    /* only the scheduler thread changes these: clients submitting is not progress */
+    wd->moved |= !wd->busy || st.steps != wd->last.steps || st.active != wd->last.active ||
+                 st.requests_done != wd->last.requests_done || st.prompt_tokens != wd->last.prompt_tokens;
+    wd->last = st;
+    wd->t_sample = now_s();
+}
+
+static void wd_tick(coord_server_t *s, serve_wd_t *wd)
+{
+    if (wd->pacer.period_us == 0)
+        return;
+    if ((now_s() - wd->t_sample) * 1e3 >= SERVE_WD_SAMPLE_MS)
+        wd_sample(s, wd);
+    if (!ms_notify_pacer_due(&wd->pacer))
+        return;
+    wd_sample(s, wd);
+    if (wd->moved)
+        ms_notify_watchdog();
+    wd->moved = false;
+}
+
 int coord_server_run(coord_server_t *s)
 {
     zmq_pollitem_t items[3] = { { .socket = s->router, .events = ZMQ_POLLIN },
                                 { .socket = s->pull, .events = ZMQ_POLLIN },
                                 { .fd = s->p.sig_fd, .events = ZMQ_POLLIN } };
+    serve_wd_t wd = { .moved = true };
+    ms_notify_pacer_init(&wd.pacer);
     for (;;) {
-        int n = zmq_poll(items, 3, -1);
+        /* idle, only the next ping wakes the loop; busy, the scheduler is sampled too */
+        int n = zmq_poll(items, 3, ms_notify_pacer_timeout_ms(&wd.pacer, wd.busy ? SERVE_WD_SAMPLE_MS : -1));
+        wd_tick(s, &wd);
         if (n < 0) {
             if (zmq_errno() == EINTR)
                 continue;
@@ -388,6 +459,27 @@ void coord_server_flush(coord_server_t *s)
 
 /* ------------------------------------------------------------- creation */
 
+/* Runs on the ZAP thread: each client admitted or refused, with its address and key. */
+static void log_zap(void *ctx, bool admitted, const char *address, const char *key, const char *name)
+{
+    (void)ctx;
+    if (admitted)
+        ms_log_debug("serve: admitted client %s (key %s%s%s)", address, key, *name ? ", " : "", name);
+    else
+        ms_log_warn("serve: refused client %s: key %s is not on the allowlist", address, *key ? key : "(none)");
+}
+
+/* CURVE on the client endpoint; the ZAP handler serves before the bind. */
+static int secure_router(coord_server_t *s, ms_err_t *err)
+{
+    if (!s->p.curve_key)
+        return 0;
+    int rc = ms_curve_zap_start(s->zctx, s->p.curve_allow, log_zap, NULL, &s->zap, err);
+    if (!rc && (rc = ms_curve_server_setup(s->router, s->p.curve_key)) != 0)
+        ms_err_set(err, "cannot set up CURVE on %s: %s", s->p.listen, zmq_strerror(-rc));
+    return rc;
+}
+
 static int open_sockets(coord_server_t *s, ms_err_t *err)
 {
     int zero = 0, one = 1;
@@ -408,6 +500,9 @@ static int open_sockets(coord_server_t *s, ms_err_t *err)
         ms_err_set(err, "cannot set up the event channel: %s", zmq_strerror(zmq_errno()));
         return -EIO;
     }
+    rc = secure_router(s, err);
+    if (rc)
+        return rc;
     if (zmq_bind(s->router, s->p.listen)) {
         rc = -zmq_errno();
         ms_err_set(err, "cannot listen on %s: %s", s->p.listen, zmq_strerror(-rc));
@@ -470,6 +565,7 @@ void coord_server_destroy(coord_server_t **self_p)
         zmq_close(s->push);
     if (s->pull)
         zmq_close(s->pull);
+    ms_curve_zap_stop(&s->zap); /* its socket must close before the context ends */
     if (s->zctx)
         zmq_ctx_term(s->zctx);
     free(s->reqs);

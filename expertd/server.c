@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
-#include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -16,6 +15,7 @@
 #include "kernels.h"
 #include "limits.h"
 #include "log.h"
+#include "notify.h"
 #include "pool.h"
 #include "wire.h"
 #include "wire_zmq.h"
@@ -24,6 +24,7 @@ typedef struct {
     expertd_store_t *store;
     const ms_hparams_t *hp;
     void *zctx, *sock;
+    ms_curve_zap_t *zap;        /* admits the allowlisted coordinators; NULL in plaintext */
     ms_pool_t *pool;
     const ms_kernels_t *kern;
     ms_expert_ws_t *ws;
@@ -169,6 +170,32 @@ static void serve_batch(server_t *sv)
                  (unsigned long long)us);
 }
 
+/* Load/Unload: the layer is rebuilt now (batches wait meanwhile; the
+ * coordinator dispatches to a host only the slices it reported loaded), and
+ * the reply is this host's Hello, listing what it now serves. */
+static void serve_load(server_t *sv)
+{
+    const ms_wire_msg_t *m = sv->msg;
+    const ms_wire_load_t *l = &m->load;
+    bool load = m->kind == MS_WIRE_LOAD;
+    if (load && strcmp(l->source, MS_WIRE_SOURCE_LOCAL) != 0) {
+        reply_error(sv, &m->head, ENOTSUP, "Load: this expertd reads slices only from its own model file (source \"" MS_WIRE_SOURCE_LOCAL "\")");
+        return;
+    }
+    ms_err_t err = { { 0 } };
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    int rc = expertd_store_apply(sv->store, l->layer, l->experts, (int)l->n_experts, load, &err);
+    if (rc) {
+        reply_error(sv, &m->head, -rc, err.msg);
+        return;
+    }
+    ms_log_info("%s layer %d: %u experts in %.1f ms; now serving %u slices (%.1f MiB)", load ? "loaded" : "unloaded",
+                l->layer, l->n_experts, (double)elapsed_us(&t) / 1e3, expertd_store_n_served(sv->store),
+                (double)expertd_store_bytes(sv->store) / 1048576.0);
+    reply_hello(sv, &m->head);
+}
+
 /* One received message: [routing id] header [frames]. */
 static void handle(server_t *sv, ms_wire_rx_t *rx)
 {
@@ -209,7 +236,7 @@ static void handle(server_t *sv, ms_wire_rx_t *rx)
         break;
     case MS_WIRE_LOAD:
     case MS_WIRE_UNLOAD:
-        reply_error(sv, h, ENOTSUP, "Load/Unload: this expertd serves the slices it loaded at start; restart it with the new shard");
+        serve_load(sv);
         break;
     default:
         snprintf(err.msg, sizeof(err.msg), "%s is a reply, not a request", ms_wire_kind_name(sv->msg->kind));
@@ -246,7 +273,28 @@ static int setup_compute(server_t *sv, int threads, ms_err_t *err)
     return 0;
 }
 
-static int setup_socket(server_t *sv, const char *listen, ms_err_t *err)
+/* Runs on the ZAP thread: every admission decision, with the peer's address and key. */
+static void log_zap(void *ctx, bool admitted, const char *address, const char *key, const char *name)
+{
+    (void)ctx;
+    if (admitted)
+        ms_log_info("admitted coordinator %s (key %s%s%s)", address, key, *name ? ", " : "", name);
+    else
+        ms_log_warn("refused connection from %s: key %s is not on the allowlist", address, *key ? key : "(none)");
+}
+
+/* The ZAP handler is serving before the bind, so no connection gets in unchecked. */
+static int setup_curve(server_t *sv, const expertd_security_t *sec, ms_err_t *err)
+{
+    if (!sec || !sec->key)
+        return 0;
+    int rc = ms_curve_zap_start(sv->zctx, sec->allow, log_zap, NULL, &sv->zap, err);
+    if (!rc && (rc = ms_curve_server_setup(sv->sock, sec->key)) != 0)
+        ms_err_set(err, "cannot set up CURVE on the listening socket: %s", zmq_strerror(-rc));
+    return rc;
+}
+
+static int setup_socket(server_t *sv, const char *listen, const expertd_security_t *sec, ms_err_t *err)
 {
     sv->zctx = zmq_ctx_new();
     sv->sock = sv->zctx ? zmq_socket(sv->zctx, ZMQ_ROUTER) : NULL;
@@ -254,7 +302,10 @@ static int setup_socket(server_t *sv, const char *listen, ms_err_t *err)
         ms_err_set(err, "cannot create a ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
         return -ENOMEM;
     }
-    int rc = ms_wire_zmq_limits(sv->sock);
+    int rc = setup_curve(sv, sec, err);
+    if (rc)
+        return rc;
+    rc = ms_wire_zmq_limits(sv->sock);
     if (!rc && zmq_bind(sv->sock, listen) != 0)
         rc = -zmq_errno();
     if (rc)
@@ -266,6 +317,7 @@ static void teardown(server_t *sv)
 {
     if (sv->sock)
         zmq_close(sv->sock);
+    ms_curve_zap_stop(&sv->zap); /* its socket too must close before the context ends */
     if (sv->zctx)
         zmq_ctx_term(sv->zctx);
     ms_expert_ws_destroy(&sv->ws);
@@ -284,16 +336,17 @@ static void notify_ready(const server_t *sv, const char *listen, int threads)
     uint32_t n = expertd_store_n_served(sv->store);
     ms_log_info("serving %u slices (%.1f MiB) on %s with %d threads (%s kernels)", n, mib, listen, threads,
                 sv->kern->name);
-    /* harmless without NOTIFY_SOCKET: sd_notify then does nothing */
-    sd_notifyf(0, "READY=1\nSTATUS=holding %u slices (%.1f MB), serving on %s", n,
-               (double)expertd_store_bytes(sv->store) / 1e6, listen);
+    char status[MS_NOTIFY_STATUS_BYTES_MAX];
+    snprintf(status, sizeof(status), "holding %u slices (%.1f MB), serving on %s", n,
+             (double)expertd_store_bytes(sv->store) / 1e6, listen);
+    ms_notify_ready(status); /* a no-op without NOTIFY_SOCKET */
 }
 
-/* Waits for a request or a signal; returns 1 to stop. */
-static int step(server_t *sv, int sig_fd)
+/* Waits up to timeout_ms (-1: no limit) for a request or a signal; returns 1 to stop. */
+static int step(server_t *sv, int sig_fd, int timeout_ms)
 {
     zmq_pollitem_t items[2] = { { sv->sock, 0, ZMQ_POLLIN, 0 }, { NULL, sig_fd, ZMQ_POLLIN, 0 } };
-    if (zmq_poll(items, 2, -1) < 0)
+    if (zmq_poll(items, 2, timeout_ms) < 0)
         return zmq_errno() == EINTR ? 0 : -zmq_errno();
     if (items[1].revents & ZMQ_POLLIN) {
         struct signalfd_siginfo si;
@@ -313,21 +366,27 @@ static int step(server_t *sv, int sig_fd)
     return 0;
 }
 
-int expertd_serve(expertd_store_t *store, const char *listen, int threads, int sig_fd, ms_err_t *err)
+int expertd_serve(expertd_store_t *store, const char *listen, int threads, const expertd_security_t *sec, int sig_fd,
+                  ms_err_t *err)
 {
     server_t sv = { .store = store, .hp = expertd_store_hparams(store) };
     clock_gettime(CLOCK_MONOTONIC, &sv.t0);
     int rc = setup_compute(&sv, threads, err);
     if (!rc)
-        rc = setup_socket(&sv, listen, err);
+        rc = setup_socket(&sv, listen, sec, err);
     if (!rc) {
         notify_ready(&sv, listen, threads);
-        while ((rc = step(&sv, sig_fd)) == 0)
-            ;
+        /* the watchdog is pinged from this loop only: a request that never
+         * finishes stops the pings and systemd restarts the daemon */
+        ms_notify_pacer_t wd;
+        ms_notify_pacer_init(&wd);
+        while ((rc = step(&sv, sig_fd, ms_notify_pacer_timeout_ms(&wd, -1))) == 0)
+            if (ms_notify_pacer_due(&wd))
+                ms_notify_watchdog();
         if (rc < 0)
             ms_err_set(err, "polling %s failed: %s", listen, zmq_strerror(-rc));
         rc = rc < 0 ? rc : 0;
-        sd_notify(0, "STOPPING=1");
+        ms_notify_stopping();
         ms_log_info("stopped after %llu batches (%llu tokens), %llu refused requests",
                     (unsigned long long)sv.batches, (unsigned long long)sv.tokens, (unsigned long long)sv.errors);
     }

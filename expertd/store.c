@@ -15,6 +15,7 @@
 #include "limits.h"
 #include "log.h"
 #include "mem.h"
+#include "notify.h"
 #include "uring_load.h"
 
 
@@ -38,6 +39,8 @@ struct expertd_store {
     store_layer_t *layers;          /* [n_layer] */
     int32_t *local;                 /* [n_layer][n_expert] slab index of a served slice, or -1 */
     int32_t max_held, widest_layer;
+    bool start_empty;               /* --experts none: every slice comes by Load */
+    uint64_t capacity;              /* bytes of slices it may hold, told to the coordinator; 0: not stated */
     ms_wire_slice_t *served, *failed;
     uint32_t n_served, n_failed;
     uint64_t bytes;
@@ -80,6 +83,10 @@ static int pick_experts(expertd_store_t *s, const char *spec, bool *held, ms_err
         memset(held, 1, sizeof(bool) * (size_t)s->hp.n_expert);
         return 0;
     }
+    if (spec && strcmp(spec, "none") == 0) { /* slices come later, by Load */
+        s->start_empty = true;
+        return 0;
+    }
     ms_err_t e = { { 0 } };
     if (expertd_experts_parse(spec ? spec : "all", s->hp.n_expert, held, &e)) {
         ms_err_set(err, "--experts '%s': %s", spec ? spec : "all", e.msg);
@@ -94,6 +101,8 @@ static int layer_views(expertd_store_t *s, int32_t l, ms_err_t *err)
 {
     const ms_slice_shape_t *sh = ms_shard_layer_shape(s->shard, l);
     store_layer_t *L = &s->layers[l];
+    if (!sh)
+        return 0; /* no routed experts in this layer of the file */
     int64_t d = s->hp.n_embd, ff = s->hp.n_ff_exp;
     const int64_t want_in[MS_PROJ_COUNT] = { d, d, ff }, want_out[MS_PROJ_COUNT] = { ff, ff, d };
     for (int p = 0; p < MS_PROJ_COUNT; p++) {
@@ -157,17 +166,20 @@ static int collect_slices(expertd_store_t *s, const bool *held, ms_err_t *err)
         L->slice[L->n_held++] = sl;
         total++;
     }
-    if (total == 0) {
+    if (total == 0 && !s->start_empty) {
         ms_err_set(err, "%s: no expert slices to serve (the file or --experts selects none)", s->path);
         return -EINVAL;
     }
+    s->widest_layer = -1;
     for (int32_t l = 0; l < s->hp.n_layer; l++) {
-        if (s->layers[l].n_held > s->max_held) {
-            s->max_held = s->layers[l].n_held;
-            s->widest_layer = l;
-        }
-        if (s->layers[l].n_held && (rc = layer_views(s, l, err)))
+        if ((rc = layer_views(s, l, err)))
             return rc;
+        if (s->widest_layer < 0 && ms_shard_layer_shape(s->shard, l))
+            s->widest_layer = l;
+    }
+    if (s->widest_layer < 0) {
+        ms_err_set(err, "%s: the file holds no routed-expert tensors", s->path);
+        return -EINVAL;
     }
     return 0;
 }
@@ -267,17 +279,16 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
     if (t - p->last_s < 1.0 && done < total)
         return;
     p->last_s = t;
+    double pct = total ? 100.0 * (double)done / (double)total : 100.0, gbs = t > 0 ? (double)done / t / 1e9 : 0.0;
     ms_log_info("loading: %.1f / %.1f MiB (%.0f%%), %.2f GB/s", (double)done / 1048576.0,
-                (double)total / 1048576.0, total ? 100.0 * (double)done / (double)total : 100.0,
-                t > 0 ? (double)done / t / 1e9 : 0.0);
+                (double)total / 1048576.0, pct, gbs);
+    ms_notify_status("loading expert slices: %.0f%% of %.1f GiB, %.2f GB/s", pct, (double)total / 1073741824.0, gbs);
 }
 
 /* Marks what loaded, logs what did not, and builds the lookup tables. */
 static int settle(expertd_store_t *s, const ms_load_range_t *r)
 {
-    size_t i = 0, n_total = 0;
-    for (int32_t l = 0; l < s->hp.n_layer; l++)
-        n_total += (size_t)s->layers[l].n_held;
+    size_t i = 0, n_total = (size_t)s->hp.n_layer * (size_t)s->hp.n_expert; /* room for any later Load */
     s->served = calloc(n_total, sizeof(ms_wire_slice_t));
     s->failed = calloc(n_total, sizeof(ms_wire_slice_t));
     if (!s->served || !s->failed)
@@ -308,14 +319,14 @@ static int settle(expertd_store_t *s, const ms_load_range_t *r)
     return 0;
 }
 
-/* Every layer's views get the widest layer's n_mat: ms_expert_ffn wants
- * n_mat == the workspace's, and ids are mapped to slab indices below each
- * layer's own count before any view is used. */
+/* Every layer's views get n_mat = the model's expert count: ms_expert_ffn
+ * wants n_mat == the workspace's, whatever a later Load adds, and ids are
+ * mapped to slab indices below each layer's own count before any view is used. */
 static void widen_views(expertd_store_t *s)
 {
     for (int32_t l = 0; l < s->hp.n_layer; l++)
         for (int p = 0; p < MS_PROJ_COUNT; p++)
-            s->layers[l].w[p].n_mat = s->max_held;
+            s->layers[l].w[p].n_mat = s->hp.n_expert;
 }
 
 /* alloc_s: allocating and populating the slabs; st->seconds: reading them
@@ -351,8 +362,9 @@ int expertd_store_load(expertd_store_t *s, ms_err_t *err)
     progress_t prog = { .last_s = 0 };
     clock_gettime(CLOCK_MONOTONIC, &prog.t0);
     ms_load_params_t params = ms_load_defaults();
-    ms_load_stats_t st = { 0 };
-    rc = ms_uring_load(s->path, r, n, &params, on_progress, &prog, &st, err);
+    ms_load_stats_t st = { .used_direct = true };
+    if (n) /* --experts none: nothing to read until a Load */
+        rc = ms_uring_load(s->path, r, n, &params, on_progress, &prog, &st, err);
     if (!rc)
         rc = settle(s, r);
     free(r);
@@ -360,9 +372,7 @@ int expertd_store_load(expertd_store_t *s, ms_err_t *err)
         return rc;
     widen_views(s);
     log_load(s, &st, alloc_s);
-    /* the tables above are all serving needs: drop the file's mapping */
-    ms_shard_destroy(&s->shard);
-    ms_gguf_close(&s->gguf);
+    /* the header mapping stays: a later Load finds its slices through it */
     for (int32_t l = 0; l < s->hp.n_layer; l++) {
         free(s->layers[l].slice);
         s->layers[l].slice = NULL;
@@ -423,5 +433,169 @@ void expertd_store_hello(const expertd_store_t *s, ms_wire_hello_t *hello)
 {
     *hello = (ms_wire_hello_t){ .host_id = s->host, .memory_bytes = s->bytes, .n_layer = s->hp.n_layer,
                                 .hidden = s->hp.n_embd, .n_expert = s->hp.n_expert, .n_held = s->n_served,
-                                .n_failed = s->n_failed, .held = s->served, .failed = s->failed };
+                                .n_failed = s->n_failed, .held = s->served, .failed = s->failed,
+                                .capacity_bytes = s->capacity };
+}
+
+void expertd_store_set_capacity(expertd_store_t *s, uint64_t bytes)
+{
+    s->capacity = bytes;
+}
+
+/* ---- Load and Unload while serving ---- */
+
+/* served/failed lists, bytes and local[] of layer l from its slabs. */
+static void refresh_lists(expertd_store_t *s)
+{
+    size_t ne = (size_t)s->hp.n_expert;
+    s->n_served = s->n_failed = 0;
+    s->bytes = 0;
+    for (int32_t l = 0; l < s->hp.n_layer; l++) {
+        const store_layer_t *L = &s->layers[l];
+        for (size_t e = 0; e < ne; e++)
+            s->local[(size_t)l * ne + e] = -1;
+        for (int32_t h = 0; h < L->n_held; h++) {
+            ms_wire_slice_t sl = { l, L->global[h] };
+            if (!L->ok[h]) {
+                s->failed[s->n_failed++] = sl;
+                continue;
+            }
+            s->local[(size_t)l * ne + (size_t)L->global[h]] = h;
+            s->served[s->n_served++] = sl;
+            for (int p = 0; p < MS_PROJ_COUNT; p++)
+                s->bytes += L->w[p].mat_bytes;
+        }
+    }
+}
+
+static void free_layer(store_layer_t *L)
+{
+    free(L->global);
+    free(L->slice);
+    free(L->ok);
+    for (int p = 0; p < MS_PROJ_COUNT; p++)
+        ms_mem_free(L->slab[p], L->slab_bytes[p]);
+    memset(L, 0, sizeof(*L));
+}
+
+/* A new layer holding want[]: slices already served are copied from memory,
+ * the others read from the file. */
+static int fill_layer(expertd_store_t *s, int32_t l, const bool *want, store_layer_t *nl, ms_err_t *err)
+{
+    size_t ne = (size_t)s->hp.n_expert;
+    const store_layer_t *old = &s->layers[l];
+    nl->global = calloc(ne, sizeof(int32_t));
+    nl->ok = calloc(ne, sizeof(bool));
+    ms_load_range_t *r = calloc(ne * MS_PROJ_COUNT, sizeof(*r));
+    if (!nl->global || !nl->ok || !r)
+        goto nomem;
+    for (size_t e = 0; e < ne; e++)
+        if (want[e])
+            nl->global[nl->n_held++] = (int32_t)e;
+    memcpy(nl->w, old->w, sizeof(nl->w));
+    for (int p = 0; p < MS_PROJ_COUNT; p++) {
+        nl->slab_bytes[p] = (size_t)(nl->w[p].mat_bytes * (uint64_t)nl->n_held);
+        nl->slab[p] = nl->n_held ? alloc_slab(nl->slab_bytes[p]) : NULL;
+        if (nl->n_held && !nl->slab[p])
+            goto nomem;
+        nl->w[p].data = nl->slab[p];
+    }
+    size_t n_r = 0;
+    for (int32_t h = 0; h < nl->n_held; h++) {
+        int32_t oh = expertd_store_local(s, l, nl->global[h]);
+        const ms_slice_t *sl = ms_shard_find(s->shard, l, nl->global[h]);
+        for (int p = 0; p < MS_PROJ_COUNT; p++) {
+            char *dst = (char *)nl->slab[p] + (uint64_t)h * nl->w[p].mat_bytes;
+            if (oh >= 0)
+                memcpy(dst, (const char *)old->slab[p] + (uint64_t)oh * old->w[p].mat_bytes, nl->w[p].mat_bytes);
+            else
+                r[n_r++] = (ms_load_range_t){ .file_offset = sl->file_offset[p], .nbytes = sl->nbytes[p], .dst = dst,
+                                              .sha256 = sl->has_sha256 ? sl->sha256[p] : NULL };
+        }
+        nl->ok[h] = true;
+    }
+    int rc = 0;
+    if (n_r) {
+        progress_t prog = { .last_s = 0 };
+        clock_gettime(CLOCK_MONOTONIC, &prog.t0);
+        ms_load_params_t params = ms_load_defaults();
+        ms_load_stats_t st = { 0 };
+        rc = ms_uring_load(s->path, r, n_r, &params, on_progress, &prog, &st, err);
+        size_t i = 0;
+        for (int32_t h = 0; !rc && h < nl->n_held; h++) {
+            if (expertd_store_local(s, l, nl->global[h]) >= 0)
+                continue;
+            for (int p = 0; p < MS_PROJ_COUNT; p++, i++) {
+                if (r[i].status == 0)
+                    continue;
+                nl->ok[h] = false;
+                ms_log_error("%s: (layer %d, expert %d) %s: %s; this slice is not served", s->path, l,
+                             nl->global[h], proj_names[p], r[i].status == -EBADMSG ? "SHA-256 mismatch" : "read failed");
+            }
+        }
+    }
+    free(r);
+    return rc;
+nomem:
+    free(r);
+    ms_err_set(err, "%s: layer %d: out of memory for %d expert slices", s->path, l, nl->n_held);
+    return -ENOMEM;
+}
+
+/* Checks a Load/Unload request against the file and builds the wanted set. */
+static int wanted_set(const expertd_store_t *s, int32_t l, const int32_t *experts, int n, bool load, bool *want,
+                      ms_err_t *err)
+{
+    if (l < 0 || l >= s->hp.n_layer) {
+        ms_err_set(err, "layer %d is outside the model's 0..%d", l, s->hp.n_layer - 1);
+        return -EINVAL;
+    }
+    for (int32_t e = 0; e < s->hp.n_expert; e++)
+        want[e] = expertd_store_local(s, l, e) >= 0;
+    for (int i = 0; i < n; i++) {
+        int32_t e = experts[i];
+        if (e < 0 || e >= s->hp.n_expert) {
+            ms_err_set(err, "expert %d is outside the model's 0..%d", e, s->hp.n_expert - 1);
+            return -EINVAL;
+        }
+        if (load && !ms_shard_find(s->shard, l, e)) {
+            ms_err_set(err, "(layer %d, expert %d) is not in this host's file %s", l, e, s->path);
+            return -ENOENT;
+        }
+        want[e] = load;
+    }
+    return 0;
+}
+
+int expertd_store_apply(expertd_store_t *s, int32_t layer, const int32_t *experts, int n, bool load, ms_err_t *err)
+{
+    bool *want = calloc((size_t)s->hp.n_expert, sizeof(bool));
+    if (!want) {
+        ms_err_set(err, "out of memory");
+        return -ENOMEM;
+    }
+    int rc = wanted_set(s, layer, experts, n, load, want, err);
+    bool same = true;
+    for (int32_t e = 0; !rc && e < s->hp.n_expert; e++)
+        same = same && want[e] == (expertd_store_local(s, layer, e) >= 0);
+    /* a failed slice listed again is read again */
+    for (int i = 0; !rc && load && i < n; i++)
+        same = same && expertd_store_local(s, layer, experts[i]) >= 0;
+    if (rc || same) {
+        free(want);
+        return rc;
+    }
+    store_layer_t nl = { 0 };
+    rc = fill_layer(s, layer, want, &nl, err);
+    free(want);
+    if (rc) {
+        free_layer(&nl);
+        return rc;
+    }
+    free_layer(&s->layers[layer]);
+    s->layers[layer] = nl;
+    for (int p = 0; p < MS_PROJ_COUNT; p++)
+        s->layers[layer].w[p].n_mat = s->hp.n_expert;
+    refresh_lists(s);
+    return 0;
 }

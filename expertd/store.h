@@ -47,6 +47,19 @@ const ms_weight_t *expertd_store_weights(const expertd_store_t *s, int32_t layer
 /* Any layer's views with the largest n_mat, for sizing the workspace. */
 const ms_weight_t *expertd_store_any_weights(const expertd_store_t *s);
 
+/* Load (load true) or Unload the listed experts of one layer while serving:
+ * the layer's slabs are rebuilt holding the new set (slices already held are
+ * copied, new ones read from this host's own file, checked against their
+ * SHA-256 when the file has them); the old slabs are freed after the swap.
+ * A no-op when nothing changes. -EINVAL (layer or expert out of range),
+ * -ENOENT (a slice the file does not hold), -ENOMEM or a read error, with err;
+ * on failure the layer is unchanged. */
+int expertd_store_apply(expertd_store_t *s, int32_t layer, const int32_t *experts, int n, bool load, ms_err_t *err);
+
+/* The bytes of slices this host offers to hold (its Hello's capacity_bytes,
+ * which the coordinator's placement weighs); 0: not stated. */
+void expertd_store_set_capacity(expertd_store_t *s, uint64_t bytes);
+
 /* Fills hello (host, shape, served and failed slices; the arrays stay the
  * store's). */
 void expertd_store_hello(const expertd_store_t *s, ms_wire_hello_t *hello);

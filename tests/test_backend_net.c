@@ -68,6 +68,14 @@ static void fake_hello(fake_t *f, ms_wire_rx_t *rx)
         fake_send(f, rx, len, NULL, 0);
 }
 
+static void fake_stats(fake_t *f, ms_wire_rx_t *rx)
+{
+    ms_wire_stats_t st = { .batches = (uint64_t)f->batches };
+    size_t len;
+    if (ms_wire_encode_stats(&f->msg->head, &st, f->hdr, sizeof(f->hdr), &len, NULL) == 0)
+        fake_send(f, rx, len, NULL, 0);
+}
+
 /* out[r] = sum_j w_j (e_j + 1) x[r] over the non-empty slots. */
 static void fake_compute(const ms_wire_batch_t *b, const float *x, float *out)
 {
@@ -148,6 +156,8 @@ static void *fake_loop(void *arg)
                                (size_t)rx.n_parts - 2, NULL) == 0) {
                 if (f->msg->kind == MS_WIRE_HELLO)
                     fake_hello(f, &rx);
+                else if (f->msg->kind == MS_WIRE_HEARTBEAT && f->mode != FAKE_SILENT)
+                    fake_stats(f, &rx);
                 else if (f->msg->kind == MS_WIRE_BATCH)
                     fake_batch(f, &rx);
             }
@@ -463,6 +473,97 @@ static void test_reply_failures(void)
     fake_stop(&a);
 }
 
+/* Ticks (heartbeats, probes) until host h's state is want; false after 3 s. */
+static bool tick_until(ms_expert_backend_t *be, int h, const char *want)
+{
+    for (int i = 0; i < 150; i++) {
+        be->tick(be, true);
+        ms_backend_net_host_stats_t hs;
+        if (ms_backend_net_host_stats(be, h, &hs) == 0 && strcmp(hs.state, want) == 0)
+            return true;
+        usleep(20 * 1000);
+    }
+    return false;
+}
+
+/* Every expert on two hosts: A 0-3, B 2-5, C 0,1,4,5 (A computes 0-3, B 4-5).
+ * A goes silent: at the deadline it is marked down and its slots are
+ * recomputed on B and C one per row, recombined to the same exact sums;
+ * the next step goes straight to the replicas; A answering again comes back. */
+static void test_failover(void)
+{
+    fake_t *a = fake_start(0, 3), *b = fake_start(2, 5), *c = fake_start(4, 5);
+    for (int l = 0; l < NL; l++)
+        c->held[l][0] = c->held[l][1] = true;
+    ms_model_t m = model_of_shape();
+    const char *eps[3] = { a->ep, b->ep, c->ep };
+    ms_backend_net_params_t p = params(MS_WIRE_F32, 250);
+    p.heartbeat_ms = 50;
+    ms_expert_backend_t *be = NULL;
+    ms_err_t err = { { 0 } };
+    CU_ASSERT_FATAL(ms_backend_net_new(&m, eps, 3, &p, &be, &err) == 0);
+    float x[NT * D], w[NT * K], out[NT * D];
+    int32_t ids[NT * K];
+    make_step(x, ids, w);
+    CU_ASSERT_FATAL(be->submit(be, 1, x, NT, ids, w, K) == 0);
+    CU_ASSERT_FATAL(be->wait(be, out, &err) == 0);
+    check_out(out, x, ids, w);
+    CU_ASSERT(c->batches == 0); /* a standby copy computes nothing while the others are up */
+    a->mode = FAKE_SILENT;
+    CU_ASSERT_FATAL(be->submit(be, 0, x, NT, ids, w, K) == 0);
+    CU_ASSERT_EQUAL_FATAL(be->wait(be, out, &err), 0);
+    check_out(out, x, ids, w);
+    CU_ASSERT(c->batches == 1 && c->last_k == 1); /* one slot per row */
+    ms_backend_net_stats_t st;
+    ms_backend_net_host_stats_t hs;
+    CU_ASSERT_FATAL(ms_backend_net_stats(be, &st) == 0 && ms_backend_net_host_stats(be, 0, &hs) == 0);
+    CU_ASSERT(st.hosts_down == 1 && st.failover_slots == 5 && strcmp(hs.state, "down") == 0);
+    CU_ASSERT(st.epoch == MS_BACKEND_NET_EPOCH + 1);
+    int a_batches = a->batches;
+    CU_ASSERT_FATAL(be->submit(be, 1, x, NT, ids, w, K) == 0); /* A is known down: no wait for it */
+    CU_ASSERT_EQUAL_FATAL(be->wait(be, out, &err), 0);
+    check_out(out, x, ids, w);
+    CU_ASSERT(a->batches == a_batches);
+    a->mode = FAKE_REPLY;
+    CU_ASSERT(tick_until(be, 0, "up"));
+    CU_ASSERT_FATAL(ms_backend_net_stats(be, &st) == 0);
+    CU_ASSERT(st.hosts_down == 0 && st.epoch == MS_BACKEND_NET_EPOCH + 2);
+    CU_ASSERT_FATAL(be->submit(be, 1, x, NT, ids, w, K) == 0);
+    CU_ASSERT_FATAL(be->wait(be, out, &err) == 0);
+    check_out(out, x, ids, w);
+    CU_ASSERT(a->batches == a_batches + 1);
+    ms_backend_destroy(&be);
+    fake_stop(&a);
+    fake_stop(&b);
+    fake_stop(&c);
+}
+
+/* One copy of each slice: a host whose connection drops makes steps fail at
+ * once, naming a slice and the host, not time out. */
+static void test_no_replica(void)
+{
+    fake_t *a = fake_start(0, 2), *b = fake_start(3, 5);
+    ms_model_t m = model_of_shape();
+    const char *eps[2] = { a->ep, b->ep };
+    ms_backend_net_params_t p = params(MS_WIRE_F32, 5000);
+    ms_expert_backend_t *be = NULL;
+    ms_err_t err = { { 0 } };
+    CU_ASSERT_FATAL(ms_backend_net_new(&m, eps, 2, &p, &be, &err) == 0);
+    char b_ep[64];
+    snprintf(b_ep, sizeof(b_ep), "%s", b->ep);
+    fake_stop(&b);
+    CU_ASSERT(tick_until(be, 1, "down"));
+    float x[NT * D], w[NT * K], out[NT * D];
+    int32_t ids[NT * K];
+    make_step(x, ids, w);
+    CU_ASSERT_FATAL(be->submit(be, 1, x, NT, ids, w, K) == 0);
+    CU_ASSERT_EQUAL(be->wait(be, out, &err), -EHOSTDOWN);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "layer 1 expert 3 is unavailable"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, b_ep));
+    ms_backend_destroy(&be);
+    fake_stop(&a);
+}
+
 /* ---- dense loading of a pack (genmodel + moeshard pack, as the user runs them) ---- */
 
 static char tmp_dir[256];
@@ -574,6 +675,8 @@ static int ms_test_register(void)
         !CU_add_test(s, "bad parameters are refused", test_bad_params) ||
         !CU_add_test(s, "Hello: silent host, other model, missing slices", test_hello_failures) ||
         !CU_add_test(s, "Error reply, deadline, stale replies dropped", test_reply_failures) ||
+        !CU_add_test(s, "a silent host's slots recomputed on replicas, exactly", test_failover) ||
+        !CU_add_test(s, "no replica: a dropped host fails steps at once", test_no_replica) ||
         !CU_add_test(d, "qwen2moe dense part", test_dense_qwen2moe) ||
         !CU_add_test(d, "llama dense part", test_dense_llama))
         return CU_get_error();

@@ -246,7 +246,8 @@ static int start_daemon(const char *model_file, const char *experts)
     FILE *fp = fopen(cfg, "w");
     if (!fp)
         return -1;
-    fprintf(fp, "# test daemon\nlisten = tcp://127.0.0.1:%d\nmodel = %s\n  threads = 2\n", port, model_file);
+    fprintf(fp, "# test daemon\nlisten = tcp://127.0.0.1:%d\nmodel = %s\n  threads = 2\nplaintext = true\n", port,
+            model_file);
     if (experts)
         fprintf(fp, "experts = %s\n", experts);
     fclose(fp);
@@ -540,6 +541,68 @@ static void test_flipped_byte(void)
     daemon_pid = -1;
 }
 
+/* Sends Load (load true, source "local") or Unload of experts of layer l; 0 and
+ * the reply in msg, or -1. */
+static int load_msg(int l, const int32_t *experts, int n, bool load, const char *source)
+{
+    static ms_wire_load_t ld;
+    ld.layer = l;
+    ld.n_experts = (uint32_t)n;
+    memcpy(ld.experts, experts, (size_t)n * sizeof(int32_t));
+    snprintf(ld.source, sizeof(ld.source), "%s", load ? source : "");
+    ms_wire_head_t h = { .request_id = next_id++ };
+    size_t len;
+    ms_err_t err = { { 0 } };
+    if (ms_wire_encode_load(&h, &ld, hdr, sizeof(hdr), &len, &err) || send_parts(hdr, len, NULL, 0, 0))
+        return -1;
+    return recv_reply(NULL, 0) == 0 && msg->head.request_id == h.request_id ? 0 : -1;
+}
+
+static bool hello_holds(int l, int e)
+{
+    for (uint32_t i = 0; i < msg->hello.n_held; i++)
+        if (msg->hello.held[i].layer == l && msg->hello.held[i].expert == e)
+            return true;
+    return false;
+}
+
+/* --experts none, then slices come and go by Load and Unload while serving:
+ * each reply is the new Hello, batches over loaded slices equal the
+ * in-process computation, unloaded ones are refused, bad requests get Errors. */
+static void test_load_unload(void)
+{
+    CU_ASSERT_FATAL(start_daemon(model_path, "none") == 0);
+    CU_ASSERT_EQUAL(msg->hello.n_held, 0);
+    int32_t two[2] = { 1, 3 };
+    CU_ASSERT_FATAL(load_msg(1, two, 2, true, MS_WIRE_SOURCE_LOCAL) == 0);
+    CU_ASSERT_EQUAL_FATAL(msg->kind, MS_WIRE_HELLO);
+    CU_ASSERT(msg->hello.n_held == 2 && hello_holds(1, 1) && hello_holds(1, 3));
+    CU_ASSERT(msg->hello.memory_bytes > 0);
+    bool held[64] = { false };
+    held[1] = held[3] = true;
+    check_batch(1, held, MS_WIRE_F32, 1e-5);
+    int32_t one[1] = { 3 };
+    CU_ASSERT_FATAL(load_msg(1, one, 1, false, NULL) == 0); /* Unload expert 3: 1 stays, copied */
+    CU_ASSERT(msg->kind == MS_WIRE_HELLO && msg->hello.n_held == 1 && hello_holds(1, 1));
+    held[3] = false;
+    check_batch(1, held, MS_WIRE_F32, 1e-5);
+    int32_t ids[KS] = { 3, -1, -1 };
+    float w[KS] = { 1, 0, 0 }, frame[64] = { 0 };
+    size_t len = batch_hdr(1, 1, model->hp.n_embd, ids, w, hdr);
+    expect_error(hdr, len, frame, (size_t)model->hp.n_embd * 4, 1, ENOENT, "not held");
+    CU_ASSERT_FATAL(load_msg(1, one, 1, true, "/etc/passwd") == 0);
+    CU_ASSERT(msg->kind == MS_WIRE_ERROR && msg->error.code == ENOTSUP);
+    CU_ASSERT_FATAL(load_msg(model->hp.n_layer, one, 1, true, MS_WIRE_SOURCE_LOCAL) == 0);
+    CU_ASSERT(msg->kind == MS_WIRE_ERROR && msg->error.code == EINVAL && strstr(msg->error.message, "layer"));
+    int32_t bad[1] = { model->hp.n_expert };
+    CU_ASSERT_FATAL(load_msg(0, bad, 1, true, MS_WIRE_SOURCE_LOCAL) == 0);
+    CU_ASSERT(msg->kind == MS_WIRE_ERROR && msg->error.code == EINVAL && strstr(msg->error.message, "expert"));
+    CU_ASSERT(hello() == 0 && msg->hello.n_held == 1); /* refusals changed nothing */
+    CU_ASSERT(kill(daemon_pid, SIGTERM) == 0);
+    CU_ASSERT_EQUAL(wait_exit(daemon_pid, 10), 0);
+    daemon_pid = -1;
+}
+
 /* Command-line and config refusals: exit 2 with a message naming the problem. */
 static void test_usage(void)
 {
@@ -563,7 +626,8 @@ static void test_usage(void)
     char *badcfg[] = { exe, "--config", cfg, NULL };
     CU_ASSERT_EQUAL(run_cmd(badcfg, out), 2);
     CU_ASSERT(file_has(out, "bad.conf:3: unknown key 'colour'"));
-    char *badspec[] = { exe, "--listen", "tcp://127.0.0.1:1", "--model", model_path, "--experts", "3-1", NULL };
+    char *badspec[] = { exe, "--listen", "tcp://127.0.0.1:1", "--model", model_path, "--experts", "3-1", "--plaintext",
+                        NULL };
     CU_ASSERT_EQUAL(run_cmd(badspec, out), 1);
     CU_ASSERT(file_has(out, "'3-1'"));
 }
@@ -572,6 +636,7 @@ static int ms_test_register(void)
 {
     CU_pSuite s = CU_add_suite("expertd", suite_init, suite_clean);
     if (!s || !CU_add_test(s, "usage and config refusals", test_usage) ||
+        !CU_add_test(s, "Load and Unload while serving", test_load_unload) ||
         !CU_add_test(s, "start from a config file, Hello", test_start) ||
         !CU_add_test(s, "batches equal the in-process computation", test_batches) ||
         !CU_add_test(s, "bad requests get Error replies", test_bad_requests) ||

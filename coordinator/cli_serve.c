@@ -36,7 +36,7 @@
 
 typedef struct {
     const char *model_path, *hosts, *listen, *http, *config, *name;
-    int64_t threads, seqs, ctx, batch, queue, deadline_ms, replicas, heartbeat_ms;
+    int64_t threads, seqs, ctx, batch, queue, deadline_ms, replicas, heartbeat_ms, rate_limit;
     ms_wire_dtype_t wire;
     bool wire_set, queue_set, replicas_set;
     const char *key, *allow, *host_keys;                   /* CURVE (docs/security.md) */
@@ -68,6 +68,8 @@ static void serve_help(void)
            "                          (expertd --experts none); 0 serves what the hosts hold (default 1)\n"
            "      --heartbeat-ms N    with --hosts: idle heartbeat period; a host that misses %d is marked\n"
            "                          down and its work goes to replicas (default %d)\n"
+           "      --rate-limit N      at most N requests a minute from one client (its CURVE key, else its address;\n"
+           "                          bursts of N/6); over it: refused, on HTTP with 429 (default: no limit)\n"
            "      --key FILE          this coordinator's CURVE key pair ('moeshard keygen'): encrypts the\n"
            "                          client endpoint and authenticates it to the expert hosts\n"
            "      --allow FILE        client public keys admitted on --listen, one per line\n"
@@ -85,7 +87,7 @@ static void serve_help(void)
 }
 
 enum { OPT_HTTP = 1000, OPT_CONFIG, OPT_SEQS, OPT_QUEUE, OPT_WIRE, OPT_DEADLINE, OPT_NAME, OPT_REPLICAS,
-       OPT_HEARTBEAT, OPT_KEY, OPT_ALLOW, OPT_HOST_KEYS, OPT_PLAINTEXT, OPT_API_KEY, OPT_TLS_CERT, OPT_TLS_KEY,
+       OPT_HEARTBEAT, OPT_RATE, OPT_KEY, OPT_ALLOW, OPT_HOST_KEYS, OPT_PLAINTEXT, OPT_API_KEY, OPT_TLS_CERT, OPT_TLS_KEY,
        OPT_INSECURE };
 
 static const struct option longopts[] = {
@@ -97,6 +99,7 @@ static const struct option longopts[] = {
     { "wire", required_argument, 0, OPT_WIRE }, { "deadline-ms", required_argument, 0, OPT_DEADLINE },
     { "name", required_argument, 0, OPT_NAME }, { "verbose", no_argument, 0, 'v' },
     { "replicas", required_argument, 0, OPT_REPLICAS }, { "heartbeat-ms", required_argument, 0, OPT_HEARTBEAT },
+    { "rate-limit", required_argument, 0, OPT_RATE },
     { "key", required_argument, 0, OPT_KEY }, { "allow", required_argument, 0, OPT_ALLOW },
     { "host-keys", required_argument, 0, OPT_HOST_KEYS }, { "plaintext", no_argument, 0, OPT_PLAINTEXT },
     { "http-api-key", required_argument, 0, OPT_API_KEY }, { "http-tls-cert", required_argument, 0, OPT_TLS_CERT },
@@ -155,6 +158,8 @@ static bool apply_opt(int c, const char *arg, serve_opts_t *o)
     case OPT_QUEUE: o->queue_set = true; return coord_parse_i64(CMD, "--queue", arg, 0, MS_SCHED_QUEUE_MAX, &o->queue);
     case OPT_DEADLINE:
         return coord_parse_i64(CMD, "--deadline-ms", arg, 1, MS_BACKEND_NET_DEADLINE_MS_MAX, &o->deadline_ms);
+    case OPT_RATE:
+        return coord_parse_i64(CMD, "--rate-limit", arg, 1, MS_RATELIMIT_PER_MIN_MAX, &o->rate_limit);
     case OPT_REPLICAS:
         o->replicas_set = true;
         return coord_parse_i64(CMD, "--replicas", arg, 0, MS_HOSTS_MAX, &o->replicas);
@@ -313,6 +318,7 @@ typedef struct {
     ms_curve_allow_t *allow;
     ms_curve_hostkeys_t *host_keys;
     char *api_key, *tls_cert, *tls_key;
+    ms_ratelimit_t *rate;           /* with --rate-limit: shared by ZeroMQ and HTTP clients */
 } serve_t;
 
 static void serve_release(serve_t *d)
@@ -334,6 +340,7 @@ static void serve_release(serve_t *d)
     free(d->dense_path);
     ms_curve_allow_destroy(&d->allow);
     ms_curve_hostkeys_destroy(&d->host_keys);
+    ms_ratelimit_destroy(&d->rate);
     if (d->api_key)
         explicit_bzero(d->api_key, strlen(d->api_key));
     if (d->tls_key)
@@ -488,7 +495,8 @@ static int start_http(serve_t *d, ms_err_t *err)
 {
     /* the scheduler's context, not the model's: requests without max_tokens fill it */
     coord_http_params_t hp = { .n_ctx = serve_ctx(d), .api_key = d->api_key, .tls_cert_pem = d->tls_cert,
-                               .tls_key_pem = d->tls_key, .insecure = d->o.http_insecure };
+                               .tls_key_pem = d->tls_key, .insecure = d->o.http_insecure, .rate = d->rate,
+                               .rate_per_min = (int)d->o.rate_limit };
     int rc = coord_http_start(d->sched, d->model, d->tok, model_name(d), d->o.http, &hp, &d->http, err);
     if (!rc && d->n_hosts)
         coord_http_set_stats_fn(d->http, http_host_metrics, d);
@@ -499,6 +507,10 @@ static int start_http(serve_t *d, ms_err_t *err)
 
 static int setup(serve_t *d, ms_err_t *err)
 {
+    if (d->o.rate_limit && ms_ratelimit_new((int)d->o.rate_limit, &d->rate)) {
+        ms_err_set(err, "out of memory for the rate limiter");
+        return -ENOMEM;
+    }
     ms_notify_status("loading %s", d->o.model_path);
     int rc = load_model(d, err);
     rc = rc ? rc : ms_tokenizer_new_from_gguf(d->model->gguf, &d->tok, err);
@@ -521,7 +533,7 @@ static int setup(serve_t *d, ms_err_t *err)
                                  .sched = d->sched, .backend = d->backend, .n_hosts = d->n_hosts,
                                  .wire = d->o.wire, .n_seq_max = (int32_t)(d->o.seqs ? d->o.seqs : SERVE_SEQS_DEFAULT),
                                  .sig_fd = d->sig_fd, .curve_key = d->o.key ? &d->kp : NULL,
-                                 .curve_allow = d->allow };
+                                 .curve_allow = d->allow, .rate = d->rate, .rate_per_min = (int)d->o.rate_limit };
     rc = coord_server_new(&sp, &d->server, err);
     return rc ? rc : d->o.http ? start_http(d, err) : 0;
 }

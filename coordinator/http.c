@@ -71,6 +71,8 @@ struct coord_http {
     size_t body_bytes_max;
     uint32_t requests_max;
     int32_t n_ctx;
+    ms_ratelimit_t *rate;   /* borrowed; NULL: no per-client limit */
+    int rate_per_min;
     ms_chat_family_t family;
     char *bos_text;         /* what the template writes for bos_token; NULL when the tokenizer adds BOS */
     int stop_fd;            /* eventfd, readable from the moment the server stops */
@@ -1038,6 +1040,45 @@ static enum MHD_Result stream_start(coord_http_t *h, struct MHD_Connection *c, c
     return res;
 }
 
+/* The client's address as the rate limiter's key; 0 bytes when unknown. */
+static size_t client_key(struct MHD_Connection *c, unsigned char *key, size_t cap)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci || !ci->client_addr)
+        return 0;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET && cap >= 4) {
+        memcpy(key, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
+        return 4;
+    }
+    if (sa->sa_family == AF_INET6 && cap >= 16) {
+        memcpy(key, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
+        return 16;
+    }
+    return 0;
+}
+
+/* Answers 429 with Retry-After when the client is over its rate: true then. */
+static bool over_rate(coord_http_t *h, struct MHD_Connection *c, enum MHD_Result *res)
+{
+    unsigned char key[16];
+    size_t n = h->rate ? client_key(c, key, sizeof(key)) : 0;
+    double wait = 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (!n || ms_ratelimit_take(h->rate, key, n, (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9, &wait) == 0)
+        return false;
+    http_fail_t f = { 0 };
+    char retry[24];
+    snprintf(retry, sizeof(retry), "%.0f", ceil(wait));
+    fail(&f, 429, NULL, "rate limit: at most %d requests a minute from one client; retry in %s s",
+         h->rate_per_min, retry);
+    f.hdr = MHD_HTTP_HEADER_RETRY_AFTER;
+    f.hdr_value = retry;
+    *res = reply_fail(h, c, &f);
+    return true;
+}
+
 static enum MHD_Result serve_generate(coord_http_t *h, struct MHD_Connection *c, const http_req_t *r)
 {
     http_fail_t f = { 0 };
@@ -1049,6 +1090,8 @@ static enum MHD_Result serve_generate(coord_http_t *h, struct MHD_Connection *c,
         res = reply_fail(h, c, &f);
     else if (atomic_load(&h->stopping))
         res = reply_error(h, c, 503, "the server is shutting down");
+    else if (over_rate(h, c, &res))
+        ; /* answered */
     else if (!slot_take(h))
         res = reply_error(h, c, 429, "too many requests in flight (at most %u); retry later", h->requests_max);
     else if (gen_submit(h, &j, &g, &f)) {
@@ -1496,6 +1539,8 @@ static coord_http_t *http_alloc(ms_sched_t *sched, const ms_model_t *m, const ms
     h->body_bytes_max = p && p->body_bytes_max ? p->body_bytes_max : COORD_HTTP_BODY_BYTES_DEFAULT;
     h->requests_max = p && p->requests_max ? p->requests_max : COORD_HTTP_REQUESTS_DEFAULT;
     h->n_ctx = p && p->n_ctx ? p->n_ctx : m->hp.n_ctx_train;
+    h->rate = p ? p->rate : NULL;
+    h->rate_per_min = p ? p->rate_per_min : 0;
     h->created = (int64_t)time(NULL);
     pthread_mutex_init(&h->stats_mu, NULL);
     pthread_mutex_init(&h->busy_mu, NULL);

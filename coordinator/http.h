@@ -10,6 +10,7 @@
 
 #include "chat.h"
 #include "err.h"
+#include "ratelimit.h"
 #include "model.h"
 #include "sched.h"
 #include "tokenizer.h"
@@ -37,6 +38,8 @@ typedef struct {
     const char *tls_cert_pem; /* NULL: plain HTTP; else HTTPS (libmicrohttpd + GnuTLS) with this PEM chain */
     const char *tls_key_pem;  /* the certificate's private key, PEM; required with tls_cert_pem */
     bool insecure;            /* allow plain HTTP beyond loopback (docs/security.md) */
+    ms_ratelimit_t *rate;     /* per-client request rate (by address), borrowed; NULL: unlimited */
+    int rate_per_min;         /* the rate it was made with, for messages */
 } coord_http_params_t;
 
 typedef struct coord_http coord_http_t;

@@ -584,7 +584,8 @@ static int enqueue(ms_sched_t *s, sched_req_t *r, uint64_t *ret_id, ms_err_t *er
     if (s->stop) {
         ms_err_set(err, "the server is shutting down");
         rc = -ESHUTDOWN;
-    } else if (s->n_queued >= (uint32_t)s->p.queue_max) {
+    } else if (s->n_queued >= (uint32_t)s->p.queue_max &&
+               s->n_active + s->n_queued >= (uint32_t)s->p.n_seq_max) { /* no free sequence will take it */
         ms_err_set(err, "the request queue is full (%d waiting); try again later", s->p.queue_max);
         rc = -EBUSY;
     } else {

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -231,9 +232,38 @@ static ms_gen_params_t gen_params(const ms_cw_generate_t *g)
     return p;
 }
 
-static void on_generate(coord_server_t *s, const unsigned char *route, size_t route_len)
+/* Who sent part: its CURVE key (ZAP's User-Id), else its address; NULL when neither is known. */
+static const char *client_identity(zmq_msg_t *part)
+{
+    const char *id = zmq_msg_gets(part, "User-Id");
+    if (!id || !id[0])
+        id = zmq_msg_gets(part, "Peer-Address");
+    return id && id[0] ? id : NULL;
+}
+
+/* Refuses (EBUSY, the wait in the message) a client over its request rate:
+ * the client is its CURVE key, else its address, else its connection. */
+static bool over_rate(coord_server_t *s, const unsigned char *route, size_t route_len, const char *who)
+{
+    if (!s->p.rate)
+        return false;
+    const void *key = who ? (const void *)who : route;
+    size_t len = who ? strlen(who) : route_len;
+    double wait = 0;
+    if (ms_ratelimit_take(s->p.rate, key, len, now_s(), &wait) == 0)
+        return false;
+    char text[160];
+    snprintf(text, sizeof(text), "rate limit: at most %d requests a minute from one client; retry in %.0f s",
+             s->p.rate_per_min, ceil(wait));
+    reply_error(s, route, route_len, s->msg.request_id, EBUSY, text);
+    return true;
+}
+
+static void on_generate(coord_server_t *s, const unsigned char *route, size_t route_len, const char *who)
 {
     const ms_cw_msg_t *m = &s->msg;
+    if (over_rate(s, route, route_len, who))
+        return;
     if (find_client(s, route, route_len, m->request_id)) {
         reply_error(s, route, route_len, m->request_id, EEXIST, "a request with this id is already running");
         return;
@@ -352,7 +382,7 @@ static void on_client(coord_server_t *s, ms_wire_rx_t *rx)
     ms_err_t err = { { 0 } };
     int rc = ms_cw_decode(ms_wire_rx_data(rx, 1), ms_wire_rx_size(rx, 1), &s->msg, &err);
     if (!rc && s->msg.kind == MS_CW_GENERATE)
-        on_generate(s, route, route_len);
+        on_generate(s, route, route_len, client_identity(&rx->part[1]));
     else if (!rc && s->msg.kind == MS_CW_CANCEL)
         on_cancel(s, route, route_len);
     else if (!rc && s->msg.kind == MS_CW_STATUS_QUERY)

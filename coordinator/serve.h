@@ -11,6 +11,7 @@
 #include "err.h"
 #include "model.h"
 #include "sched.h"
+#include "ratelimit.h"
 #include "wire.h"
 
 #define COORD_SERVE_REQUESTS_MAX 4096 /* client requests in flight (queued or running) */
@@ -27,6 +28,8 @@ typedef struct {
     int sig_fd;                  /* readable when the server should stop (a signalfd) */
     const ms_curve_keypair_t *curve_key;   /* CURVE server key pair; NULL: plaintext (docs/security.md) */
     const ms_curve_allow_t *curve_allow;   /* client keys admitted; borrowed, outlives the server */
+    ms_ratelimit_t *rate;        /* per-client Generate rate (by CURVE key, else address); NULL: unlimited */
+    int rate_per_min;
 } coord_server_params_t;
 
 typedef struct coord_server coord_server_t;

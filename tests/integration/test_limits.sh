@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Limits of `moeshard serve`: a per-client request rate (ZeroMQ clients and
+# the HTTP API: a refusal naming the limit, HTTP 429 with Retry-After and an
+# OpenAI-style body), requests decoding at once and waiting in the queue
+# (refused with a clear message, not a crash or a hang), a prompt longer
+# than the context (refused). Each refusal leaves the server serving.
+set -euo pipefail
+BIN=${MS_BIN:-$PWD/build/bin}
+PY=/usr/bin/python3
+tmp=$(mktemp -d)
+pid=
+cleanup() {
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail() {
+    echo "FAIL: $*" >&2
+    [ -f "$tmp/serve.log" ] && tail -n 20 "$tmp/serve.log" | sed 's/^/  serve: /' >&2
+    exit 1
+}
+command -v curl >/dev/null || { echo "skipped: curl is not installed"; exit 77; }
+"$BIN/genmodel" --arch qwen2moe --type f32 --out "$tmp/m.gguf" >/dev/null 2>&1 || fail "genmodel failed"
+free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+start_serve() { # start_serve OPTIONS...: waits for /health
+    stop_serve
+    ZP=$(free_port) HP=$(free_port)
+    U="http://127.0.0.1:$HP"
+    "$BIN/moeshard" serve --plaintext --model "$tmp/m.gguf" --listen "tcp://127.0.0.1:$ZP" --http "127.0.0.1:$HP" \
+        --threads 1 "$@" >"$tmp/serve.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 300); do
+        curl -sf "$U/health" >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || fail "serve $* exited"
+        sleep 0.1
+    done
+    fail "serve $* did not come up"
+}
+stop_serve() {
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi
+}
+gen() { # gen OUT N: a greedy request of N tokens; returns its status
+    timeout 60 "$BIN/moeshard" generate --plaintext --server "tcp://127.0.0.1:$ZP" -n "$2" --temp 0 "Hello" \
+        >"$tmp/$1.txt" 2>"$tmp/$1.err"
+}
+post() { # post OUT: a completion over HTTP; prints the status code, headers to OUT.h
+    curl -s -D "$tmp/$1.h" -o "$tmp/$1.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+        --data-binary '{"model":"m","prompt":"Hello","max_tokens":4,"temperature":0}' "$U/v1/completions"
+}
+
+# ---- 6 a minute from one client: a burst of 1, then refused until it refills
+start_serve --rate-limit 6
+gen first 4 || fail "first request: $(cat "$tmp/first.err")"
+if gen second 4; then fail "a second request at once passed the rate limit"; fi
+grep -q "rate limit: at most 6 requests a minute from one client; retry in [0-9]* s" "$tmp/second.err" ||
+    fail "rate refusal unclear: $(cat "$tmp/second.err")"
+[ "$(post h1)" = 200 ] || fail "first HTTP request: $(cat "$tmp/h1.json")"
+code=$(post h2)
+[ "$code" = 429 ] || fail "second HTTP request at once: status $code"
+grep -qi "^retry-after: [1-9][0-9]*" "$tmp/h2.h" || fail "429 without Retry-After: $(cat "$tmp/h2.h")"
+$PY -c "import json,sys; e=json.load(open(sys.argv[1]))['error']; assert e['type']=='rate_limit_error' and 'rate limit' in e['message'], e" \
+    "$tmp/h2.json" || fail "429 body: $(cat "$tmp/h2.json")"
+curl -sf "$U/health" >/dev/null || fail "not healthy after refusals"
+echo "rate limit: the second request of one client refused (ZeroMQ: $(tail -n 1 "$tmp/second.err" | cut -c1-80)...; HTTP 429)"
+
+# ---- one sequence at once and no queue: concurrent requests are refused, not lost
+start_serve --max-seqs 1 --queue 0
+gpids=()
+for i in 1 2 3; do
+    gen "c$i" 400 &
+    gpids+=($!)
+done
+ok=0 refused=0
+for i in 1 2 3; do
+    if wait "${gpids[$((i - 1))]}"; then
+        ok=$((ok + 1))
+    else
+        grep -q "the request queue is full (0 waiting); try again later" "$tmp/c$i.err" ||
+            fail "request $i failed otherwise: $(cat "$tmp/c$i.err")"
+        refused=$((refused + 1))
+    fi
+done
+[ $ok -ge 1 ] && [ $refused -ge 1 ] || fail "3 concurrent requests on 1 sequence: $ok served, $refused refused"
+gen after 4 || fail "a request after the refusals: $(cat "$tmp/after.err")"
+echo "1 sequence, no queue: of 3 concurrent requests $ok served, $refused refused with a clear message"
+
+# ---- a prompt beyond the context
+start_serve --ctx 64
+$PY -c 'print("word " * 400)' >"$tmp/long_prompt"
+if timeout 60 "$BIN/moeshard" generate --plaintext --server "tcp://127.0.0.1:$ZP" -n 4 "$(cat "$tmp/long_prompt")" \
+    >/dev/null 2>"$tmp/ctx.err"; then
+    fail "a prompt longer than the context was accepted"
+fi
+grep -qi "context\|too long\|longer" "$tmp/ctx.err" || fail "context refusal unclear: $(cat "$tmp/ctx.err")"
+gen small 4 || fail "a request after the context refusal: $(cat "$tmp/small.err")"
+echo "context: a $(wc -c <"$tmp/long_prompt")-byte prompt refused: $(tail -n 1 "$tmp/ctx.err" | cut -c1-100)"
+stop_serve
+echo "limits: all checks passed"

@@ -46,6 +46,7 @@ struct ms_gguf {
     uint64_t size;       /* of the file */
     uint64_t avail;      /* bytes at base: the file, or its header part (header_only) */
     bool header_only;    /* tensor data not mapped: tensors' data pointers are NULL */
+    bool layout_only;    /* header_only, and tensor data may lie past the end of the file */
     bool ran_short;      /* the last parse failed for want of bytes past avail */
     void *map; /* our mapping (NULL for a borrowed buffer or an empty file) */
     uint32_t alignment;
@@ -56,6 +57,11 @@ struct ms_gguf {
     ms_gguf_tensor_t *tensors;
     name_index_t kv_index;
     name_index_t tensor_index;
+    /* A split model: this object is its first part, holding the model's
+     * metadata and the merged tensor table; parts[1..n_parts-1] are the
+     * other files, each opened and validated on its own (parts[0] unused). */
+    uint32_t n_parts;
+    ms_gguf_t **parts;
 };
 
 /* Parsing position plus what is being parsed, so every message can say where. */
@@ -515,6 +521,18 @@ static int parse_tensor_info(ms_gguf_t *g, cursor_t *c, uint64_t i)
     return check_size(c, t);
 }
 
+/* A file that describes a model without holding its data (the header-only
+ * files of genmodel): the data may lie past the end, but its range must still
+ * be a range of 64-bit offsets. */
+static int place_described(ms_gguf_t *g, cursor_t *c, ms_gguf_tensor_t *t)
+{
+    if (t->offset > UINT64_MAX - g->data_offset || t->nbytes > UINT64_MAX - (g->data_offset + t->offset))
+        return bad(c, "data offset %" PRIu64 " + %" PRIu64 " bytes overflows 64 bits", t->offset, t->nbytes);
+    t->file_offset = g->data_offset + t->offset;
+    t->data = NULL;
+    return 0;
+}
+
 /* Offsets are checked once the data section's start is known. */
 static int place_tensor(ms_gguf_t *g, cursor_t *c, uint64_t i)
 {
@@ -523,6 +541,8 @@ static int place_tensor(ms_gguf_t *g, cursor_t *c, uint64_t i)
     where_set(c, "tensor %" PRIu64 " ('%s')", i, show(t->name, shown));
     if (t->offset % g->alignment != 0)
         return bad(c, "offset %" PRIu64 " is not a multiple of the alignment %" PRIu32, t->offset, g->alignment);
+    if (g->layout_only)
+        return place_described(g, c, t);
     uint64_t room = g->size > g->data_offset ? g->size - g->data_offset : 0;
     if (t->offset > room)
         return bad(c, "data offset %" PRIu64 " lies past end of file (data section at %" PRIu64 ", size %" PRIu64 ")",
@@ -689,7 +709,13 @@ static int map_file(ms_gguf_t *g, int fd, const char *path, uint64_t limit, ms_e
     return 0;
 }
 
-int ms_gguf_open(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err)
+typedef enum {
+    OPEN_FULL,   /* the whole file mapped */
+    OPEN_HEADER, /* the header mapped; tensor data must lie inside the file */
+    OPEN_LAYOUT, /* the header mapped; tensor data may lie past the end of the file */
+} open_mode_t;
+
+static int open_whole(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -713,7 +739,7 @@ int ms_gguf_open(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err)
  * header runs past it. */
 #define GGUF_HEADER_PROBE_BYTES (1u << 20)
 
-int ms_gguf_open_header(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err)
+static int open_prefix(const char *path, bool layout, ms_gguf_t **ret_gguf, ms_err_t *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -727,6 +753,7 @@ int ms_gguf_open_header(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err)
             return -ENOMEM;
         }
         g->header_only = true;
+        g->layout_only = layout;
         int rc = map_file(g, fd, path, limit, err);
         rc = rc ? rc : parse(g, err);
         if (!rc) {
@@ -745,6 +772,240 @@ int ms_gguf_open_header(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err)
     }
 }
 
+static int open_file(const char *path, open_mode_t mode, ms_gguf_t **ret_gguf, ms_err_t *err)
+{
+    return mode == OPEN_FULL ? open_whole(path, ret_gguf, err) : open_prefix(path, mode == OPEN_LAYOUT, ret_gguf, err);
+}
+
+/* ---- split models (llama.cpp's gguf-split: NAME-0000K-of-0000N.gguf) ---- */
+
+#define SPLIT_PARTS_MAX 4096   /* files of one split model (gguf-split writes split.count as u16) */
+#define SPLIT_SUFFIX_BYTES 20  /* "-00001-of-00003.gguf": 5-digit numbers while count <= 99999 */
+_Static_assert(SPLIT_PARTS_MAX <= 99999, "part numbers are written with 5 digits");
+
+typedef struct {
+    uint32_t no;      /* split.no: 0-based index of this part */
+    uint32_t count;   /* split.count: 1 for a whole model */
+    uint64_t tensors; /* split.tensors.count: tensors of the whole model */
+} split_t;
+
+/* The split.* keys of one file; a file without split.count is a whole model. */
+static int read_split(const ms_gguf_t *g, split_t *ret, ms_err_t *err)
+{
+    *ret = (split_t){ .no = 0, .count = 1, .tensors = g->n_tensors };
+    int rc = ms_gguf_get_u32(g, "split.count", &ret->count);
+    if (rc == -ENOENT)
+        return 0;
+    if (rc || ret->count < 1 || ret->count > SPLIT_PARTS_MAX) {
+        ms_err_set(err, "%s: metadata key 'split.count' must be an integer in [1, %d]", g->name, SPLIT_PARTS_MAX);
+        return -EINVAL;
+    }
+    rc = ms_gguf_get_u32(g, "split.no", &ret->no);
+    if ((rc && !(rc == -ENOENT && ret->count == 1)) || ret->no >= ret->count) {
+        ms_err_set(err, "%s: metadata key 'split.no' must be an integer in [0, %" PRIu32 ") (split.count is %" PRIu32 ")",
+                   g->name, ret->count, ret->count);
+        return -EINVAL;
+    }
+    int32_t total;
+    if (ret->count == 1)
+        return 0;
+    if (ms_gguf_get_i32(g, "split.tensors.count", &total) || total < 0 || (uint64_t)total > MS_GGUF_TENSORS_MAX) {
+        ms_err_set(err, "%s: metadata key 'split.tensors.count' must be an integer in [0, %u] in every part of a split"
+                   " model", g->name, (unsigned)MS_GGUF_TENSORS_MAX);
+        return -EINVAL;
+    }
+    ret->tensors = (uint64_t)total;
+    return 0;
+}
+
+/* "-0000K-of-0000N.gguf" for part i (0-based) of count: SPLIT_SUFFIX_BYTES
+ * characters, as count <= SPLIT_PARTS_MAX. */
+static void split_suffix(char buf[32], uint32_t i, uint32_t count)
+{
+    snprintf(buf, 32, "-%05" PRIu32 "-of-%05" PRIu32 ".gguf", i + 1, count);
+}
+
+/* Length of g's name before the "-0000K-of-0000N.gguf" its split keys call for. */
+static int split_prefix_len(const ms_gguf_t *g, const split_t *sp, size_t *ret, ms_err_t *err)
+{
+    char want[32];
+    split_suffix(want, sp->no, sp->count);
+    size_t len = strlen(g->name);
+    if (len <= SPLIT_SUFFIX_BYTES || strcmp(g->name + len - SPLIT_SUFFIX_BYTES, want) != 0) {
+        ms_err_set(err, "%s: part %" PRIu32 " of a model split in %" PRIu32 " (split.no %" PRIu32 ", split.count %"
+                   PRIu32 "), but its name does not end in '%s', so the other parts cannot be found (keep the names"
+                   " gguf-split gave the parts)", g->name, sp->no + 1, sp->count, sp->no, sp->count, want);
+        return -EINVAL;
+    }
+    *ret = len - SPLIT_SUFFIX_BYTES;
+    return 0;
+}
+
+/* "PREFIX-0000K-of-0000N.gguf" for part i (0-based); the caller frees it. */
+static char *part_name(const char *name, size_t prefix_len, uint32_t i, uint32_t count)
+{
+    char suffix[32];
+    split_suffix(suffix, i, count);
+    size_t n = strlen(suffix);
+    char *p = malloc(prefix_len + n + 1);
+    if (p) {
+        memcpy(p, name, prefix_len);
+        memcpy(p + prefix_len, suffix, n + 1);
+    }
+    return p;
+}
+
+/* Opens part i of the split model sp (read from the file ref) describes and
+ * checks that it says so. */
+static int open_part(const char *path, open_mode_t mode, uint32_t i, const split_t *sp, const char *ref,
+                     ms_gguf_t **ret, ms_err_t *err)
+{
+    ms_gguf_t *p = NULL;
+    split_t got;
+    int rc = open_file(path, mode, &p, err);
+    if (rc == -ENOENT)
+        ms_err_set(err, "%s: part %" PRIu32 " of %" PRIu32 " of a split model is missing (every part must be in the"
+                   " same folder)", path, i + 1, sp->count);
+    rc = rc ? rc : read_split(p, &got, err);
+    if (!rc && (got.count != sp->count || got.no != i)) {
+        ms_err_set(err, "%s: split.count %" PRIu32 ", split.no %" PRIu32 ": expected part %" PRIu32 " (split.no %" PRIu32
+                   ") of %" PRIu32 "; is it a part of another model?", path, got.count, got.no, i + 1, i, sp->count);
+        rc = -EINVAL;
+    } else if (!rc && got.tensors != sp->tensors) {
+        ms_err_set(err, "%s: split.tensors.count is %" PRIu64 " but %s says %" PRIu64 ": the parts belong to"
+                   " different models", path, got.tensors, ref, sp->tensors);
+        rc = -EINVAL;
+    }
+    if (rc) {
+        ms_gguf_close(&p);
+        return rc;
+    }
+    *ret = p;
+    return 0;
+}
+
+static const ms_gguf_t *part_at(const ms_gguf_t *g, uint32_t i)
+{
+    return i == 0 ? g : g->parts[i];
+}
+
+static int dup_error(const ms_gguf_t *g, const ms_gguf_tensor_t *t, const ms_gguf_tensor_t *first, ms_err_t *err)
+{
+    char shown[SHOW_NAME_BYTES + 4];
+    ms_err_set(err, "%s: tensor '%s' is also in %s: the parts of a split model hold each tensor once",
+               part_at(g, t->part)->name, show(t->name, shown), part_at(g, first->part)->name);
+    return -EINVAL;
+}
+
+/* One tensor table over every part, in part order; names unique across parts. */
+static int merge_tensors(ms_gguf_t *g, const split_t *sp, ms_err_t *err)
+{
+    uint64_t total = 0; /* <= SPLIT_PARTS_MAX * MS_GGUF_TENSORS_MAX: no overflow */
+    for (uint32_t i = 0; i < g->n_parts; i++)
+        total += part_at(g, i)->n_tensors;
+    if (total != sp->tensors) {
+        ms_err_set(err, "%s: split.tensors.count is %" PRIu64 " but the %" PRIu32 " parts hold %" PRIu64 " tensors",
+                   g->name, sp->tensors, g->n_parts, total);
+        return -EINVAL;
+    }
+    ms_gguf_tensor_t *all = total ? calloc(total, sizeof(*all)) : NULL;
+    name_index_t ix = { 0 };
+    if ((total && !all) || index_init(&ix, total, all ? (const void *)&all[0].name : NULL, sizeof(*all))) {
+        free(all);
+        ms_err_set(err, "%s: out of memory while indexing %" PRIu64 " tensors", g->name, total);
+        return -ENOMEM;
+    }
+    int rc = 0;
+    uint64_t k = 0;
+    for (uint32_t i = 0; i < g->n_parts && !rc; i++) {
+        const ms_gguf_t *p = part_at(g, i);
+        for (uint64_t j = 0; j < p->n_tensors && !rc; j++, k++) {
+            all[k] = p->tensors[j];
+            all[k].part = i;
+            int64_t dup = index_add(&ix, (uint32_t)k);
+            rc = dup >= 0 ? dup_error(g, &all[k], &all[dup], err) : 0;
+        }
+    }
+    if (rc) {
+        free(all);
+        free(ix.slots);
+        return rc;
+    }
+    free(g->tensors);
+    free(g->tensor_index.slots);
+    g->tensors = all;
+    g->tensor_index = ix;
+    g->n_tensors = total;
+    return 0;
+}
+
+/* *g_p is part sp->no of a split model: opens the others and leaves in *g_p
+ * the first part, holding them all and the merged tensor table. */
+static int open_split(ms_gguf_t **g_p, const split_t *sp, open_mode_t mode, ms_err_t *err)
+{
+    size_t prefix = 0;
+    int rc = split_prefix_len(*g_p, sp, &prefix, err);
+    if (rc)
+        return rc;
+    ms_gguf_t **parts = calloc(sp->count, sizeof(*parts));
+    char *name = strdup((*g_p)->name);
+    rc = parts && name ? 0 : -ENOMEM;
+    if (!rc) {
+        parts[sp->no] = *g_p;
+        *g_p = NULL;
+    }
+    for (uint32_t i = 0; i < sp->count && !rc; i++) {
+        char *path = parts[i] ? NULL : part_name(name, prefix, i, sp->count);
+        if (!parts[i])
+            rc = path ? open_part(path, mode, i, sp, name, &parts[i], err) : -ENOMEM;
+        free(path);
+    }
+    if (rc == -ENOMEM)
+        ms_err_set(err, "%s: out of memory while opening the parts of a split model", name ? name : "(split)");
+    free(name);
+    if (!rc) {
+        *g_p = parts[0];
+        (*g_p)->parts = parts;
+        (*g_p)->n_parts = sp->count;
+        return merge_tensors(*g_p, sp, err); /* on failure the caller closes *g_p, and every part with it */
+    }
+    for (uint32_t i = 0; parts && i < sp->count; i++)
+        ms_gguf_close(&parts[i]);
+    free(parts);
+    return rc;
+}
+
+static int open_model(const char *path, open_mode_t mode, ms_gguf_t **ret_gguf, ms_err_t *err)
+{
+    ms_gguf_t *g = NULL;
+    split_t sp;
+    int rc = open_file(path, mode, &g, err);
+    rc = rc ? rc : read_split(g, &sp, err);
+    if (!rc && sp.count > 1)
+        rc = open_split(&g, &sp, mode, err);
+    if (rc) {
+        ms_gguf_close(&g);
+        return rc;
+    }
+    *ret_gguf = g;
+    return 0;
+}
+
+int ms_gguf_open(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err)
+{
+    return open_model(path, OPEN_FULL, ret_gguf, err);
+}
+
+int ms_gguf_open_header(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err)
+{
+    return open_model(path, OPEN_HEADER, ret_gguf, err);
+}
+
+int ms_gguf_open_layout(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err)
+{
+    return open_model(path, OPEN_LAYOUT, ret_gguf, err);
+}
+
 void ms_gguf_close(ms_gguf_t **self_p)
 {
     if (!self_p || !*self_p)
@@ -758,6 +1019,9 @@ void ms_gguf_close(ms_gguf_t **self_p)
     free(g->tensors);
     free(g->kv_index.slots);
     free(g->tensor_index.slots);
+    for (uint32_t i = 1; g->parts && i < g->n_parts; i++)
+        ms_gguf_close(&g->parts[i]);
+    free(g->parts);
     if (g->map)
         munmap(g->map, (size_t)g->avail);
     free(g->name);
@@ -774,6 +1038,22 @@ uint64_t ms_gguf_data_offset(const ms_gguf_t *g) { return g->data_offset; }
 const void *ms_gguf_base(const ms_gguf_t *g) { return g->base; }
 uint64_t ms_gguf_n_kv(const ms_gguf_t *g) { return g->n_kv; }
 uint64_t ms_gguf_n_tensors(const ms_gguf_t *g) { return g->n_tensors; }
+uint32_t ms_gguf_n_parts(const ms_gguf_t *g) { return g->parts ? g->n_parts : 1; }
+
+const char *ms_gguf_part_path(const ms_gguf_t *g, uint32_t part)
+{
+    return part < ms_gguf_n_parts(g) ? part_at(g, part)->name : NULL;
+}
+
+uint64_t ms_gguf_part_size(const ms_gguf_t *g, uint32_t part)
+{
+    return part < ms_gguf_n_parts(g) ? part_at(g, part)->size : 0;
+}
+
+uint64_t ms_gguf_part_data_offset(const ms_gguf_t *g, uint32_t part)
+{
+    return part < ms_gguf_n_parts(g) ? part_at(g, part)->data_offset : 0;
+}
 
 const ms_gguf_kv_t *ms_gguf_kv(const ms_gguf_t *g, uint64_t i)
 {
@@ -925,4 +1205,14 @@ int ms_gguf_prefault(const ms_gguf_t *g, uint64_t offset, uint64_t len)
     if (e != EINVAL) /* EINVAL: a kernel without POPULATE_READ; read-ahead is the best left */
         return -e;
     return madvise((char *)g->map + start, (size_t)n, MADV_WILLNEED) == 0 ? 0 : -errno;
+}
+
+int ms_gguf_prefault_part(const ms_gguf_t *g, uint32_t part, uint64_t offset, uint64_t len)
+{
+    return part < ms_gguf_n_parts(g) ? ms_gguf_prefault(part_at(g, part), offset, len) : -EINVAL;
+}
+
+int ms_gguf_prefault_tensor(const ms_gguf_t *g, const ms_gguf_tensor_t *t)
+{
+    return ms_gguf_prefault_part(g, t->part, t->file_offset, t->nbytes);
 }

@@ -1,5 +1,7 @@
 /* GGUF v3 reader: the file is mmapped read-only and every field is validated
- * before anything uses it. Strings and tensor data point into the mapping. */
+ * before anything uses it. Strings and tensor data point into the mapping.
+ * A model split by llama.cpp's gguf-split (NAME-0000K-of-0000N.gguf, keys
+ * split.no / split.count / split.tensors.count) opens as one model. */
 #ifndef MS_GGUF_H
 #define MS_GGUF_H
 
@@ -62,15 +64,28 @@ typedef struct {
     ms_type_t type;
     uint64_t offset;          /* from the start of the data section, aligned */
     uint64_t nbytes;          /* ms_type_row_bytes(type, ne[0]) * ne[1] * ne[2] * ne[3] */
-    uint64_t file_offset;     /* absolute offset in the file */
-    const void *data;         /* inside the mapping */
+    uint64_t file_offset;     /* absolute offset in the file (of part `part` for a split model) */
+    const void *data;         /* inside the mapping (of part `part`) */
+    uint32_t part;            /* file holding the data: 0 for a single file; see ms_gguf_part_path */
 } ms_gguf_tensor_t;
 
 typedef struct ms_gguf ms_gguf_t;
 
 /* Opens, maps and validates path. On failure returns -errno (-ENOENT, -EIO,
  * -EINVAL for a malformed file, -ENOMEM) and err names the file and the field
- * ("model.gguf: tensor 'blk.0.attn_q.weight': data [off, off+size) extends past end of file (size N)"). */
+ * ("model.gguf: tensor 'blk.0.attn_q.weight': data [off, off+size) extends past end of file (size N)").
+ *
+ * Split models: when path has split.count > 1, path may name any part; the
+ * others are found by replacing its "-0000K-of-0000N.gguf" ending (K from
+ * split.no + 1, N = split.count; -EINVAL when the name does not end so).
+ * Every part is opened and validated on its own and must say split.no = its
+ * position, the same split.count and split.tensors.count; tensor names are
+ * unique across parts and their number is split.tensors.count. A missing or
+ * bad part fails the open with err naming that file. The result is one model:
+ * the metadata of the first part (which gguf-split gives the model's keys),
+ * one tensor table in part order, each tensor's `part` telling its file.
+ * ms_gguf_path, ms_gguf_file_size, ms_gguf_data_offset, ms_gguf_base and
+ * ms_gguf_prefault then describe the first part; ms_gguf_part_* the others. */
 int ms_gguf_open(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err);
 
 /* Same validation, mapping only the header part (metadata and tensor
@@ -80,8 +95,17 @@ int ms_gguf_open(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err);
  * with io_uring) or only need the shapes. Errors as ms_gguf_open. */
 int ms_gguf_open_header(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err);
 
+/* As ms_gguf_open_header, but tensor data may lie past the end of the file:
+ * for files that describe a model without holding its weights (genmodel
+ * --header-only writes them; `moeshard plan` reads them). Offsets must still
+ * be aligned, not overlap and not overflow 64 bits. Only for programs that
+ * need shapes and sizes: ms_gguf_open and ms_gguf_open_header refuse such
+ * files. Errors as ms_gguf_open. */
+int ms_gguf_open_layout(const char *path, ms_gguf_t **ret_gguf, ms_err_t *err);
+
 /* Same validation over a caller-owned buffer (kept borrowed until close);
- * name is used in messages. For tests and fuzzing. */
+ * name is used in messages. For tests and fuzzing. Split keys are not
+ * followed: the buffer is taken as one file. */
 int ms_gguf_open_mem(const void *buf, size_t len, const char *name, ms_gguf_t **ret_gguf, ms_err_t *err);
 
 /* Accepts NULL and *self_p == NULL; sets *self_p to NULL. */
@@ -97,6 +121,18 @@ const void *ms_gguf_base(const ms_gguf_t *g);      /* start of the mapping */
  * now, so the first pass of computation does not pay page faults.
  * -EINVAL outside the file or for a borrowed buffer; -EIO/-ENOMEM/-EFAULT from the kernel. */
 int ms_gguf_prefault(const ms_gguf_t *g, uint64_t offset, uint64_t len);
+
+/* The files of a model: 1 for a single file, split.count for a split model.
+ * For part in [0, n_parts): its path, size and data-section offset; NULL / 0
+ * for a part out of range. */
+uint32_t ms_gguf_n_parts(const ms_gguf_t *g);
+const char *ms_gguf_part_path(const ms_gguf_t *g, uint32_t part);
+uint64_t ms_gguf_part_size(const ms_gguf_t *g, uint32_t part);
+uint64_t ms_gguf_part_data_offset(const ms_gguf_t *g, uint32_t part);
+/* ms_gguf_prefault of a range of part `part`'s file; -EINVAL for a part out of range. */
+int ms_gguf_prefault_part(const ms_gguf_t *g, uint32_t part, uint64_t offset, uint64_t len);
+/* Prefaults t's bytes in whichever part holds them. */
+int ms_gguf_prefault_tensor(const ms_gguf_t *g, const ms_gguf_tensor_t *t);
 
 uint64_t ms_gguf_n_kv(const ms_gguf_t *g);
 const ms_gguf_kv_t *ms_gguf_kv(const ms_gguf_t *g, uint64_t i);

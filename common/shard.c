@@ -238,6 +238,7 @@ static int add_slices(ms_shard_t *s, int32_t layer, const layer_read_t *lr, ms_e
         for (int p = 0; p < MS_PROJ_COUNT; p++) {
             sl.file_offset[p] = lr->t[p]->file_offset + (uint64_t)i * lr->mat_bytes[p];
             sl.nbytes[p] = lr->mat_bytes[p];
+            sl.part[p] = lr->t[p]->part;
             if (s->packed)
                 memcpy(sl.sha256[p], lr->digests[i][p], MS_SHA256_BYTES);
         }
@@ -390,4 +391,88 @@ const ms_slice_shape_t *ms_shard_layer_shape(const ms_shard_t *s, int32_t layer)
     if (layer < 0 || layer >= s->hp.n_layer || !s->held[layer])
         return NULL;
     return &s->shapes[layer];
+}
+
+/* ---- loading slices of a possibly split model ---- */
+
+/* Turns one part's progress into the whole call's. */
+typedef struct {
+    ms_load_progress_fn fn;
+    void *ctx;
+    uint64_t before; /* bytes of the parts already read */
+    uint64_t total;  /* bytes of every range */
+} part_progress_t;
+
+static void on_part_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    const part_progress_t *pp = ctx;
+    (void)total;
+    if (pp->fn)
+        pp->fn(pp->ctx, pp->before + done, pp->total);
+}
+
+static void add_stats(ms_load_stats_t *sum, const ms_load_stats_t *st)
+{
+    sum->bytes += st->bytes;
+    sum->bytes_read += st->bytes_read;
+    sum->seconds += st->seconds;
+    sum->used_direct = sum->used_direct && st->used_direct;
+    sum->mismatches += st->mismatches;
+}
+
+/* Reads the ranges of one part through a gathered copy, then hands the
+ * statuses back. */
+static int load_part(const ms_gguf_t *g, uint32_t pi, ms_load_range_t *ranges, const uint32_t *part, size_t n,
+                     ms_load_range_t *tmp, const ms_load_params_t *params, part_progress_t *pp,
+                     ms_load_stats_t *sum, ms_err_t *err)
+{
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (part[i] == pi)
+            tmp[m++] = ranges[i];
+    if (m == 0)
+        return 0;
+    ms_load_stats_t st = { .used_direct = true };
+    int rc = ms_uring_load(ms_gguf_part_path(g, pi), tmp, m, params, on_part_progress, pp, &st, err);
+    m = 0;
+    for (size_t i = 0; !rc && i < n; i++)
+        if (part[i] == pi)
+            ranges[i].status = tmp[m++].status;
+    if (!rc) {
+        add_stats(sum, &st);
+        pp->before += st.bytes;
+    }
+    return rc;
+}
+
+int ms_shard_load_ranges(const ms_gguf_t *g, ms_load_range_t *ranges, const uint32_t *part, size_t n_ranges,
+                         const ms_load_params_t *params, ms_load_progress_fn progress, void *progress_ctx,
+                         ms_load_stats_t *ret_stats, ms_err_t *err)
+{
+    uint32_t n_parts = ms_gguf_n_parts(g);
+    if (!part || n_parts == 1)
+        return ms_uring_load(ms_gguf_part_path(g, 0), ranges, n_ranges, params, progress, progress_ctx, ret_stats, err);
+    for (size_t i = 0; i < n_ranges; i++) {
+        if (part[i] >= n_parts) {
+            ms_err_set(err, "%s: range %zu names part %" PRIu32 " of a model in %" PRIu32 " parts", ms_gguf_path(g), i,
+                       part[i], n_parts);
+            return -EINVAL;
+        }
+    }
+    part_progress_t pp = { .fn = progress, .ctx = progress_ctx };
+    for (size_t i = 0; i < n_ranges; i++)
+        pp.total += ranges[i].nbytes;
+    ms_load_range_t *tmp = malloc((n_ranges ? n_ranges : 1) * sizeof(*tmp));
+    if (!tmp) {
+        ms_err_set(err, "%s: out of memory", ms_gguf_path(g));
+        return -ENOMEM;
+    }
+    ms_load_stats_t sum = { .used_direct = true };
+    int rc = 0;
+    for (uint32_t pi = 0; pi < n_parts && !rc; pi++)
+        rc = load_part(g, pi, ranges, part, n_ranges, tmp, params, &pp, &sum, err);
+    free(tmp);
+    if (!rc && ret_stats)
+        *ret_stats = sum;
+    return rc;
 }

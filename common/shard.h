@@ -34,8 +34,9 @@ typedef enum { MS_PROJ_GATE, MS_PROJ_UP, MS_PROJ_DOWN, MS_PROJ_COUNT } ms_proj_t
 /* One (layer, expert) slice: its three slabs in the file. */
 typedef struct {
     int32_t layer, expert;
-    uint64_t file_offset[MS_PROJ_COUNT]; /* absolute offset of the slab */
+    uint64_t file_offset[MS_PROJ_COUNT]; /* absolute offset of the slab in the file of its part */
     uint64_t nbytes[MS_PROJ_COUNT];
+    uint32_t part[MS_PROJ_COUNT];        /* the file holding the slab: ms_gguf_part_path (0 unless split) */
     bool has_sha256;                     /* the file carries slab digests */
     uint8_t sha256[MS_PROJ_COUNT][MS_SHA256_BYTES];
 } ms_slice_t;
@@ -64,5 +65,15 @@ const ms_slice_t *ms_shard_slice(const ms_shard_t *s, size_t i);  /* ordered by 
 /* NULL when (layer, expert) is not held. */
 const ms_slice_t *ms_shard_find(const ms_shard_t *s, int32_t layer, int32_t expert);
 const ms_slice_shape_t *ms_shard_layer_shape(const ms_shard_t *s, int32_t layer);
+
+/* ms_uring_load over the file(s) of g, which may be a split model: part[i]
+ * is the part holding ranges[i] (ms_slice_t.part), or part == NULL when all
+ * are in the first. Each part's ranges are read in one ms_uring_load call on
+ * that part's file; progress counts over all of them (bytes done and total of
+ * the whole call) and ret_stats sums the calls. Returns as ms_uring_load
+ * (the first failing part stops the call; err names its file). */
+int ms_shard_load_ranges(const ms_gguf_t *g, ms_load_range_t *ranges, const uint32_t *part, size_t n_ranges,
+                         const ms_load_params_t *params, ms_load_progress_fn progress, void *progress_ctx,
+                         ms_load_stats_t *ret_stats, ms_err_t *err);
 
 #endif

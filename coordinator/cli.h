@@ -16,6 +16,7 @@ int coord_cmd_run(int argc, char **argv);
 int coord_cmd_tokenize(int argc, char **argv);
 int coord_cmd_inspect(int argc, char **argv);
 int coord_cmd_pack(int argc, char **argv);
+int coord_cmd_plan(int argc, char **argv);
 int coord_cmd_serve(int argc, char **argv);
 int coord_cmd_generate(int argc, char **argv);
 int coord_cmd_status(int argc, char **argv);

@@ -19,7 +19,9 @@ static void inspect_help(void)
            "and sizes, experts per layer, and the bytes of dense versus expert weights.\n"
            "On the files of 'moeshard pack' it describes a host shard (the slices it holds)\n"
            "or the dense part.\n\n"
-           "      --tensors   also list every tensor (name, type, shape, bytes, file offset)\n"
+           "A split model (NAME-0000K-of-0000N.gguf) is described as one model; give any part.\n\n"
+           "      --tensors   also list every tensor (name, type, shape, bytes, file offset;\n"
+           "                  for a split model also the part holding it)\n"
            "  -h, --help      this help\n");
 }
 
@@ -79,7 +81,8 @@ static void print_model(const ms_model_t *m)
 
 static void print_tensors(const ms_gguf_t *g)
 {
-    printf("\n%-40s %-6s %-28s %14s %14s\n", "tensor", "type", "shape", "bytes", "offset");
+    bool split = ms_gguf_n_parts(g) > 1;
+    printf("\n%-40s %-6s %-28s %14s %14s%s\n", "tensor", "type", "shape", "bytes", "offset", split ? "  part" : "");
     for (uint64_t i = 0; i < ms_gguf_n_tensors(g); i++) {
         const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
         char shape[64] = "[";
@@ -89,8 +92,33 @@ static void print_tensors(const ms_gguf_t *g)
             strncat(shape, part, sizeof(shape) - strlen(shape) - 2);
         }
         strcat(shape, "]");
-        printf("%-40.*s %-6s %-28s %14" PRIu64 " %14" PRIu64 "\n", (int)t->name.len, t->name.ptr,
+        printf("%-40.*s %-6s %-28s %14" PRIu64 " %14" PRIu64, (int)t->name.len, t->name.ptr,
                ms_type_traits(t->type)->name, shape, t->nbytes, t->file_offset);
+        if (split)
+            printf("  %5" PRIu32, t->part + 1);
+        printf("\n");
+    }
+}
+
+/* A split model: the files, each with its size and the tensors it holds. */
+static void print_parts(const ms_gguf_t *g)
+{
+    uint32_t n = ms_gguf_n_parts(g);
+    uint64_t total = 0;
+    for (uint32_t p = 0; p < n; p++)
+        total += ms_gguf_part_size(g, p);
+    printf("file          split model in %" PRIu32 " parts (%.2f MB, GGUF v3, %" PRIu64 " tensors, %" PRIu64
+           " metadata keys in the first part, alignment %u)\n", n, (double)total / 1e6, ms_gguf_n_tensors(g),
+           ms_gguf_n_kv(g), ms_gguf_alignment(g));
+    for (uint32_t p = 0; p < n; p++) {
+        uint64_t count = 0, bytes = 0;
+        for (uint64_t i = 0; i < ms_gguf_n_tensors(g); i++) {
+            const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
+            count += t->part == p;
+            bytes += t->part == p ? t->nbytes : 0;
+        }
+        printf("  part %-6" PRIu32 " %s: %.2f MB, %" PRIu64 " tensors (%.2f MB of tensor data)\n", p + 1,
+               ms_gguf_part_path(g, p), (double)ms_gguf_part_size(g, p) / 1e6, count, (double)bytes / 1e6);
     }
 }
 
@@ -207,8 +235,11 @@ int coord_cmd_inspect(int argc, char **argv)
         fprintf(stderr, "moeshard inspect: %s\n", err.msg);
         return COORD_EXIT_FAIL;
     }
-    printf("file          %s (%.2f MB, GGUF v3, %" PRIu64 " tensors, %" PRIu64 " metadata keys, alignment %u)\n",
-           path, (double)ms_gguf_file_size(g) / 1e6, ms_gguf_n_tensors(g), ms_gguf_n_kv(g), ms_gguf_alignment(g));
+    if (ms_gguf_n_parts(g) > 1)
+        print_parts(g);
+    else
+        printf("file          %s (%.2f MB, GGUF v3, %" PRIu64 " tensors, %" PRIu64 " metadata keys, alignment %u)\n",
+               path, (double)ms_gguf_file_size(g) / 1e6, ms_gguf_n_tensors(g), ms_gguf_n_kv(g), ms_gguf_alignment(g));
     print_str_kv(g, "name", "general.name");
     print_str_kv(g, "tokenizer", "tokenizer.ggml.model");
     print_str_kv(g, "pre-tokenizer", "tokenizer.ggml.pre");

@@ -78,6 +78,7 @@ static void pack_help(void)
            "  plan.json     the placement: which slices each host holds\n"
            "  dense.gguf    everything but the routed experts (for the coordinator)\n"
            "  host-K.gguf   host K's expert slices, K = 0..N-1 (for expertd --model)\n"
+           "M.gguf may be any part of a split model (NAME-0000K-of-0000N.gguf): all parts are read.\n"
            "Every tensor carries a SHA-256 in the metadata, every expert slab its own.\n\n"
            "  -n, --hosts N      expert hosts, 1..%d\n"
            "  -r, --replicas R   copies of each slice, on distinct hosts, 1..N (default 1)\n"
@@ -395,7 +396,8 @@ static bool has_prefix(ms_str_t s, const char *prefix)
     return s.len >= n && memcmp(s.ptr, prefix, n) == 0;
 }
 
-/* dense.gguf: every metadata key and every tensor but the routed experts. */
+/* dense.gguf: every metadata key and every tensor but the routed experts.
+ * The split.* keys of a split model stay behind: dense.gguf is one file. */
 static int write_dense(pack_t *pk, size_t *ret_n, uint64_t *ret_bytes)
 {
     const ms_gguf_t *g = pk->g;
@@ -404,7 +406,8 @@ static int write_dense(pack_t *pk, size_t *ret_n, uint64_t *ret_bytes)
     int rc = l.t && w ? 0 : -ENOMEM;
     for (uint64_t i = 0; i < ms_gguf_n_kv(g) && !rc; i++) {
         const ms_gguf_kv_t *kv = ms_gguf_kv(g, i);
-        if (!ms_str_eq(kv->key, "general.alignment") && !has_prefix(kv->key, "moeshard."))
+        if (!ms_str_eq(kv->key, "general.alignment") && !has_prefix(kv->key, "moeshard.") &&
+            !has_prefix(kv->key, "split."))
             rc = ms_gguf_writer_copy_kv(w, kv);
     }
     rc = rc ? rc : ms_gguf_writer_add_str(w, "moeshard.dense.source", pk->model_base);

@@ -354,13 +354,18 @@ static bool is_expert_tensor(ms_str_t name)
 static int prefault(const ms_model_t *m)
 {
     const ms_gguf_t *g = m->gguf;
-    if (!m->experts_remote) {
-        uint64_t data = ms_gguf_data_offset(g);
-        return ms_gguf_prefault(g, data, ms_gguf_file_size(g) - data);
+    if (!m->experts_remote) { /* every part of a split model */
+        for (uint32_t p = 0; p < ms_gguf_n_parts(g); p++) {
+            uint64_t data = ms_gguf_part_data_offset(g, p);
+            int rc = ms_gguf_prefault_part(g, p, data, ms_gguf_part_size(g, p) - data);
+            if (rc)
+                return rc;
+        }
+        return 0;
     }
     for (uint64_t i = 0; i < ms_gguf_n_tensors(g); i++) {
         const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
-        int rc = is_expert_tensor(t->name) ? 0 : ms_gguf_prefault(g, t->file_offset, t->nbytes);
+        int rc = is_expert_tensor(t->name) ? 0 : ms_gguf_prefault_tensor(g, t);
         if (rc)
             return rc;
     }

@@ -14,6 +14,7 @@ static const struct {
     { "tokenize", coord_cmd_tokenize, "print the token ids of a text as generation sees them" },
     { "inspect", coord_cmd_inspect, "describe a GGUF model: architecture, shapes, tensor types, sizes" },
     { "pack", coord_cmd_pack, "split a model into a dense part and one expert shard per host" },
+    { "plan", coord_cmd_plan, "from a model's header: hosts and memory a cluster needs, network per token" },
     { "serve", coord_cmd_serve, "run the coordinator: serve clients, experts in-process or on expertd hosts" },
     { "generate", coord_cmd_generate, "send a prompt to a running coordinator and stream the text" },
     { "status", coord_cmd_status, "show a running coordinator's requests, speed and hosts" },

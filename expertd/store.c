@@ -225,15 +225,20 @@ static void *alloc_slab(uint64_t bytes)
     return ms_mem_alloc((size_t)bytes);
 }
 
-/* One range per (layer, slab index, projection), in that order. */
-static int build_ranges(expertd_store_t *s, ms_load_range_t **ret_ranges, size_t *ret_n)
+/* One range per (layer, slab index, projection), in that order, and the
+ * file part each is in (a split model is read part by part). */
+static int build_ranges(expertd_store_t *s, ms_load_range_t **ret_ranges, uint32_t **ret_part, size_t *ret_n)
 {
     size_t n = 0;
     for (int32_t l = 0; l < s->hp.n_layer; l++)
         n += (size_t)s->layers[l].n_held * MS_PROJ_COUNT;
     ms_load_range_t *r = calloc(n, sizeof(*r));
-    if (!r)
+    uint32_t *part = calloc(n ? n : 1, sizeof(*part));
+    if (!r || !part) {
+        free(r);
+        free(part);
         return -ENOMEM;
+    }
     size_t i = 0;
     for (int32_t l = 0; l < s->hp.n_layer; l++) {
         store_layer_t *L = &s->layers[l];
@@ -242,19 +247,23 @@ static int build_ranges(expertd_store_t *s, ms_load_range_t **ret_ranges, size_t
             L->slab[p] = alloc_slab(L->slab_bytes[p]);
             if (!L->slab[p]) {
                 free(r);
+                free(part);
                 return -ENOMEM;
             }
             L->w[p].data = L->slab[p];
         }
         for (int32_t h = 0; h < L->n_held; h++) {
             const ms_slice_t *sl = L->slice[h];
-            for (int p = 0; p < MS_PROJ_COUNT; p++)
+            for (int p = 0; p < MS_PROJ_COUNT; p++) {
+                part[i] = sl->part[p];
                 r[i++] = (ms_load_range_t){ .file_offset = sl->file_offset[p], .nbytes = sl->nbytes[p],
                                             .dst = (char *)L->slab[p] + (uint64_t)h * L->w[p].mat_bytes,
                                             .sha256 = sl->has_sha256 ? sl->sha256[p] : NULL };
+            }
         }
     }
     *ret_ranges = r;
+    *ret_part = part;
     *ret_n = n;
     return 0;
 }
@@ -350,10 +359,11 @@ static void log_load(const expertd_store_t *s, const ms_load_stats_t *st, double
 int expertd_store_load(expertd_store_t *s, ms_err_t *err)
 {
     ms_load_range_t *r = NULL;
+    uint32_t *part = NULL;
     size_t n = 0;
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
-    int rc = build_ranges(s, &r, &n);
+    int rc = build_ranges(s, &r, &part, &n);
     if (rc) {
         ms_err_set(err, "%s: cannot allocate the expert slabs", s->path);
         return rc;
@@ -364,10 +374,11 @@ int expertd_store_load(expertd_store_t *s, ms_err_t *err)
     ms_load_params_t params = ms_load_defaults();
     ms_load_stats_t st = { .used_direct = true };
     if (n) /* --experts none: nothing to read until a Load */
-        rc = ms_uring_load(s->path, r, n, &params, on_progress, &prog, &st, err);
+        rc = ms_shard_load_ranges(s->gguf, r, part, n, &params, on_progress, &prog, &st, err);
     if (!rc)
         rc = settle(s, r);
     free(r);
+    free(part);
     if (rc)
         return rc;
     widen_views(s);
@@ -487,7 +498,8 @@ static int fill_layer(expertd_store_t *s, int32_t l, const bool *want, store_lay
     nl->global = calloc(ne, sizeof(int32_t));
     nl->ok = calloc(ne, sizeof(bool));
     ms_load_range_t *r = calloc(ne * MS_PROJ_COUNT, sizeof(*r));
-    if (!nl->global || !nl->ok || !r)
+    uint32_t *part = calloc(ne * MS_PROJ_COUNT, sizeof(*part)); /* file part of each range */
+    if (!nl->global || !nl->ok || !r || !part)
         goto nomem;
     for (size_t e = 0; e < ne; e++)
         if (want[e])
@@ -508,9 +520,11 @@ static int fill_layer(expertd_store_t *s, int32_t l, const bool *want, store_lay
             char *dst = (char *)nl->slab[p] + (uint64_t)h * nl->w[p].mat_bytes;
             if (oh >= 0)
                 memcpy(dst, (const char *)old->slab[p] + (uint64_t)oh * old->w[p].mat_bytes, nl->w[p].mat_bytes);
-            else
+            else {
+                part[n_r] = sl->part[p];
                 r[n_r++] = (ms_load_range_t){ .file_offset = sl->file_offset[p], .nbytes = sl->nbytes[p], .dst = dst,
                                               .sha256 = sl->has_sha256 ? sl->sha256[p] : NULL };
+            }
         }
         nl->ok[h] = true;
     }
@@ -520,7 +534,7 @@ static int fill_layer(expertd_store_t *s, int32_t l, const bool *want, store_lay
         clock_gettime(CLOCK_MONOTONIC, &prog.t0);
         ms_load_params_t params = ms_load_defaults();
         ms_load_stats_t st = { 0 };
-        rc = ms_uring_load(s->path, r, n_r, &params, on_progress, &prog, &st, err);
+        rc = ms_shard_load_ranges(s->gguf, r, part, n_r, &params, on_progress, &prog, &st, err);
         size_t i = 0;
         for (int32_t h = 0; !rc && h < nl->n_held; h++) {
             if (expertd_store_local(s, l, nl->global[h]) >= 0)
@@ -535,9 +549,11 @@ static int fill_layer(expertd_store_t *s, int32_t l, const bool *want, store_lay
         }
     }
     free(r);
+    free(part);
     return rc;
 nomem:
     free(r);
+    free(part);
     ms_err_set(err, "%s: layer %d: out of memory for %d expert slices", s->path, l, nl->n_held);
     return -ENOMEM;
 }

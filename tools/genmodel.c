@@ -33,6 +33,8 @@
 #define GM_ALIGNMENT          32
 #define GM_DEFAULT_SEED       1
 #define GM_CHAT_NONE          (-1)           /* --chat-template none: no tokenizer.chat_template */
+#define GM_SPLIT_MAX          99             /* --split N: parts of a split model */
+#define GM_SPLIT_SUFFIX_BYTES 20             /* "-00001-of-00003.gguf", llama.cpp's gguf-split names */
 
 _Static_assert(GM_CHUNK_ELEMS >= MS_FF_MAX && GM_CHUNK_ELEMS >= MS_HIDDEN_MAX &&
                GM_CHUNK_ELEMS >= (uint64_t)MS_HEADS_MAX * MS_HEAD_DIM_MAX,
@@ -125,6 +127,7 @@ typedef struct {
     bool split_kv_b;       /* deepseek2: attn_k_b + attn_v_b instead of attn_kv_b */
     bool ds_v3_shape;      /* --shape deepseek-v3 */
     bool header_only;      /* metadata and tensor infos only, no tensor data */
+    uint32_t split;        /* --split N: parts (0: one file) */
     gm_ds_t ds;            /* deepseek2's dimensions, from the variant or shape */
 } gm_cfg_t;
 
@@ -935,7 +938,7 @@ static const gm_num_opt_t gm_num_opts[] = {
 #define GM_N_NUM_OPTS (sizeof(gm_num_opts) / sizeof(gm_num_opts[0]))
 
 enum { GM_OPT_ARCH = 256, GM_OPT_OUT, GM_OPT_TYPE, GM_OPT_SEED, GM_OPT_SHAPE, GM_OPT_TIED, GM_OPT_CHAT, GM_OPT_HELP,
-       GM_OPT_VARIANT, GM_OPT_SPLIT_KV_B, GM_OPT_HEADER_ONLY, GM_OPT_NUM };
+       GM_OPT_VARIANT, GM_OPT_SPLIT_KV_B, GM_OPT_HEADER_ONLY, GM_OPT_SPLIT, GM_OPT_NUM };
 
 static const struct option gm_long_opts[] = {
     {"arch", required_argument, NULL, GM_OPT_ARCH},
@@ -949,6 +952,7 @@ static const struct option gm_long_opts[] = {
     {"variant", required_argument, NULL, GM_OPT_VARIANT},
     {"split-kv-b", no_argument, NULL, GM_OPT_SPLIT_KV_B},
     {"header-only", no_argument, NULL, GM_OPT_HEADER_ONLY},
+    {"split", required_argument, NULL, GM_OPT_SPLIT},
     {"vocab-size", required_argument, NULL, GM_OPT_NUM + 0},
     {"layers", required_argument, NULL, GM_OPT_NUM + 1},
     {"hidden", required_argument, NULL, GM_OPT_NUM + 2},
@@ -962,7 +966,7 @@ static const struct option gm_long_opts[] = {
     {"ctx", required_argument, NULL, GM_OPT_NUM + 10},
     {NULL, 0, NULL, 0},
 };
-_Static_assert(sizeof(gm_long_opts) / sizeof(gm_long_opts[0]) == 11 + GM_N_NUM_OPTS + 1,
+_Static_assert(sizeof(gm_long_opts) / sizeof(gm_long_opts[0]) == 12 + GM_N_NUM_OPTS + 1,
                "every numeric option has its long option");
 
 static const struct { const char *name; ms_type_t type; } gm_types[] = {
@@ -1003,6 +1007,10 @@ static void gm_usage(void)
            "  --split-kv-b      deepseek2: attn_k_b + attn_v_b instead of attn_kv_b\n"
            "  --header-only     with --shape deepseek-v3: metadata and tensor infos only;\n"
            "                    the file ends after the header (no tensor data)\n"
+           "  --split N         write the model as N files the way llama.cpp's gguf-split does\n"
+           "                    (2..%d; tensors divided in order; split.no/count/tensors.count keys;\n"
+           "                    the model's metadata in the first part): --out names the first part\n"
+           "                    and must end in -00001-of-0000N.gguf (N = --split, 5 digits)\n"
            "  --chat-template F chatml|mistral|deepseek|qwen3|none: tokenizer.chat_template in the\n"
            "                    family's Jinja form (default chatml for qwen2moe and qwen3moe,\n"
            "                    mistral for llama, none for olmoe)\n"
@@ -1011,7 +1019,7 @@ static void gm_usage(void)
            "  --experts N --top-k N --ff N (expert FFN width) --shared-ff N (qwen2moe only)\n"
            "  --ctx N           context length\n"
            "  --help            this text\n\n",
-           GM_DEFAULT_SEED);
+           GM_DEFAULT_SEED, GM_SPLIT_MAX);
     printf("  %-9s %5s %6s %6s %5s %8s %8s %7s %5s %5s %9s %5s\n", "defaults", "vocab", "layers", "hidden",
            "heads", "kv-heads", "head-dim", "experts", "top-k", "ff", "shared-ff", "ctx");
     for (int a = 0; a < GM_ARCH_COUNT; a++) {
@@ -1088,6 +1096,7 @@ static void gm_parse_opt(gm_cfg_t *cfg, gm_shape_t *given, int opt, const char *
         break;
     case GM_OPT_SPLIT_KV_B: cfg->split_kv_b = true; break;
     case GM_OPT_HEADER_ONLY: cfg->header_only = true; break;
+    case GM_OPT_SPLIT: cfg->split = (uint32_t)gm_parse_u64("split", arg, 2, GM_SPLIT_MAX); break;
     default: {
         MS_ASSERT(opt >= GM_OPT_NUM && (size_t)(opt - GM_OPT_NUM) < GM_N_NUM_OPTS);
         const gm_num_opt_t *o = &gm_num_opts[opt - GM_OPT_NUM];
@@ -1186,7 +1195,8 @@ static void gm_validate_ds(const gm_cfg_t *cfg)
     if (s->experts % ds->groups != 0 || s->top_k > ds->groups_used * (s->experts / ds->groups))
         gm_die("--experts %u must split into %u groups whose %u used hold --top-k %u experts", s->experts,
                ds->groups, ds->groups_used, s->top_k);
-    gm_check_q8_row(cfg, "head-dim - rotated dims", s->head_dim - ds->n_rot);
+    if (cfg->split_kv_b) /* attn_k_b's rows; attn_kv_b's are kv_lora long */
+        gm_check_q8_row(cfg, "head-dim - rotated dims", s->head_dim - ds->n_rot);
     gm_check_q8_row(cfg, "kv_lora_rank", ds->kv_lora);
     if (ds->q_lora)
         gm_check_q8_row(cfg, "q_lora_rank", ds->q_lora);
@@ -1297,6 +1307,77 @@ static void gm_write_header_only(ms_gguf_writer_t *w, const gm_cfg_t *cfg, const
     }
 }
 
+/* --split N: --out must name the first part the way gguf-split would. */
+static void gm_check_split(const gm_cfg_t *cfg, uint32_t n_tensors)
+{
+    char want[32];
+    snprintf(want, sizeof(want), "-%05d-of-%05u.gguf", 1, cfg->split);
+    size_t len = strlen(cfg->out);
+    if (cfg->header_only)
+        gm_die("--split does not apply to --header-only");
+    if (len <= GM_SPLIT_SUFFIX_BYTES || strcmp(cfg->out + len - GM_SPLIT_SUFFIX_BYTES, want) != 0)
+        gm_die("--split %u: --out '%s' must name the first part, ending in '%s'", cfg->split, cfg->out, want);
+    if (cfg->split > n_tensors)
+        gm_die("--split %u exceeds the model's %u tensors (every part holds at least one)", cfg->split, n_tensors);
+}
+
+/* llama.cpp writes the split keys as u16 (split.tensors.count as i32). */
+static int gm_add_u16(ms_gguf_writer_t *w, const char *key, uint16_t v)
+{
+    ms_gguf_kv_t kv = {.key = {key, strlen(key)}, .type = MS_GGUF_UINT16, .v.u64 = v};
+    return ms_gguf_writer_copy_kv(w, &kv);
+}
+
+/* Part k of --split N: tensors [lo, hi) of the plan, in order; the first part
+ * also carries the model's metadata. */
+static void gm_write_part(const gm_cfg_t *cfg, const gm_plan_t *p, const gm_vocab_t *vocab, uint32_t k,
+                          ms_progress_t *pr, float *x, void *buf)
+{
+    uint32_t lo = (uint32_t)((uint64_t)p->n * k / cfg->split), hi = (uint32_t)((uint64_t)p->n * (k + 1) / cfg->split);
+    size_t len = strlen(cfg->out), prefix = len - GM_SPLIT_SUFFIX_BYTES;
+    char *path = gm_xcalloc(len + 1, 1);
+    memcpy(path, cfg->out, prefix);
+    snprintf(path + prefix, GM_SPLIT_SUFFIX_BYTES + 1, "-%05u-of-%05u.gguf", (k + 1) % 100000u, cfg->split % 100000u);
+    ms_gguf_writer_t *w = ms_gguf_writer_new(GM_ALIGNMENT);
+    if (!w)
+        gm_die("out of memory");
+    if (k == 0) {
+        gm_meta_arch(w, cfg);
+        gm_meta_tokenizer(w, cfg, vocab);
+    }
+    int rc = gm_add_u16(w, "split.no", (uint16_t)k);
+    rc = rc ? rc : gm_add_u16(w, "split.count", (uint16_t)cfg->split);
+    rc = rc ? rc : ms_gguf_writer_add_i32(w, "split.tensors.count", (int32_t)p->n);
+    for (uint32_t i = lo; i < hi && rc == 0; i++)
+        rc = ms_gguf_writer_add_tensor(w, p->t[i].name, p->t[i].type, p->t[i].n_dims, p->t[i].ne);
+    if (rc < 0)
+        gm_die("%s: cannot declare the split keys and tensors: %s", path, strerror(-rc));
+    ms_err_t err = {{0}};
+    rc = ms_gguf_writer_begin(w, path, &err);
+    for (uint32_t i = lo; i < hi && rc == 0; i++)
+        rc = gm_write_tensor(w, &p->t[i], cfg->seed, x, buf, pr, &err);
+    rc = rc ? rc : ms_gguf_writer_finish(w, &err);
+    if (rc < 0) {
+        bool removed = gm_remove_partial(path);
+        gm_die_io(removed ? "writing the part failed (partial file removed)" : "writing the part failed", path, &err,
+                  rc);
+    }
+    ms_gguf_writer_destroy(&w);
+    free(path);
+}
+
+static void gm_write_split(const gm_cfg_t *cfg, const gm_plan_t *p, const gm_vocab_t *vocab, uint64_t total)
+{
+    float *x = gm_xcalloc(GM_CHUNK_ELEMS, sizeof(float));
+    void *buf = gm_xcalloc(GM_CHUNK_ELEMS, sizeof(float));
+    ms_progress_t pr;
+    ms_progress_init(&pr, "genmodel", total, GM_PROGRESS_BYTES_MIN);
+    for (uint32_t k = 0; k < cfg->split; k++)
+        gm_write_part(cfg, p, vocab, k, &pr, x, buf);
+    free(buf);
+    free(x);
+}
+
 int main(int argc, char **argv)
 {
     gm_cfg_t cfg = {.seed = GM_DEFAULT_SEED};
@@ -1317,7 +1398,10 @@ int main(int argc, char **argv)
     gm_meta_tokenizer(w, &cfg, &vocab);
     uint64_t total;
     gm_declare_tensors(w, &plan, cfg.header_only, &total);
-    if (cfg.header_only)
+    if (cfg.split) {
+        gm_check_split(&cfg, plan.n);
+        gm_write_split(&cfg, &plan, &vocab, total);
+    } else if (cfg.header_only)
         gm_write_header_only(w, &cfg, &plan);
     else
         gm_write_file(w, &cfg, &plan, total);
@@ -1326,6 +1410,9 @@ int main(int argc, char **argv)
     gm_fmt_bytes(size, sizeof(size), total);
     fprintf(stderr, "genmodel: wrote %s (%s, %u tensors, %u tokens, %s of weights)\n", cfg.out,
             gm_archs[cfg.arch].name, plan.n, vocab.n, size);
+    if (cfg.split)
+        fprintf(stderr, "genmodel: as %u parts, %s to %.*s-%05u-of-%05u.gguf\n", cfg.split, cfg.out,
+                (int)(strlen(cfg.out) - GM_SPLIT_SUFFIX_BYTES), cfg.out, cfg.split, cfg.split);
     ms_gguf_writer_destroy(&w);
     free(plan.t);
     gm_vocab_free(&vocab);

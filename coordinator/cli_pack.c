@@ -582,6 +582,11 @@ static int compute_placement(pack_t *pk)
     int32_t lead = hp->n_layer_dense_lead; /* placed: the MoE layers only (collect_ids) */
     for (int32_t l = lead; l < hp->n_layer; l++) {
         const ms_slice_t *s = ms_shard_find(pk->sh, l, 0);
+        if (!s) {
+            ms_err_set(&pk->err, "%s: layer %d has no routed-expert tensors (blk.%d.ffn_*_exps) though it follows "
+                                 "the %d dense leading layers", pk->o.model, l, l, lead);
+            return -EINVAL;
+        }
         bytes[l - lead] = s->nbytes[MS_PROJ_GATE] + s->nbytes[MS_PROJ_UP] + s->nbytes[MS_PROJ_DOWN];
     }
     ms_placement_params_t p = { hp->n_layer - lead, hp->n_expert, bytes, pk->o.hosts, pk->o.replicas, NULL };

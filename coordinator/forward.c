@@ -666,6 +666,27 @@ static void attention_block(ms_forward_t *f, int il, const ms_batch_tok_t *batch
         f->k->axpy(f->x + t * d, 1.0f, f->tmp + t * d, d);
 }
 
+/* The K experts with the highest score, best first (ties to the lowest id);
+ * w[j] = weight[ids[j]]. Returns the sum of the weights taken. */
+static float pick_topk(const float *score, const float *weight, int E, int K, int32_t *ids, float *w)
+{
+    float sum = 0;
+    for (int j = 0; j < K; j++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            bool taken = false;
+            for (int i = 0; i < j; i++)
+                taken = taken || ids[i] == e;
+            if (!taken && (best < 0 || score[e] > score[best]))
+                best = e;
+        }
+        ids[j] = best;
+        w[j] = weight[best];
+        sum += weight[best];
+    }
+    return sum;
+}
+
 /* Top-k of the softmax over all experts (ties: lower index first), with the
  * architecture's renormalisation. */
 static void route(ms_forward_t *f, int n)
@@ -677,20 +698,7 @@ static void route(ms_forward_t *f, int n)
         f->k->softmax(p, E);
         int32_t *ids = f->ids + t * K;
         float *w = f->gw + t * K;
-        float sum = 0;
-        for (int j = 0; j < K; j++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                bool taken = false;
-                for (int i = 0; i < j; i++)
-                    taken = taken || ids[i] == e;
-                if (!taken && (best < 0 || p[e] > p[best]))
-                    best = e;
-            }
-            ids[j] = best;
-            w[j] = p[best];
-            sum += p[best];
-        }
+        float sum = pick_topk(p, p, E, K, ids, w);
         if (hp->norm_topk)
             for (int j = 0; j < K; j++)
                 w[j] /= sum;
@@ -750,20 +758,7 @@ static void route_deepseek2(ms_forward_t *f, const ms_layer_t *L, int n)
             mask_groups(s, hp->n_expert_groups, E / hp->n_expert_groups, hp->n_group_used);
         int32_t *ids = f->ids + t * K;
         float *w = f->gw + t * K;
-        float sum = 0;
-        for (int j = 0; j < K; j++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                bool taken = false;
-                for (int i = 0; i < j; i++)
-                    taken = taken || ids[i] == e;
-                if (!taken && (best < 0 || s[e] > s[best]))
-                    best = e;
-            }
-            ids[j] = best;
-            w[j] = p[best];
-            sum += p[best];
-        }
+        float sum = pick_topk(s, p, E, K, ids, w);
         for (int j = 0; j < K; j++)
             w[j] = (hp->norm_topk ? w[j] / sum : w[j]) * hp->expert_weights_scale;
     }

@@ -9,42 +9,20 @@
 # Kills only the pids it started; removes only what it created.
 set -euo pipefail
 BIN=${MS_BIN:-$PWD/build/bin}
-PY=/usr/bin/python3
-tmp=$(mktemp -d)
 declare -A host_pid=()
 serve_pid=""
-cleanup() {
+cleanup_pids() {
     local p
     [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null # timeout passes SIGTERM on to serve
     for p in "${host_pid[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     for p in "${host_pid[@]}" $serve_pid; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
 }
-trap cleanup EXIT
-fail() {
-    echo "FAIL: $*" >&2
-    for f in "$tmp"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 15 "$f" >&2; }; done
-    exit 1
-}
-PROMPT="The quick brown fox"
-N=128
+. "$(dirname "$0")/placement_lib.sh"
 
-read -r -a ports < <("$PY" - <<'PYEOF'
-import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PYEOF
-)
+read -r -a ports < <(free_ports 4)
 HOSTS="tcp://127.0.0.1:${ports[0]},tcp://127.0.0.1:${ports[1]},tcp://127.0.0.1:${ports[2]}"
 SERVER="tcp://127.0.0.1:${ports[3]}"
-
-# 6 layers so that a 128-token request takes long enough to be interrupted
-"$BIN/genmodel" --arch qwen2moe --out "$tmp/m.gguf" --layers 6 --hidden 128 --ff 128 --experts 8 --top-k 2 \
-    >/dev/null 2>&1 || fail "genmodel"
-timeout 60 "$BIN/moeshard" run --model "$tmp/m.gguf" -p "$PROMPT" -n $N --temp 0 --threads 1 \
-    >"$tmp/ref.txt" 2>"$tmp/ref.err" || fail "embedded run: $(cat "$tmp/ref.err")"
+make_model
 
 start_host() { # start_host I: expertd I holding nothing until told
     local i=$1
@@ -61,13 +39,7 @@ start_serve() { # start_serve REPLICAS
     timeout 300 "$BIN/moeshard" serve --model "$tmp/m.gguf" --hosts "$HOSTS" --replicas "$1" --listen "$SERVER" \
         --threads 1 --heartbeat-ms 200 --plaintext 2>>"$tmp/serve.log" &
     serve_pid=$!   # the timeout wrapper: SIGTERM reaches serve through it
-    local i
-    for ((i = 0; i < 200; i++)); do
-        grep -q "serving .* on $SERVER" "$tmp/serve.log" 2>/dev/null && return 0
-        kill -0 "$serve_pid" 2>/dev/null || fail "serve R=$1 exited"
-        sleep 0.05
-    done
-    fail "serve R=$1 did not start"
+    wait_serving "$serve_pid" "$SERVER"
 }
 stop_serve() {
     kill "$serve_pid" 2>/dev/null || true
@@ -106,11 +78,7 @@ echo "R=2: $N greedy tokens on slices placed by the coordinator, identical to th
 size=$(stat -c %s "$tmp/ref.txt")
 generate killed &
 gen=$!
-for ((i = 0; i < 2000; i++)); do
-    s=$(stat -c %s "$tmp/killed.txt" 2>/dev/null || echo 0)
-    [ "$s" -ge $((size / 3)) ] && break
-    sleep 0.005
-done
+s=$(wait_bytes "$tmp/killed.txt" $((size / 3)))
 kill_host 1
 wait $gen || fail "the request failed when host 1 died: $(cat "$tmp/killed.err")"
 cmp -s "$tmp/killed.txt" "$tmp/ref.txt" || fail "host 1 killed: output differs from the undisturbed run"
@@ -128,10 +96,7 @@ echo "R=2: host 1 restarted, reloaded its share and serves again"
 # ---- the coordinator killed mid-request: the client says so, quickly
 generate orphan &
 gen=$!
-for ((i = 0; i < 2000; i++)); do
-    [ "$(stat -c %s "$tmp/orphan.txt" 2>/dev/null || echo 0)" -gt 0 ] && break
-    sleep 0.005
-done
+wait_bytes "$tmp/orphan.txt" 1 >/dev/null
 coord=$(pgrep -P "$serve_pid" -x moeshard) || fail "no coordinator process under $serve_pid"
 kill -9 "$coord"
 wait "$serve_pid" 2>/dev/null || true

@@ -8,39 +8,26 @@
 # lives in a namespace this test creates (192.0.2.0/24, TEST-NET-1).
 set -euo pipefail
 BIN=${MS_BIN:-$PWD/build/bin}
-tmp=$(mktemp -d)
 declare -A host_pid=()
 serve_pid=""
 netns=()
 tag="mf$$"
-cleanup() {
+cleanup_pids() {
     local p n
     [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null
     for p in "${host_pid[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     for p in "${host_pid[@]}" $serve_pid; do wait "$p" 2>/dev/null || true; done
     for n in "${netns[@]}"; do ip netns del "$n" 2>/dev/null || true; done
-    rm -rf "$tmp"
 }
-trap cleanup EXIT
-fail() {
-    echo "FAIL: $*" >&2
-    for f in "$tmp"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 15 "$f" >&2; }; done
-    exit 1
-}
+. "$(dirname "$0")/placement_lib.sh"
 if ! ip netns add "${tag}c" 2>/dev/null; then
     echo "skipped: 'ip netns add' is not permitted here"
     exit 77
 fi
 netns+=("${tag}c")
 ip -n "${tag}c" link set lo up
-PROMPT="The quick brown fox"
-N=128
 PORT=5555 SPORT=5600
-
-"$BIN/genmodel" --arch qwen2moe --out "$tmp/m.gguf" --layers 6 --hidden 128 --ff 128 --experts 8 --top-k 2 \
-    >/dev/null 2>&1 || fail "genmodel"
-timeout 60 "$BIN/moeshard" run --model "$tmp/m.gguf" -p "$PROMPT" -n $N --temp 0 --threads 1 \
-    >"$tmp/ref.txt" 2>"$tmp/ref.err" || fail "embedded run: $(cat "$tmp/ref.err")"
+make_model
 
 for who in coord host client; do "$BIN/moeshard" keygen --out "$tmp/$who" >/dev/null || fail "keygen $who"; done
 grep -v '^#' "$tmp/coord.pub" >"$tmp/coord.allow"
@@ -103,11 +90,7 @@ in_c timeout 300 "$BIN/moeshard" serve --model "$tmp/m.gguf" --hosts "$H" --repl
     --listen "tcp://0.0.0.0:$SPORT" --threads 1 --heartbeat-ms 200 --key "$tmp/coord.key" \
     --allow "$tmp/client.allow" --host-keys "$tmp/hosts.keys" 2>>"$tmp/serve.log" &
 serve_pid=$!
-for ((i = 0; i < 300; i++)); do
-    grep -q "serving .* on tcp://0.0.0.0:$SPORT" "$tmp/serve.log" 2>/dev/null && break
-    kill -0 "$serve_pid" 2>/dev/null || fail "serve exited"
-    sleep 0.05
-done
+wait_serving "$serve_pid" "tcp://0.0.0.0:$SPORT"
 generate placed || fail "generate: $(cat "$tmp/placed.err")"
 cmp -s "$tmp/placed.txt" "$tmp/ref.txt" || fail "placed across namespaces: output differs from the embedded run"
 echo "namespaces: 3 hosts, 2 replicas placed by the coordinator, same output as the embedded run"
@@ -115,11 +98,7 @@ echo "namespaces: 3 hosts, 2 replicas placed by the coordinator, same output as 
 size=$(stat -c %s "$tmp/ref.txt")
 generate killed &
 gen=$!
-for ((i = 0; i < 2000; i++)); do
-    s=$(stat -c %s "$tmp/killed.txt" 2>/dev/null || echo 0)
-    [ "$s" -ge $((size / 3)) ] && break
-    sleep 0.005
-done
+s=$(wait_bytes "$tmp/killed.txt" $((size / 3)))
 kill_host 1
 wait $gen || fail "the request failed when host 1 died: $(cat "$tmp/killed.err")"
 cmp -s "$tmp/killed.txt" "$tmp/ref.txt" || fail "host 1 killed: output differs"

@@ -7,40 +7,19 @@
 # joined host finds it again by itself. Kills only the pids it started.
 set -euo pipefail
 BIN=${MS_BIN:-$PWD/build/bin}
-PY=/usr/bin/python3
-tmp=$(mktemp -d)
 pids=()
 serve_pid=""
-cleanup() {
+cleanup_pids() {
     local p
     [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null # timeout passes SIGTERM on to serve
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     for p in "${pids[@]}" $serve_pid; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
 }
-trap cleanup EXIT
-fail() {
-    echo "FAIL: $*" >&2
-    for f in "$tmp"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 15 "$f" >&2; }; done
-    exit 1
-}
-PROMPT="The quick brown fox"
-N=128
+. "$(dirname "$0")/placement_lib.sh"
 
-read -r -a ports < <("$PY" - <<'PYEOF'
-import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PYEOF
-)
+read -r -a ports < <(free_ports 4)
 SERVER="tcp://127.0.0.1:${ports[3]}"
-
-"$BIN/genmodel" --arch qwen2moe --out "$tmp/m.gguf" --layers 6 --hidden 128 --ff 128 --experts 8 --top-k 2 \
-    >/dev/null 2>&1 || fail "genmodel"
-timeout 60 "$BIN/moeshard" run --model "$tmp/m.gguf" -p "$PROMPT" -n $N --temp 0 --threads 1 \
-    >"$tmp/ref.txt" 2>"$tmp/ref.err" || fail "embedded run: $(cat "$tmp/ref.err")"
+make_model
 
 start_host() { # start_host I [options...]
     local i=$1
@@ -54,13 +33,7 @@ start_serve() {
         --hosts "tcp://127.0.0.1:${ports[0]},tcp://127.0.0.1:${ports[1]}" --replicas 1 --listen "$SERVER" \
         --threads 1 --heartbeat-ms 200 --plaintext 2>>"$tmp/serve.log" &
     serve_pid=$!   # the timeout wrapper: SIGTERM reaches serve through it
-    local i
-    for ((i = 0; i < 200; i++)); do
-        grep -q "serving .* on $SERVER" "$tmp/serve.log" 2>/dev/null && return 0
-        kill -0 "$serve_pid" 2>/dev/null || fail "serve exited"
-        sleep 0.05
-    done
-    fail "serve did not start"
+    wait_serving "$serve_pid" "$SERVER"
 }
 generate() {
     timeout 60 "$BIN/moeshard" generate --plaintext --server "$SERVER" -n $N --temp 0 "$PROMPT" \
@@ -89,10 +62,7 @@ echo "capacities 64 MiB and 32 MiB: $s0 and $s1 slices; output identical to the 
 size=$(stat -c %s "$tmp/ref.txt")
 generate during &
 gen=$!
-for ((i = 0; i < 2000; i++)); do
-    [ "$(stat -c %s "$tmp/during.txt" 2>/dev/null || echo 0)" -gt 0 ] && break
-    sleep 0.005
-done
+wait_bytes "$tmp/during.txt" 1 >/dev/null
 start_host 2 --capacity 64MiB --join "$SERVER"
 wait $gen || fail "the request during the join failed: $(cat "$tmp/during.err")"
 cmp -s "$tmp/during.txt" "$tmp/ref.txt" || fail "a host joined during the request: its output changed"

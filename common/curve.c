@@ -431,6 +431,41 @@ void ms_curve_allow_destroy(ms_curve_allow_t **self_p)
     *self_p = NULL;
 }
 
+int ms_curve_allow_union(const ms_curve_allow_t *a, const ms_curve_allow_t *b, ms_curve_allow_t **ret_allow,
+                         ms_err_t *err)
+{
+    ms_curve_allow_t *u = calloc(1, sizeof(*u));
+    if (u)
+        u->e = calloc(MS_CURVE_ALLOW_MAX, sizeof(*u->e));
+    if (!u || !u->e) {
+        ms_curve_allow_destroy(&u);
+        ms_err_set(err, "out of memory");
+        return -ENOMEM;
+    }
+    const ms_curve_allow_t *src[2] = { a, b };
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; src[k] && i < src[k]->n; i++) {
+            if (ms_curve_allow_find(u, src[k]->e[i].key))
+                continue; /* listed in both: once */
+            if (u->n == MS_CURVE_ALLOW_MAX) {
+                ms_curve_allow_destroy(&u);
+                ms_err_set(err, "the allowlists hold more than %d keys together", MS_CURVE_ALLOW_MAX);
+                return -EINVAL;
+            }
+            u->e[u->n++] = src[k]->e[i];
+        }
+    }
+    *ret_allow = u;
+    return 0;
+}
+
+bool ms_curve_allow_has_z85(const ms_curve_allow_t *a, const char *key_z85)
+{
+    uint8_t key[MS_CURVE_KEY_BYTES];
+    return key_z85 && ms_curve_z85_valid(key_z85) && zmq_z85_decode(key, key_z85) &&
+           ms_curve_allow_find(a, key) != NULL;
+}
+
 size_t ms_curve_allow_count(const ms_curve_allow_t *a)
 {
     return a ? a->n : 0;

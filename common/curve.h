@@ -66,6 +66,12 @@ typedef struct ms_curve_allow ms_curve_allow_t;
 int ms_curve_allow_load(const char *path, ms_curve_allow_t **ret_allow, ms_err_t *err);
 void ms_curve_allow_destroy(ms_curve_allow_t **self_p);
 size_t ms_curve_allow_count(const ms_curve_allow_t *a);
+/* A new list with the keys of a and of b (either may be NULL), each once.
+ * -EINVAL past MS_CURVE_ALLOW_MAX keys, -ENOMEM; err says which. */
+int ms_curve_allow_union(const ms_curve_allow_t *a, const ms_curve_allow_t *b, ms_curve_allow_t **ret_allow,
+                         ms_err_t *err);
+/* Whether the Z85 key (a ZAP User-Id) is listed; false for NULL or a malformed key. */
+bool ms_curve_allow_has_z85(const ms_curve_allow_t *a, const char *key_z85);
 /* The entry's name ("" when it has none) when key (32 bytes) is listed, else NULL. */
 const char *ms_curve_allow_find(const ms_curve_allow_t *a, const uint8_t key[MS_CURVE_KEY_BYTES]);
 

@@ -39,7 +39,7 @@ typedef struct {
     int64_t threads, seqs, ctx, batch, queue, deadline_ms, replicas, heartbeat_ms, rate_limit;
     ms_wire_dtype_t wire;
     bool wire_set, queue_set, replicas_set;
-    const char *key, *allow, *host_keys;                   /* CURVE (docs/security.md) */
+    const char *key, *allow, *host_keys, *join_allow;      /* CURVE (docs/security.md) */
     const char *http_api_key, *http_tls_cert, *http_tls_key;
     bool plaintext, http_insecure;
 } serve_opts_t;
@@ -74,6 +74,8 @@ static void serve_help(void)
            "                          client endpoint and authenticates it to the expert hosts\n"
            "      --allow FILE        client public keys admitted on --listen, one per line\n"
            "      --host-keys FILE    with --hosts: 'ENDPOINT KEY' lines, each host's public key\n"
+           "      --join-allow FILE   with --key: public keys of expert hosts that may join (expertd --join);\n"
+           "                          they may only join, not submit requests\n"
            "      --plaintext         no encryption: accepted only when --listen and every host are loopback\n"
            "      --http-api-key FILE require 'Authorization: Bearer KEY' on the HTTP API, KEY read from FILE\n"
            "      --http-tls-cert FILE  serve HTTPS with this PEM certificate chain ...\n"
@@ -87,7 +89,8 @@ static void serve_help(void)
 }
 
 enum { OPT_HTTP = 1000, OPT_CONFIG, OPT_SEQS, OPT_QUEUE, OPT_WIRE, OPT_DEADLINE, OPT_NAME, OPT_REPLICAS,
-       OPT_HEARTBEAT, OPT_RATE, OPT_KEY, OPT_ALLOW, OPT_HOST_KEYS, OPT_PLAINTEXT, OPT_API_KEY, OPT_TLS_CERT, OPT_TLS_KEY,
+       OPT_HEARTBEAT, OPT_RATE, OPT_JOIN_ALLOW, OPT_KEY, OPT_ALLOW, OPT_HOST_KEYS, OPT_PLAINTEXT, OPT_API_KEY,
+       OPT_TLS_CERT, OPT_TLS_KEY,
        OPT_INSECURE };
 
 static const struct option longopts[] = {
@@ -102,6 +105,7 @@ static const struct option longopts[] = {
     { "rate-limit", required_argument, 0, OPT_RATE },
     { "key", required_argument, 0, OPT_KEY }, { "allow", required_argument, 0, OPT_ALLOW },
     { "host-keys", required_argument, 0, OPT_HOST_KEYS }, { "plaintext", no_argument, 0, OPT_PLAINTEXT },
+    { "join-allow", required_argument, 0, OPT_JOIN_ALLOW },
     { "http-api-key", required_argument, 0, OPT_API_KEY }, { "http-tls-cert", required_argument, 0, OPT_TLS_CERT },
     { "http-tls-key", required_argument, 0, OPT_TLS_KEY }, { "http-insecure", no_argument, 0, OPT_INSECURE },
     { "help", no_argument, 0, 'h' },          { 0, 0, 0, 0 },
@@ -129,6 +133,7 @@ static bool apply_security_opt(int c, const char *arg, serve_opts_t *o, bool *ok
     case OPT_KEY: o->key = arg; return true;
     case OPT_ALLOW: o->allow = arg; return true;
     case OPT_HOST_KEYS: o->host_keys = arg; return true;
+    case OPT_JOIN_ALLOW: o->join_allow = arg; return true;
     case OPT_API_KEY: o->http_api_key = arg; return true;
     case OPT_TLS_CERT: o->http_tls_cert = arg; return true;
     case OPT_TLS_KEY: o->http_tls_key = arg; return true;
@@ -315,7 +320,7 @@ typedef struct {
     coord_http_t *http;
     int sig_fd;
     ms_curve_keypair_t kp;          /* with --key */
-    ms_curve_allow_t *allow;
+    ms_curve_allow_t *allow, *join_allow;
     ms_curve_hostkeys_t *host_keys;
     char *api_key, *tls_cert, *tls_key;
     ms_ratelimit_t *rate;           /* with --rate-limit: shared by ZeroMQ and HTTP clients */
@@ -339,6 +344,7 @@ static void serve_release(serve_t *d)
     free(d->hosts);
     free(d->dense_path);
     ms_curve_allow_destroy(&d->allow);
+    ms_curve_allow_destroy(&d->join_allow);
     ms_curve_hostkeys_destroy(&d->host_keys);
     ms_ratelimit_destroy(&d->rate);
     if (d->api_key)
@@ -533,7 +539,8 @@ static int setup(serve_t *d, ms_err_t *err)
                                  .sched = d->sched, .backend = d->backend, .n_hosts = d->n_hosts,
                                  .wire = d->o.wire, .n_seq_max = (int32_t)(d->o.seqs ? d->o.seqs : SERVE_SEQS_DEFAULT),
                                  .sig_fd = d->sig_fd, .curve_key = d->o.key ? &d->kp : NULL,
-                                 .curve_allow = d->allow, .rate = d->rate, .rate_per_min = (int)d->o.rate_limit };
+                                 .curve_allow = d->allow, .join_allow = d->join_allow, .rate = d->rate,
+                                 .rate_per_min = (int)d->o.rate_limit };
     rc = coord_server_new(&sp, &d->server, err);
     return rc ? rc : d->o.http ? start_http(d, err) : 0;
 }
@@ -565,6 +572,8 @@ static bool security_usage(const serve_opts_t *o)
         msg = "--key and --allow go together: this coordinator's key pair and the client keys it admits";
     else if (o->host_keys && !o->hosts)
         msg = "--host-keys applies only with --hosts";
+    else if (o->join_allow && !o->key)
+        msg = "--join-allow goes with --key: joining hosts authenticate with their CURVE keys";
     else if (keys && o->hosts && !o->host_keys)
         msg = "--hosts with --key needs --host-keys FILE: 'ENDPOINT KEY' lines with each host's public key";
     else if (!o->http && (o->http_api_key || o->http_tls_cert || o->http_tls_key || o->http_insecure))
@@ -633,6 +642,7 @@ static int read_security_files(serve_t *d, ms_err_t *err)
     int rc = o->key ? ms_curve_keypair_load(o->key, &d->kp, err) : 0;
     rc = rc ? rc : o->allow ? ms_curve_allow_load(o->allow, &d->allow, err) : 0;
     rc = rc ? rc : o->host_keys ? ms_curve_hostkeys_load(o->host_keys, &d->host_keys, err) : 0;
+    rc = rc ? rc : o->join_allow ? ms_curve_allow_load(o->join_allow, &d->join_allow, err) : 0;
     rc = rc ? rc : read_http_files(d, err);
     if (!rc && o->key)
         ms_log_info("CURVE: public key %s; %zu client keys admitted (%s)", d->kp.pub, ms_curve_allow_count(d->allow),

@@ -52,6 +52,7 @@ struct coord_server {
     coord_server_params_t p;
     void *zctx, *router, *push, *pull;
     ms_curve_zap_t *zap;          /* admits the allowlisted clients; NULL in plaintext */
+    ms_curve_allow_t *zap_allow;  /* clients and joining hosts, when both are listed: what zap admits */
     char inproc[64];
     serve_req_t *reqs;            /* [n_reqs] */
     int n_reqs;
@@ -366,6 +367,22 @@ static void on_status(coord_server_t *s, const unsigned char *route, size_t rout
     free(hosts);
 }
 
+/* On CURVE links a key may do what its list allows: clients (--allow)
+ * submit, cancel and ask status; expert hosts (--join-allow) join. */
+static bool role_allowed(coord_server_t *s, const unsigned char *route, size_t route_len, const char *user_id)
+{
+    if (!s->p.curve_key)
+        return true;
+    bool join = s->msg.kind == MS_CW_JOIN;
+    if (ms_curve_allow_has_z85(join ? s->p.join_allow : s->p.curve_allow, user_id))
+        return true;
+    const char *text = join ? "this key may not join: list it in the coordinator's --join-allow"
+                            : "this key may only join as an expert host: list it in --allow to submit requests";
+    ms_log_warn("serve: key %s refused: %s", user_id ? user_id : "(none)", text);
+    reply_error(s, route, route_len, s->msg.request_id, EPERM, text);
+    return false;
+}
+
 /* One message from a client: [routing id][header]. */
 static void on_client(coord_server_t *s, ms_wire_rx_t *rx)
 {
@@ -381,7 +398,9 @@ static void on_client(coord_server_t *s, ms_wire_rx_t *rx)
     size_t route_len = ms_wire_rx_size(rx, 0);
     ms_err_t err = { { 0 } };
     int rc = ms_cw_decode(ms_wire_rx_data(rx, 1), ms_wire_rx_size(rx, 1), &s->msg, &err);
-    if (!rc && s->msg.kind == MS_CW_GENERATE)
+    if (!rc && !role_allowed(s, route, route_len, zmq_msg_gets(&rx->part[1], "User-Id")))
+        ; /* refused */
+    else if (!rc && s->msg.kind == MS_CW_GENERATE)
         on_generate(s, route, route_len, client_identity(&rx->part[1]));
     else if (!rc && s->msg.kind == MS_CW_CANCEL)
         on_cancel(s, route, route_len);
@@ -504,7 +523,9 @@ static int secure_router(coord_server_t *s, ms_err_t *err)
 {
     if (!s->p.curve_key)
         return 0;
-    int rc = ms_curve_zap_start(s->zctx, s->p.curve_allow, log_zap, NULL, &s->zap, err);
+    int rc = s->p.join_allow ? ms_curve_allow_union(s->p.curve_allow, s->p.join_allow, &s->zap_allow, err) : 0;
+    rc = rc ? rc : ms_curve_zap_start(s->zctx, s->zap_allow ? s->zap_allow : s->p.curve_allow, log_zap, NULL,
+                                      &s->zap, err);
     if (!rc && (rc = ms_curve_server_setup(s->router, s->p.curve_key)) != 0)
         ms_err_set(err, "cannot set up CURVE on %s: %s", s->p.listen, zmq_strerror(-rc));
     return rc;
@@ -596,6 +617,7 @@ void coord_server_destroy(coord_server_t **self_p)
     if (s->pull)
         zmq_close(s->pull);
     ms_curve_zap_stop(&s->zap); /* its socket must close before the context ends */
+    ms_curve_allow_destroy(&s->zap_allow);
     if (s->zctx)
         zmq_ctx_term(s->zctx);
     free(s->reqs);

@@ -28,6 +28,8 @@ typedef struct {
     int sig_fd;                  /* readable when the server should stop (a signalfd) */
     const ms_curve_keypair_t *curve_key;   /* CURVE server key pair; NULL: plaintext (docs/security.md) */
     const ms_curve_allow_t *curve_allow;   /* client keys admitted; borrowed, outlives the server */
+    const ms_curve_allow_t *join_allow;    /* expert-host keys that may join (expertd --join); NULL: none.
+                                            * Admitted on the endpoint, but they may only join */
     ms_ratelimit_t *rate;        /* per-client Generate rate (by CURVE key, else address); NULL: unlimited */
     int rate_per_min;
 } coord_server_params_t;

@@ -230,6 +230,30 @@ static void test_allow(void)
     }
 }
 
+/* Clients plus joining hosts: each key once; lookup by the Z85 text ZAP gives. */
+static void test_allow_union(void)
+{
+    char p[PATH_BYTES];
+    ms_err_t err = { { 0 } };
+    ms_curve_allow_t *a = NULL, *b = NULL, *u = NULL;
+    put(p, "a.allow", CLIENT_PUB " client\n", 0644);
+    CU_ASSERT_EQUAL_FATAL(ms_curve_allow_load(p, &a, &err), 0);
+    put(p, "b.allow", SERVER_PUB " host\n" CLIENT_PUB "\n", 0644);
+    CU_ASSERT_EQUAL_FATAL(ms_curve_allow_load(p, &b, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(ms_curve_allow_union(a, b, &u, &err), 0);
+    CU_ASSERT_EQUAL(ms_curve_allow_count(u), 2); /* CLIENT_PUB listed in both: once */
+    CU_ASSERT(ms_curve_allow_has_z85(u, CLIENT_PUB) && ms_curve_allow_has_z85(u, SERVER_PUB));
+    CU_ASSERT(ms_curve_allow_has_z85(a, CLIENT_PUB) && !ms_curve_allow_has_z85(a, SERVER_PUB));
+    CU_ASSERT(!ms_curve_allow_has_z85(u, NULL) && !ms_curve_allow_has_z85(u, "short"));
+    CU_ASSERT(!ms_curve_allow_has_z85(NULL, CLIENT_PUB));
+    ms_curve_allow_destroy(&u);
+    CU_ASSERT_EQUAL_FATAL(ms_curve_allow_union(NULL, b, &u, &err), 0);
+    CU_ASSERT_EQUAL(ms_curve_allow_count(u), 2);
+    ms_curve_allow_destroy(&u);
+    ms_curve_allow_destroy(&a);
+    ms_curve_allow_destroy(&b);
+}
+
 static void test_allow_too_many(void)
 {
     char p[PATH_BYTES];
@@ -433,6 +457,7 @@ static int ms_test_register(void)
     if (!CU_add_test(s, "z85 validity", test_z85_valid) || !CU_add_test(s, "key pair file", test_keypair_load) ||
         !CU_add_test(s, "public key file", test_pubkey_load) || !CU_add_test(s, "keygen files", test_keypair_write) ||
         !CU_add_test(s, "private files", test_read_private) || !CU_add_test(s, "allowlist", test_allow) ||
+        !CU_add_test(s, "allowlists together", test_allow_union) ||
         !CU_add_test(s, "allowlist bound", test_allow_too_many) || !CU_add_test(s, "host keys", test_hostkeys) ||
         !CU_add_test(s, "loopback endpoints", test_loopback) ||
         !CU_add_test(s, "ZAP round trip", test_zap_round_trip))

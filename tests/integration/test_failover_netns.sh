@@ -32,7 +32,7 @@ make_model
 for who in coord host client; do "$BIN/moeshard" keygen --out "$tmp/$who" >/dev/null || fail "keygen $who"; done
 grep -v '^#' "$tmp/coord.pub" >"$tmp/coord.allow"
 grep -v '^#' "$tmp/client.pub" >"$tmp/client.allow"
-grep -v '^#' "$tmp/host.pub" >>"$tmp/client.allow" # a host may join: its key is admitted on --listen
+grep -v '^#' "$tmp/host.pub" >"$tmp/join.allow" # hosts that may join (and only join)
 : >"$tmp/hosts.keys"
 
 # host K in namespace hK at 192.0.2.(4K+2), the coordinator's side at 4K+1
@@ -88,7 +88,7 @@ done
 link_host 3 # for the host that joins later
 in_c timeout 300 "$BIN/moeshard" serve --model "$tmp/m.gguf" --hosts "$H" --replicas 2 \
     --listen "tcp://0.0.0.0:$SPORT" --threads 1 --heartbeat-ms 200 --key "$tmp/coord.key" \
-    --allow "$tmp/client.allow" --host-keys "$tmp/hosts.keys" 2>>"$tmp/serve.log" &
+    --allow "$tmp/client.allow" --host-keys "$tmp/hosts.keys" --join-allow "$tmp/join.allow" 2>>"$tmp/serve.log" &
 serve_pid=$!
 wait_serving "$serve_pid" "tcp://0.0.0.0:$SPORT"
 generate placed || fail "generate: $(cat "$tmp/placed.err")"
@@ -115,4 +115,10 @@ wait_state 3 up
 generate joined || fail "after host 3 joined: $(cat "$tmp/joined.err")"
 cmp -s "$tmp/joined.txt" "$tmp/ref.txt" || fail "host 3 joined: output differs"
 echo "namespaces: host 3 joined over CURVE and serves its share"
+if in_c timeout 30 "$BIN/moeshard" generate --key "$tmp/host.key" --server-key "$tmp/coord.pub" \
+    --server "tcp://127.0.0.1:$SPORT" -n 4 "$PROMPT" >/dev/null 2>"$tmp/hostgen.err"; then
+    fail "a host key (on --join-allow only) submitted a request"
+fi
+grep -q "may only join as an expert host" "$tmp/hostgen.err" || fail "host key refusal unclear: $(cat "$tmp/hostgen.err")"
+echo "namespaces: the host key may join but not submit requests"
 echo "failover across namespaces: all checks passed"

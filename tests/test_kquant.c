@@ -1,7 +1,8 @@
 /* Q4_0 and k-quant tests: hand-built blocks against values computed by hand,
  * every kernel table against a double-precision reference and against the
- * scalar table, batch invariance, the Q8_K activation bytes, quantiser round
- * trips and the refusal of rows that are not whole blocks. */
+ * scalar table (bit for bit where a kernel is exact), batch invariance, the
+ * Q8_K activation bytes, quantiser round trips and the refusal of rows that
+ * are not whole blocks. */
 #include <CUnit/CUnit.h>
 #include <math.h>
 #include <stdint.h>
@@ -386,6 +387,48 @@ static void test_batch_invariant(void)
             }
 }
 
+/* Where a SIMD kernel reduces each block to exact integers and takes the
+ * scalar float step in order (AVX-512: Q4_0, Q2_K, Q3_K, Q5_K), its results
+ * equal the scalar table's bit for bit. Activations of +-127 only (every
+ * value at its block's amax) push the int16 pair sums to their largest. */
+static void test_exact_as_scalar(void)
+{
+    static const ms_type_t exact[] = { MS_TYPE_Q4_0, MS_TYPE_Q2_K, MS_TYPE_Q3_K, MS_TYPE_Q5_K };
+    static const int64_t n_ins[] = { 256, 768, 4096 + 256 };
+    /* Q4_0: 7, 8, 9 and 17 blocks reach the 8-block path, its tail and both */
+    static const int64_t q4_0_ins[] = { 32 * 7, 32 * 8, 32 * 9, 32 * 17 };
+    const ms_kernels_t *k = ms_kernels_for(MS_ISA_AVX512);
+    if (!k)
+        return;
+    for (size_t ty = 0; ty < COUNT(exact); ty++)
+        for (size_t a = 0; a < 4; a++) {
+            int64_t n_in = exact[ty] == MS_TYPE_Q4_0 ? q4_0_ins[a] : a < COUNT(n_ins) ? n_ins[a] : 512;
+            for (int extreme = 0; extreme < 2; extreme++) {
+                kcase_t c;
+                kcase_new(&c, exact[ty], 7, n_in, 3);
+                if (extreme) {
+                    for (int64_t i = 0; i < c.ldx * c.n_tok; i++)
+                        c.x[i] = rnd_u32() & 1 ? 2.0f : -2.0f;
+                    ms_act_quantize_rows(NULL, tables[0], c.type, c.x, c.ldx, c.n_tok, n_in, c.xq);
+                }
+                size_t ybytes = sizeof(float) * (size_t)(c.ldy * c.n_tok);
+                float *ys = calloc(1, ybytes);
+                memset(c.y, 0, ybytes);
+                kcase_run(ms_kernels_for(MS_ISA_SCALAR), &c, ys);
+                kcase_run(k, &c, c.y);
+                int bad = 0;
+                for (int64_t t = 0; t < c.n_tok; t++)
+                    bad += memcmp(ys + t * c.ldy, c.y + t * c.ldy, sizeof(float) * (size_t)c.n_out) != 0;
+                if (bad)
+                    fprintf(stderr, "%s n_in %lld extreme %d: %d tokens differ from scalar\n",
+                            ms_type_traits(c.type)->name, (long long)n_in, extreme, bad);
+                CU_ASSERT_EQUAL(bad, 0);
+                free(ys);
+                kcase_free(&c);
+            }
+        }
+}
+
 /* ---- Q8_K activations ---------------------------------------------------------- */
 
 static int8_t round_half_away(double v)
@@ -527,6 +570,7 @@ static int ms_test_register(void)
         !CU_add_test(s, "dequant hand-built blocks", test_dequant_hand) ||
         !CU_add_test(s, "matmul against double and scalar", test_matmul_shapes) ||
         !CU_add_test(s, "matmul: a token's result independent of its batch", test_batch_invariant) ||
+        !CU_add_test(s, "matmul: exact kernels equal scalar bit for bit", test_exact_as_scalar) ||
         !CU_add_test(s, "Q8_K activation bytes", test_quantize_q8_K) ||
         !CU_add_test(s, "quantise/dequantise round trip", test_quantize_round_trip) ||
         !CU_add_test(s, "jobs that cannot be computed", test_invalid))

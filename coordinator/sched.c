@@ -584,8 +584,10 @@ static int enqueue(ms_sched_t *s, sched_req_t *r, uint64_t *ret_id, ms_err_t *er
     if (s->stop) {
         ms_err_set(err, "the server is shutting down");
         rc = -ESHUTDOWN;
-    } else if (s->n_queued >= (uint32_t)s->p.queue_max &&
-               s->n_active + s->n_queued >= (uint32_t)s->p.n_seq_max) { /* no free sequence will take it */
+    } else if (s->n_active + s->n_queued >= (uint32_t)s->p.n_seq_max + (uint32_t)s->p.queue_max) {
+        /* every sequence taken or promised, and queue_max more waiting: counted
+         * together, so a request the scheduler has not moved into its free
+         * sequence yet does not hold a queue place */
         ms_err_set(err, "the request queue is full (%d waiting); try again later", s->p.queue_max);
         rc = -EBUSY;
     } else {

@@ -120,6 +120,7 @@ typedef struct {
     bool switch_ready;        /* the joining host holds its share: switch when idle */
     bool unload_pending;      /* after a switch: hosts still hold what moved away */
     bool creating;            /* inside ms_backend_net_new: a readable stop_fd cancels */
+    ms_wire_load_t load;      /* the Load/Unload being encoded (its expert list is large) */
     int pub_n_hosts;
     /* the dispatch in flight */
     int32_t il, n_tok, k;
@@ -756,22 +757,22 @@ static int sync_next(net_backend_t *b, int h, bool await, ms_err_t *err)
 {
     net_host_t *H = &b->hosts[h];
     const uint64_t *want = b->placed + (size_t)h * b->words;
-    static ms_wire_load_t ld; /* large (expert list); one thread uses the backend */
+    ms_wire_load_t *ld = &b->load;
     for (int32_t l = 0; l < b->n_layer; l++) {
         for (int pass = 0; pass < 2; pass++) { /* Load first, then Unload */
-            ld.layer = l;
-            ld.n_experts = 0;
+            ld->layer = l;
+            ld->n_experts = 0;
             for (int32_t e = 0; e < b->n_expert; e++) {
                 size_t s = (size_t)l * (size_t)b->n_expert + (size_t)e;
                 if (bit(want, s) != bit(H->held, s) && bit(want, s) == (pass == 0))
-                    ld.experts[ld.n_experts++] = e;
+                    ld->experts[ld->n_experts++] = e;
             }
-            if (!ld.n_experts)
+            if (!ld->n_experts)
                 continue;
-            snprintf(ld.source, sizeof(ld.source), "%s", pass == 0 ? MS_WIRE_SOURCE_LOCAL : "");
+            snprintf(ld->source, sizeof(ld->source), "%s", pass == 0 ? MS_WIRE_SOURCE_LOCAL : "");
             ms_wire_head_t head = { .request_id = b->next_id++, .epoch = b->st.epoch };
             size_t len;
-            int rc = ms_wire_encode_load(&head, &ld, b->hdr, MS_WIRE_HEADER_BYTES_MAX, &len, err);
+            int rc = ms_wire_encode_load(&head, ld, b->hdr, MS_WIRE_HEADER_BYTES_MAX, &len, err);
             rc = rc ? rc : send_header(H, b->hdr, len, false);
             if (rc) {
                 ms_err_set(err, "host %s: sending %s for layer %d failed: %s", H->endpoint, pass ? "Unload" : "Load",

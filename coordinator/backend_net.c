@@ -109,6 +109,7 @@ typedef struct {
     const ms_kernels_t *kern; /* the axpy that recombines failover rows, as expertd combines its own */
     const float *x;           /* the submitted activations, for failover rows */
     uint8_t *slot_state;      /* [max_tokens * k_max] 0 idle, 1 needs a replica, 2 sent to one */
+    int32_t *slot_e;          /* [max_tokens * k_max] the expert of a slot that needs a replica */
     float *slot_y;            /* [max_tokens * k_max][d] expert outputs of failover slots */
     /* joining hosts (ms_backend_net_join, any thread) */
     pthread_mutex_t join_lock;
@@ -1260,8 +1261,11 @@ static void fail_rows(net_backend_t *b, int h)
     ms_wire_rx_close(&H->rx);
     for (int32_t r = 0; r < H->n_tok; r++)
         for (int j = 0; j < b->k; j++)
-            if (H->ids[(size_t)r * (size_t)b->k + (size_t)j] >= 0)
-                b->slot_state[(size_t)H->tok[r] * (size_t)b->k + (size_t)j] = 1;
+            if (H->ids[(size_t)r * (size_t)b->k + (size_t)j] >= 0) {
+                size_t s = (size_t)H->tok[r] * (size_t)b->k + (size_t)j;
+                b->slot_state[s] = 1;
+                b->slot_e[s] = H->ids[(size_t)r * (size_t)b->k + (size_t)j];
+            }
 }
 
 static int send_failover(net_backend_t *b, net_host_t *H)
@@ -1311,15 +1315,8 @@ static int start_failover_round(net_backend_t *b, ms_err_t *err)
     for (size_t s = 0; s < n_slots; s++) {
         if (b->slot_state[s] != 1)
             continue;
-        const net_host_t *G = NULL; /* the down host whose slot this is */
-        int32_t e = -1;
-        for (int h = 0; h < b->n_hosts && e < 0; h++) {
-            G = &b->hosts[h];
-            for (int32_t r = 0; G->failing && r < G->n_tok && e < 0; r++)
-                if ((size_t)G->tok[r] == s / (size_t)b->k)
-                    e = G->ids[(size_t)r * (size_t)b->k + s % (size_t)b->k];
-        }
-        int rh = e >= 0 ? live_holder(b, b->il, e) : -1;
+        int32_t e = b->slot_e[s];
+        int rh = live_holder(b, b->il, e);
         if (rh < 0)
             return no_holder(b, e, err);
         net_host_t *R = &b->hosts[rh];
@@ -1694,6 +1691,7 @@ static void net_destroy(ms_expert_backend_t *self)
     }
     free(b->placed);
     free(b->slot_state);
+    free(b->slot_e);
     free(b->slot_y);
     free(b->hosts);
     free(b->pub_hosts);
@@ -1772,12 +1770,14 @@ static int alloc_backend(net_backend_t *b, const char *const *endpoints, ms_err_
     b->items = calloc(2 * (size_t)MS_HOSTS_MAX + 1, sizeof(*b->items)); /* + the stop fd */
     b->words = ((size_t)b->n_layer * (size_t)b->n_expert + 63) / 64;
     b->slot_state = calloc(rows * (size_t)b->k_max, 1);
+    b->slot_e = calloc(rows * (size_t)b->k_max, sizeof(int32_t));
     b->slot_y = malloc(rows * (size_t)b->k_max * (size_t)b->d * sizeof(float));
     b->hdr = malloc(MS_WIRE_HEADER_BYTES_MAX);
     b->copy = malloc(rows * (size_t)b->d * b->wbytes);
     b->conv = malloc(rows * (size_t)b->d * sizeof(float));
-    int rc = b->hosts && b->pub_hosts && b->items && b->hdr && b->copy && b->conv && b->slot_state && b->slot_y
-                 ? ms_wire_msg_new(&b->msg) : -ENOMEM;
+    bool ok = b->hosts && b->pub_hosts && b->items && b->hdr && b->copy && b->conv && b->slot_state && b->slot_e &&
+              b->slot_y;
+    int rc = ok ? ms_wire_msg_new(&b->msg) : -ENOMEM;
     for (int h = 0; !rc && h < b->n_hosts; h++)
         rc = alloc_host(b, &b->hosts[h], endpoints[h]);
     if (rc)

@@ -6,7 +6,7 @@
 PY=/usr/bin/python3
 tmp=$(mktemp -d)
 PROMPT="The quick brown fox"
-N=128
+N=256 # long enough that a host can be killed in the middle of a request
 
 placement_cleanup() {
     cleanup_pids
@@ -31,7 +31,7 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PYEOF
 }
 
-# The model the tests place (6 layers, so a 128-token request runs long
+# The model the tests place (6 layers, so an N-token request runs long
 # enough to be interrupted) and its embedded greedy text in $tmp/ref.txt.
 make_model() {
     "$BIN/genmodel" --arch qwen2moe --out "$tmp/m.gguf" --layers 6 --hidden 128 --ff 128 --experts 8 --top-k 2 \

@@ -11,19 +11,11 @@
 #include <string.h>
 
 #include "kquant.h"
-
-#define FORCE_INLINE static inline __attribute__((always_inline))
+#include "kquant_x86.h"
 
 FORCE_INLINE float hsum8(__m256 v)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-FORCE_INLINE float hsum4(__m128 s)
-{
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
@@ -47,19 +39,6 @@ FORCE_INLINE __m256i bcast16_pair(__m256i v, int g)
 FORCE_INLINE __m256i load32(const void *p)
 {
     return _mm256_loadu_si256((const __m256i *)p);
-}
-
-/* Scales (bytes 0-7 of *ret_sc) and mins (of *ret_m) of a Q4_K/Q5_K block,
- * the 6-bit fields of ms_kq_scale_min_k4 gathered four at a time. */
-FORCE_INLINE void unpack_k4(const uint8_t *s, uint64_t *ret_sc, uint64_t *ret_m)
-{
-    uint32_t u[3];
-    memcpy(u, s, sizeof(u));
-    uint32_t sc_lo = u[0] & 0x3f3f3f3fu, m_lo = u[1] & 0x3f3f3f3fu;
-    uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
-    uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
-    *ret_sc = sc_lo | (uint64_t)sc_hi << 32;
-    *ret_m = m_lo | (uint64_t)m_hi << 32;
 }
 
 /* sum_j m_j * (bsums[2j] + bsums[2j+1]) as 4 int32 lanes. */
@@ -181,18 +160,6 @@ static float dot_q2_K(const void *wv, const void *xv, int64_t n)
         accm = _mm256_fmadd_ps(_mm256_set1_ps(x[i].d * _cvtsh_ss(w[i].dmin)), _mm256_cvtepi32_ps(msum), accm);
     }
     return hsum8(acc) - hsum8(accm);
-}
-
-/* The 16 signed 6-bit scales of a Q3_K block as bytes (ms_kq_scale_q3_K, four at a time). */
-FORCE_INLINE __m128i unpack_q3_K(const uint8_t *s)
-{
-    uint32_t u[3];
-    memcpy(u, s, sizeof(u));
-    uint32_t o0 = (u[0] & 0x0f0f0f0fu) | ((u[2] & 0x03030303u) << 4);
-    uint32_t o1 = (u[1] & 0x0f0f0f0fu) | (((u[2] >> 2) & 0x03030303u) << 4);
-    uint32_t o2 = ((u[0] >> 4) & 0x0f0f0f0fu) | (((u[2] >> 4) & 0x03030303u) << 4);
-    uint32_t o3 = ((u[1] >> 4) & 0x0f0f0f0fu) | (((u[2] >> 6) & 0x03030303u) << 4);
-    return _mm_sub_epi8(_mm_setr_epi32((int)o0, (int)o1, (int)o2, (int)o3), _mm_set1_epi8(32));
 }
 
 static float dot_q3_K(const void *wv, const void *xv, int64_t n)

@@ -86,7 +86,9 @@ for k in 0 1 2; do
     start_host $k
 done
 link_host 3 # for the host that joins later
-in_c timeout 300 "$BIN/moeshard" serve --model "$tmp/m.gguf" --hosts "$H" --replicas 2 \
+# started directly, not through in_c: $! must be the process itself (ip netns
+# exec becomes timeout, which passes SIGTERM on to serve), not a subshell
+ip netns exec "${tag}c" timeout 300 "$BIN/moeshard" serve --model "$tmp/m.gguf" --hosts "$H" --replicas 2 \
     --listen "tcp://0.0.0.0:$SPORT" --threads 1 --heartbeat-ms 200 --key "$tmp/coord.key" \
     --allow "$tmp/client.allow" --host-keys "$tmp/hosts.keys" --join-allow "$tmp/join.allow" 2>>"$tmp/serve.log" &
 serve_pid=$!

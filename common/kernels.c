@@ -1,6 +1,9 @@
 /* Kernel dispatch (CPU feature checks), the multi-threaded drivers over the
  * per-ISA tables, and RoPE. */
 #include <math.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,11 +72,19 @@ size_t ms_act_row_bytes(ms_type_t type, int64_t n_in)
     return 0;
 }
 
+/* Each thread owns a contiguous range of grains, packed as (back << 32 | front)
+ * so that its owner (taking from the front) and a thief (taking from the
+ * back) claim grains with one compare-and-swap each. */
+typedef struct {
+    _Alignas(64) _Atomic uint64_t span;
+} mm_range_t;
+
 typedef struct {
     const ms_kernels_t *k;
     const ms_mm_t *jobs;
     int n_jobs;
     long long units; /* grains of MS_MM_GRAIN_ROWS rows, summed over the jobs */
+    mm_range_t *ranges; /* one per pool thread */
 } mm_multi_ctx_t;
 
 static long long mm_units(const ms_mm_t *mm)
@@ -81,13 +92,10 @@ static long long mm_units(const ms_mm_t *mm)
     return mm->n_out > 0 ? (mm->n_out + MS_MM_GRAIN_ROWS - 1) / MS_MM_GRAIN_ROWS : 0;
 }
 
-/* A thread's part is a contiguous range of grains; it walks them across job
- * boundaries so every thread gets the same number of rows. */
-static void mm_multi_thread(void *arg, int ith, int nth)
+/* Grains [u0, u1) of the concatenated jobs, across job boundaries. */
+static void mm_run_units(const mm_multi_ctx_t *c, long long u0, long long u1)
 {
-    const mm_multi_ctx_t *c = arg;
-    long long u0, u1, base = 0;
-    ms_pool_split(c->units, 1, ith, nth, &u0, &u1);
+    long long base = 0;
     for (int j = 0; j < c->n_jobs && base < u1; j++) {
         const ms_mm_t *mm = &c->jobs[j];
         long long n = mm_units(mm);
@@ -100,6 +108,49 @@ static void mm_multi_thread(void *arg, int ith, int nth)
         }
         base += n;
     }
+}
+
+#define MM_OWN_GRAINS 4   /* the owner's claim from the front of its range */
+#define MM_STEAL_GRAINS 1 /* a thief's claim from the back of another's */
+
+/* Claims up to want grains of *r from the front (owner) or the back (thief);
+ * false when the range is empty. */
+static bool mm_claim(mm_range_t *r, long long want, bool from_back, long long *ret_u0, long long *ret_u1)
+{
+    uint64_t v = atomic_load_explicit(&r->span, memory_order_relaxed);
+    for (;;) {
+        long long front = (long long)(v & 0xffffffffu), back = (long long)(v >> 32);
+        if (front >= back)
+            return false;
+        long long take = back - front < want ? back - front : want;
+        long long nf = from_back ? front : front + take, nb = from_back ? back - take : back;
+        if (atomic_compare_exchange_weak_explicit(&r->span, &v, (uint64_t)nb << 32 | (uint64_t)nf,
+                                                  memory_order_relaxed, memory_order_relaxed)) {
+            *ret_u0 = from_back ? nb : front;
+            *ret_u1 = from_back ? back : nf;
+            return true;
+        }
+    }
+}
+
+/* Every thread starts on an equal contiguous share and walks it front to
+ * back; a thread that finishes early takes grains from the back of the
+ * others' shares, so a thread slowed by its neighbours (or descheduled) does
+ * not hold up the step. Each row is computed whole by one thread, so the
+ * result does not depend on who computed it. */
+static void mm_multi_thread(void *arg, int ith, int nth)
+{
+    const mm_multi_ctx_t *c = arg;
+    long long u0, u1;
+    if (!c->ranges) {
+        mm_run_units(c, 0, c->units);
+        return;
+    }
+    while (mm_claim(&c->ranges[ith], MM_OWN_GRAINS, false, &u0, &u1))
+        mm_run_units(c, u0, u1);
+    for (int v = (ith + 1) % nth; v != ith; v = (v + 1) % nth)
+        while (mm_claim(&c->ranges[v], MM_STEAL_GRAINS, true, &u0, &u1))
+            mm_run_units(c, u0, u1);
 }
 
 /* Below this much work (weight bytes x tokens) a product runs on the caller:
@@ -118,7 +169,19 @@ void ms_matmul_multi(ms_pool_t *pool, const ms_kernels_t *k, const ms_mm_t *jobs
     }
     if (c.units == 0)
         return;
-    ms_pool_run(c.units > 1 && work >= MS_MM_INLINE_BYTES ? pool : NULL, mm_multi_thread, &c);
+    int nth = ms_pool_size(pool);
+    if (c.units < 2 || work < MS_MM_INLINE_BYTES || nth < 2) {
+        ms_pool_run(NULL, mm_multi_thread, &c);
+        return;
+    }
+    mm_range_t ranges[MS_THREADS_MAX];
+    for (int i = 0; i < nth; i++) {
+        long long u0, u1;
+        ms_pool_split(c.units, 1, i, nth, &u0, &u1);
+        atomic_init(&ranges[i].span, (uint64_t)u1 << 32 | (uint64_t)u0);
+    }
+    c.ranges = ranges;
+    ms_pool_run(pool, mm_multi_thread, &c);
 }
 
 /* Rows of activations quantised on the caller rather than the pool. */

@@ -170,11 +170,12 @@ void ms_pool_run(ms_pool_t *pool, ms_pool_fn_t fn, void *ctx)
         futex_wait(&pool->pending, left);
 }
 
-void ms_pool_set_spin(ms_pool_t *pool, uint32_t spin_us)
+uint32_t ms_pool_set_spin(ms_pool_t *pool, uint32_t spin_us)
 {
-    if (pool)
-        atomic_store_explicit(&pool->spin_ns, (spin_us > MS_POOL_SPIN_US_MAX ? MS_POOL_SPIN_US_MAX : spin_us) * 1000u,
-                              memory_order_relaxed);
+    if (!pool)
+        return 0;
+    uint32_t ns = (spin_us > MS_POOL_SPIN_US_MAX ? MS_POOL_SPIN_US_MAX : spin_us) * 1000u;
+    return atomic_exchange_explicit(&pool->spin_ns, ns, memory_order_relaxed) / 1000u;
 }
 
 void ms_pool_split(long long n, long long grain, int ith, int nth, long long *ret_begin, long long *ret_end)

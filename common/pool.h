@@ -31,8 +31,9 @@ void ms_pool_run(ms_pool_t *pool, ms_pool_fn_t fn, void *ctx);
  * for workers) polls for the next event up to spin_us microseconds before it
  * sleeps in the kernel. Set it for a stretch of back-to-back runs and back to
  * 0 (the default: sleep at once) when the stretch ends or before blocking on
- * anything else (the network). Capped at MS_POOL_SPIN_US_MAX. */
-void ms_pool_set_spin(ms_pool_t *pool, uint32_t spin_us);
+ * anything else (the network), then restore what it was. Capped at
+ * MS_POOL_SPIN_US_MAX. Returns the previous setting (0 for a NULL pool). */
+uint32_t ms_pool_set_spin(ms_pool_t *pool, uint32_t spin_us);
 
 /* Splits [0, n) into nth nearly equal contiguous parts, each a multiple of
  * grain (except the last), and returns part ith in *ret_begin, *ret_end. */

@@ -59,7 +59,7 @@ typedef struct {
     ms_wire_dtype_t wire;   /* activations and replies on the wire: f32 (exact), bf16, f16 */
     int32_t deadline_ms;    /* [1, MS_BACKEND_NET_DEADLINE_MS_MAX]: per dispatch and for the Hello round */
     int32_t max_tokens;     /* [1, MS_BATCH_TOKENS_MAX]: tokens per submit, buffers sized for it */
-    ms_pool_t *pool;        /* its spin window is set to 0 before blocking on the network; may be NULL */
+    ms_pool_t *pool;        /* its spin window is 0 while waiting on the network, then restored; may be NULL */
     int32_t replicas;       /* 0: use the slices the hosts hold (a pack); R in [1, hosts]: place R copies of
                              * every slice on distinct hosts and have each Load its share from its own copy
                              * of the full model (the coordinator's model must then be the full GGUF) */

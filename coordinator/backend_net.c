@@ -1622,7 +1622,9 @@ static int net_wait(ms_expert_backend_t *self, float *out, ms_err_t *err)
         return -EINVAL;
     }
     b->submitted = false;
-    ms_pool_set_spin(b->p.pool, 0); /* no pool thread polls while this one sleeps in zmq_poll */
+    /* no pool thread polls while this one sleeps in zmq_poll; the step's
+     * kernels that follow poll again as before */
+    uint32_t spin_us = ms_pool_set_spin(b->p.pool, 0);
     uint64_t received0 = b->st.bytes_received;
     int64_t deadline_at = now_ms() + b->p.deadline_ms;
     bool retried = false;
@@ -1655,6 +1657,7 @@ static int net_wait(ms_expert_backend_t *self, float *out, ms_err_t *err)
         b->hosts[h].failing = false;
     }
     publish(b);
+    ms_pool_set_spin(b->p.pool, spin_us);
     return rc;
 }
 

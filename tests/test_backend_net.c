@@ -20,6 +20,7 @@
 #include "backend.h"
 #include "limits.h"
 #include "model.h"
+#include "pool.h"
 #include "wire.h"
 #include "wire_zmq.h"
 
@@ -304,13 +305,16 @@ static void test_grouping(ms_wire_dtype_t wire)
 static void test_grouping_f32(void) { test_grouping(MS_WIRE_F32); }
 static void test_grouping_bf16(void) { test_grouping(MS_WIRE_BF16); }
 
-/* A token whose every expert lives on one host sends nothing to the other. */
+/* A token whose every expert lives on one host sends nothing to the other.
+ * The step's pool polls again after the wait as it did before it. */
 static void test_untouched_host(void)
 {
     fake_t *a = fake_start(0, 2), *b = fake_start(3, 5);
     ms_model_t m = model_of_shape();
     const char *eps[2] = { a->ep, b->ep };
     ms_backend_net_params_t p = params(MS_WIRE_F32, 5000);
+    CU_ASSERT_EQUAL_FATAL(ms_pool_new(2, &p.pool), 0);
+    ms_pool_set_spin(p.pool, 77);
     ms_expert_backend_t *be = NULL;
     ms_err_t err = { { 0 } };
     CU_ASSERT_FATAL(ms_backend_net_new(&m, eps, 2, &p, &be, &err) == 0);
@@ -323,7 +327,9 @@ static void test_untouched_host(void)
     for (int i = 0; i < D; i++)
         CU_ASSERT_EQUAL(out[i], (0.5f * 2 + 0.25f * 3) * (float)i);
     CU_ASSERT(a->batches == 1 && b->batches == 0);
+    CU_ASSERT_EQUAL(ms_pool_set_spin(p.pool, 0), 77);
     ms_backend_destroy(&be);
+    ms_pool_destroy(&p.pool);
     fake_stop(&a);
     fake_stop(&b);
 }

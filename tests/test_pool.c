@@ -74,14 +74,14 @@ static void test_spin_window(void)
             ms_pool_set_spin(pool, (i % 2) ? 0 : 50);
             run_counted(pool, nth, 3);
         }
-        ms_pool_set_spin(pool, 5000000); /* capped at MS_POOL_SPIN_US_MAX */
+        CU_ASSERT_EQUAL(ms_pool_set_spin(pool, 5000000), 0); /* the previous window (i = 199) */
         run_counted(pool, nth, 100);
-        ms_pool_set_spin(pool, 0);
+        CU_ASSERT_EQUAL(ms_pool_set_spin(pool, 0), MS_POOL_SPIN_US_MAX); /* capped */
         usleep(3000); /* workers are asleep again: the next run must wake them */
         run_counted(pool, nth, 10);
         ms_pool_destroy(&pool);
     }
-    ms_pool_set_spin(NULL, 100);
+    CU_ASSERT_EQUAL(ms_pool_set_spin(NULL, 100), 0);
 }
 
 static void test_null_pool(void)

@@ -112,9 +112,10 @@ run_membw() {
     say "measuring memory read bandwidth (1 and $THREADS threads) ..."
     "$BIN/membw" --threads "$THREADS" >"$WORK/membw.out" 2>"$WORK/membw.err" ||
         { cat "$WORK/membw.err" >&2; die "membw failed"; }
-    MEMBW_1=$(sed -n 's/^membw_threads=1 gbps=//p' "$WORK/membw.out")
-    MEMBW_N=$(sed -n "s/^membw_threads=$THREADS gbps=//p" "$WORK/membw.out")
-    if [ -z "$MEMBW_1" ] || [ -z "$MEMBW_N" ]; then
+    MEMBW_1=$(sed -n 's/^membw_threads=1 gbps=\([0-9.]*\) .*/\1/p' "$WORK/membw.out")
+    MEMBW_N=$(sed -n "s/^membw_threads=$THREADS gbps=\\([0-9.]*\\) .*/\\1/p" "$WORK/membw.out")
+    MEMBW_N_MEDIAN=$(sed -n "s/^membw_threads=$THREADS gbps=.* median_gbps=//p" "$WORK/membw.out")
+    if [ -z "$MEMBW_1" ] || [ -z "$MEMBW_N" ] || [ -z "$MEMBW_N_MEDIAN" ]; then
         die "membw printed no bandwidth lines: $(cat "$WORK/membw.out")"
     fi
     MEMBW_ISA=$(sed -n 's/^membw_isa=//p' "$WORK/membw.out")
@@ -427,7 +428,9 @@ plan_hosts_touched() {
         { cat "$WORK/inspect.err" >&2; die "moeshard inspect failed"; }
     C_HIDDEN=$(sed -n 's/^shape .* hidden \([0-9][0-9]*\),.*/\1/p' <<<"$info")
     C_TOP_K=$(sed -n 's/^experts .*, \([0-9][0-9]*\) per token,.*/\1/p' <<<"$info")
-    [ -n "$C_HIDDEN" ] && [ -n "$C_TOP_K" ] || die "moeshard inspect printed no hidden size or top-k: $info"
+    C_LAYERS=$(sed -n 's/^shape *\([0-9][0-9]*\) layers,.*/\1/p' <<<"$info")
+    [ -n "$C_HIDDEN" ] && [ -n "$C_TOP_K" ] && [ -n "$C_LAYERS" ] ||
+        die "moeshard inspect printed no hidden size, top-k or layer count: $info"
     C_TOUCHED_PLAN=$("$PY" - "$PACK/plan.json" "$C_TOP_K" <<'PYEOF'
 import json, sys
 plan = json.load(open(sys.argv[1]))
@@ -453,6 +456,14 @@ run_cluster() {
     plan_hosts_touched
     say "starting $CLUSTER_HOSTS expertd on 127.0.0.1 ($EXPERTD_THREADS threads each) ..."
     start_hosts
+    # What a layer costs beyond the experts' computation: one dispatch whose
+    # slots are all empty, to every host at once, on the same hosts.
+    say "measuring the round trip of an empty dispatch to the $CLUSTER_HOSTS hosts (rttbench) ..."
+    "$BIN/rttbench" --hosts "$HOSTS_EP" >"$WORK/rtt.out" 2>"$WORK/rtt.err" ||
+        { cat "$WORK/rtt.err" >&2; die "rttbench failed"; }
+    C_FLOOR_US=$(sed -n 's/.*rtt_us_mean=\([0-9.]*\).*/\1/p' "$WORK/rtt.out")
+    C_FLOOR_MEDIAN_US=$(sed -n 's/.*rtt_us_median=\([0-9.]*\).*/\1/p' "$WORK/rtt.out")
+    [ -n "$C_FLOOR_US" ] && [ -n "$C_FLOOR_MEDIAN_US" ] || die "rttbench printed no round trip: $(cat "$WORK/rtt.out")"
     say "running: moeshard run --model $PACK --hosts $HOSTS_EP --prompt <$PROMPT_TOKENS tokens> -n $N_DECODE --temp 0 --threads $THREADS"
     "$BIN/moeshard" run --model "$PACK" --hosts "$HOSTS_EP" --plaintext --prompt "$PROMPT" -n "$N_DECODE" --temp 0 \
         --threads "$THREADS" >"$WORK/cluster.out" 2>"$WORK/cluster.err" ||
@@ -475,6 +486,11 @@ run_cluster() {
     C_BYTES_OK=$(awk "BEGIN { print ($C_BYTES <= $C_BOUND) ? \"yes\" : \"no\" }")
     C_PCT=$(calc "100 * $C_DECODE / $DECODE")
     C_PCT_OK=$(awk "BEGIN { print ($C_PCT >= 85) ? \"yes\" : \"no\" }")
+    # Time per decode step beyond the embedded run's, per layer; and the most
+    # the cluster could reach if its experts ran as fast as the embedded run's
+    # and each layer paid only the empty dispatch's round trip.
+    C_EXTRA_US=$(calc "(1e6 / $C_DECODE - 1e6 / $DECODE) / $C_LAYERS" 0)
+    C_CEILING=$(calc "100 * (1e6 / $DECODE) / (1e6 / $DECODE + $C_LAYERS * $C_FLOOR_US)")
     if cmp -s "$WORK/run.out" "$WORK/cluster.out"; then C_SAME=yes; else C_SAME=no; fi
 }
 
@@ -485,7 +501,7 @@ calc() {
 }
 
 report() {
-    local model_bytes model_mb kv_mb budget rss_ok eff_gbps roofline
+    local model_bytes model_mb kv_mb budget rss_ok eff_gbps roofline roofline_median
     model_bytes=$(stat -c %s "$MODEL")
     model_mb=$(calc "$model_bytes / 1e6")
     kv_mb=${KV_MB:-0}
@@ -494,6 +510,7 @@ report() {
     rss_ok=$(awk "BEGIN { print ($RSS_MB <= $budget) ? \"yes\" : \"no\" }")
     eff_gbps=$(calc "$DECODE * $W_MB / 1e3" 2)
     roofline=$(calc "100 * $eff_gbps / $MEMBW_N")
+    roofline_median=$(calc "100 * $eff_gbps / $MEMBW_N_MEDIAN")
     local q4k_gbps q4k_roofline
     q4k_gbps=$(calc "$Q4K_DECODE * $Q4K_W_MB / 1e3" 2)
     q4k_roofline=$(calc "100 * $q4k_gbps / $MEMBW_N")
@@ -510,6 +527,7 @@ model_bytes=$model_bytes
 membw_isa=$MEMBW_ISA
 membw_1t_gbps=$MEMBW_1
 membw_${THREADS}t_gbps=$MEMBW_N
+membw_${THREADS}t_median_gbps=$MEMBW_N_MEDIAN
 load_runs=$LOAD_RUNS
 load_cache_dropped=$LOAD_COLD
 load_direct=$LOAD_DIRECT
@@ -529,6 +547,7 @@ decode_tok_s=$DECODE
 weights_per_token_mb=$W_MB
 decode_weight_gbps=$eff_gbps
 roofline_pct=$roofline
+roofline_pct_of_median_pass=$roofline_median
 q4k_model_file=$MODEL_Q4K
 q4k_decode_tok_s=$Q4K_DECODE
 q4k_weights_per_token_mb=$Q4K_W_MB
@@ -556,20 +575,26 @@ cluster_hidden=$C_HIDDEN
 cluster_bytes_bound=$C_BOUND
 cluster_bytes_within_bound=$C_BYTES_OK
 cluster_rtt_ms=$C_RTT
+cluster_layers=$C_LAYERS
+cluster_extra_us_per_layer=$C_EXTRA_US
+cluster_empty_dispatch_us_mean=$C_FLOOR_US
+cluster_empty_dispatch_us_median=$C_FLOOR_MEDIAN_US
+cluster_ceiling_pct_of_embedded=$C_CEILING
 cluster_text_matches_embedded=$C_SAME
 
 Summary ($DATE, $CPU, $THREADS threads):
-  memory read bandwidth   $MEMBW_1 GB/s on 1 thread, $MEMBW_N GB/s on $THREADS threads ($MEMBW_ISA loads)
+  memory read bandwidth   $MEMBW_1 GB/s on 1 thread, $MEMBW_N GB/s on $THREADS threads (best pass; median pass $MEMBW_N_MEDIAN GB/s) ($MEMBW_ISA loads)
   load (median of $LOAD_RUNS)      $LOAD_LB GB/s ($LOAD_PCT% of dd iflag=direct bs=4M: $LOAD_DD GB/s), $LOAD_SHA GB/s with SHA-256 ($LOAD_SHA_PCT%); cache dropped: $LOAD_COLD, O_DIRECT: $LOAD_DIRECT
   expertd load            $LOAD_EXPERTD GB/s reading ($LOAD_EXPERTD_PCT% of dd), $LOAD_EXPERTD_ALL GB/s with allocating its memory; every expert, cold cache
   prefill                 $PREFILL tok/s over a $PROMPT_TOKENS-token prompt
   decode                  $DECODE tok/s (greedy, ${STEPS:-?} steps), reading $W_MB MB of weights per token
-  roofline                $eff_gbps GB/s of weights streamed = $roofline% of the measured $MEMBW_N GB/s
+  roofline                $eff_gbps GB/s of weights streamed = $roofline% of the measured $MEMBW_N GB/s ($roofline_median% of the median pass)
   decode Q4_K             $Q4K_DECODE tok/s (same shape and prompt), reading $Q4K_W_MB MB of weights per token
   roofline Q4_K           $q4k_gbps GB/s of weights streamed = $q4k_roofline% of the measured $MEMBW_N GB/s
   peak RSS                $RSS_MB MB against model $model_mb MB + KV cache $kv_mb MB + 64 MiB = $budget MB ($( [ "$rss_ok" = yes ] && echo within || echo OVER) budget)
   cluster                 $CLUSTER_HOSTS expertd on loopback ($EXPERTD_THREADS threads each, coordinator $THREADS): decode $C_DECODE tok/s = $C_PCT% of embedded (target >= 85 %: $C_PCT_OK), prefill $C_PREFILL tok/s
   cluster network         $C_BYTES B per token per layer ($C_SENT sent + $C_RECV received, $C_TOUCHED hosts touched on average) against $C_TOUCHED_PLAN x 2 x $C_HIDDEN x 4 + 512 = $C_BOUND ($( [ "$C_BYTES_OK" = yes ] && echo within || echo OVER)); round trip $C_RTT ms per layer
+  cluster overhead        $C_EXTRA_US us per layer over the embedded run; an empty dispatch to the $CLUSTER_HOSTS hosts alone takes $C_FLOOR_US us (median $C_FLOOR_MEDIAN_US), so on this machine $C_LAYERS layers cap the cluster at $C_CEILING% of embedded decode
   cluster output          greedy text $( [ "$C_SAME" = yes ] && echo "identical to the embedded run" || echo "DIFFERS from the embedded run: the cluster figures do not count")
 EOF
     if [ -n "${STEPS:-}" ] && [ "$STEPS" -lt $((N_DECODE - 1)) ]; then
@@ -578,7 +603,7 @@ EOF
 }
 
 main() {
-    for b in genmodel membw moeshard loadbench expertd; do need_bin "$b"; done
+    for b in genmodel membw moeshard loadbench expertd rttbench; do need_bin "$b"; done
     [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "MS_BENCH_THREADS must be a positive integer, not '$THREADS'"
     DATE=$(date -u '+%Y-%m-%dT%H:%M:%SZ')
     CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
@@ -587,10 +612,10 @@ main() {
     ensure_model
     run_load
     run_expertd_load
-    run_membw
     warm_model
     say "building a $N_PROMPT-token prompt with moeshard tokenize ..."
     build_prompt
+    run_membw # right before the decode run: the bandwidth moves with the neighbours' load
     run_model
     run_cluster
     run_model_q4k

@@ -161,10 +161,15 @@ static void split(membw_worker_t *w, int n_threads, const uint8_t *buf, size_t b
     }
 }
 
-/* Seconds of the fastest of `passes` passes, all readers together. */
-static double time_passes(membw_sync_t *y, int n_threads, int passes)
+static int cmp_double(const void *a, const void *b)
 {
-    double best_s = -1.0;
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Seconds of each of `passes` passes, all readers together, fastest first. */
+static void time_passes(membw_sync_t *y, int n_threads, int passes, double *secs)
+{
     for (int i = 0; i < passes; i++) {
         pthread_mutex_lock(&y->mu);
         y->running = n_threads;
@@ -173,19 +178,18 @@ static double time_passes(membw_sync_t *y, int n_threads, int passes)
         pthread_cond_broadcast(&y->go);
         while (y->running > 0)
             pthread_cond_wait(&y->done, &y->mu);
-        double dt = now_s() - t0;
+        secs[i] = now_s() - t0;
         pthread_mutex_unlock(&y->mu);
-        if (best_s < 0 || dt < best_s)
-            best_s = dt;
     }
-    return best_s;
+    qsort(secs, (size_t)passes, sizeof(double), cmp_double);
 }
 
-/* Best pass, in GB/s, reading buf with n_threads threads; < 0 when the
- * threads could not be started. */
-static double measure(membw_read_fn read_fn, const uint8_t *buf, size_t bytes, int n_threads,
-                      int passes, uint64_t *sink)
+/* The best and the median pass, in GB/s, reading buf with n_threads threads;
+ * -1 when the threads could not be started. */
+static int measure(membw_read_fn read_fn, const uint8_t *buf, size_t bytes, int n_threads, int passes,
+                   uint64_t *sink, double *ret_best, double *ret_median)
 {
+    double secs[MEMBW_PASSES_MAX];
     membw_sync_t y = { .mu = PTHREAD_MUTEX_INITIALIZER, .go = PTHREAD_COND_INITIALIZER,
                        .done = PTHREAD_COND_INITIALIZER };
     membw_worker_t w[MS_THREADS_MAX];
@@ -199,7 +203,8 @@ static double measure(membw_read_fn read_fn, const uint8_t *buf, size_t bytes, i
         if (pthread_create(&tid[started], NULL, worker_main, &w[started]) != 0)
             break;
     }
-    double best_s = started == n_threads ? time_passes(&y, n_threads, passes) : -1.0;
+    if (started == n_threads)
+        time_passes(&y, n_threads, passes, secs);
     pthread_mutex_lock(&y.mu);
     y.stop = 1;
     pthread_cond_broadcast(&y.go);
@@ -208,7 +213,11 @@ static double measure(membw_read_fn read_fn, const uint8_t *buf, size_t bytes, i
         pthread_join(tid[t], NULL);
         *sink ^= w[t].sink;
     }
-    return best_s > 0 ? (double)bytes / best_s / 1e9 : -1.0;
+    if (started < n_threads)
+        return -1;
+    *ret_best = (double)bytes / secs[0] / 1e9;
+    *ret_median = (double)bytes / secs[passes / 2] / 1e9;
+    return 0;
 }
 
 /* ---- command line ---- */
@@ -219,8 +228,9 @@ static void usage(FILE *out)
             "usage: membw [--size-mib N] [--threads N] [--passes N]\n"
             "  --size-mib N  buffer read per pass, MiB (default %d, %d..%d)\n"
             "  --threads N   threads of the parallel measurement (default: online cores, 1..%d)\n"
-            "  --passes N    passes per measurement; the best is reported (default %d, 1..%d)\n"
-            "Prints membw_threads=T gbps=X for T = 1 and T = N (GB = 1e9 bytes).\n",
+            "  --passes N    passes per measurement (default %d, 1..%d)\n"
+            "Prints membw_threads=T gbps=X median_gbps=Y for T = 1 and T = N: the best and the\n"
+            "median pass (GB = 1e9 bytes).\n",
             MEMBW_SIZE_MIB_DEFAULT, MEMBW_SIZE_MIB_MIN, MEMBW_SIZE_MIB_MAX, MS_THREADS_MAX,
             MEMBW_PASSES_DEFAULT, MEMBW_PASSES_MAX);
 }
@@ -291,12 +301,12 @@ static uint8_t *alloc_touched(size_t bytes)
 static int report(membw_read_fn read_fn, const uint8_t *buf, const membw_opts_t *o,
                   int threads, uint64_t *sink)
 {
-    double gbps = measure(read_fn, buf, o->bytes, threads, o->passes, sink);
-    if (gbps < 0) {
+    double gbps, median;
+    if (measure(read_fn, buf, o->bytes, threads, o->passes, sink, &gbps, &median) < 0) {
         fprintf(stderr, "membw: could not start %d reader threads\n", threads);
         return -1;
     }
-    printf("membw_threads=%d gbps=%.2f\n", threads, gbps);
+    printf("membw_threads=%d gbps=%.2f median_gbps=%.2f\n", threads, gbps, median);
     fflush(stdout);
     return 0;
 }

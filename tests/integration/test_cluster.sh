@@ -126,6 +126,13 @@ for arch in llama qwen2moe; do
     H=$(hosts_of 127.0.0.1 "${ports[@]}")
     run_model "$tmp/$arch-pack" "$tmp/$arch-p1" --hosts "$H" --plaintext
     same_as_embedded "$arch-pack" "$arch-embedded"
+    if [ "$arch" = llama ]; then # the bench's empty-dispatch round trip (bench/rttbench.c) against these hosts
+        timeout "$RUN_TIMEOUT" "$BIN/rttbench" --hosts "$H" --rounds 50 --warmup 5 >"$tmp/rtt.out" 2>"$tmp/rtt.err" ||
+            fail "rttbench: $(cat "$tmp/rtt.err")"
+        grep -Eq '^rtt_hosts=3 rtt_tokens=1 rtt_wire=f32 rtt_rounds=50 rtt_us_mean=[0-9.]+ rtt_us_median=[0-9.]+ rtt_us_p90=[0-9.]+ rtt_us_min=[0-9.]+$' \
+            "$tmp/rtt.out" || fail "rttbench printed: $(cat "$tmp/rtt.out")"
+        echo "rttbench: $(cat "$tmp/rtt.out")"
+    fi
     grep -q "experts on 3 hosts (wire f32)" "$tmp/$arch-pack.err" || fail "summary: $(cat "$tmp/$arch-pack.err")"
     run_model "$tmp/$arch-full" "$tmp/$arch.gguf" --hosts "$H" --plaintext   # a full model: its experts unused
     same_as_embedded "$arch-full" "$arch-embedded"

@@ -55,9 +55,13 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Polls *addr while it equals val, for at most spin_ns; true when it changed. */
-static bool spin_while(_Atomic uint32_t *addr, uint32_t val, uint32_t spin_ns)
+/* Polls *addr while it equals val, for at most the pool's spin window; true
+ * when it changed. A window set to 0 meanwhile ends the poll at once: the
+ * caller is about to block on something else (the network) and the core is
+ * wanted elsewhere. */
+static bool spin_while(const ms_pool_t *p, _Atomic uint32_t *addr, uint32_t val)
 {
+    uint32_t spin_ns = atomic_load_explicit(&p->spin_ns, memory_order_relaxed);
     if (!spin_ns)
         return false;
     uint64_t end = now_ns() + spin_ns;
@@ -67,7 +71,7 @@ static bool spin_while(_Atomic uint32_t *addr, uint32_t val, uint32_t spin_ns)
                 return true;
             __builtin_ia32_pause();
         }
-        if (now_ns() >= end)
+        if (now_ns() >= end || !atomic_load_explicit(&p->spin_ns, memory_order_relaxed))
             return false;
     }
 }
@@ -79,7 +83,7 @@ static void *pool_worker_main(void *arg)
     uint32_t seen = 0;
     for (;;) {
         uint32_t g;
-        if (!spin_while(&p->gen, seen, atomic_load_explicit(&p->spin_ns, memory_order_relaxed))) {
+        if (!spin_while(p, &p->gen, seen)) {
             /* sleepers is raised before gen is re-checked (both seq_cst), and the
              * caller bumps gen before it reads sleepers: one of the two sees the other */
             atomic_fetch_add(&p->sleepers, 1);
@@ -165,7 +169,7 @@ void ms_pool_run(ms_pool_t *pool, ms_pool_fn_t fn, void *ctx)
     fn(ctx, 0, pool->n_threads);
     uint32_t left = atomic_load_explicit(&pool->pending, memory_order_acquire);
     if (left)
-        spin_while(&pool->pending, left, atomic_load_explicit(&pool->spin_ns, memory_order_relaxed));
+        spin_while(pool, &pool->pending, left);
     while ((left = atomic_load_explicit(&pool->pending, memory_order_acquire)) != 0)
         futex_wait(&pool->pending, left);
 }

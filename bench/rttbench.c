@@ -123,7 +123,6 @@ typedef struct {
     const char *ep;
     int32_t hidden, n_layer;
     uint64_t want_id;
-    bool waiting;
 } rtt_host_t;
 
 /* Receives one message from H and decodes it into msg; dies on timeout or a
@@ -137,15 +136,8 @@ static void recv_msg(rtt_host_t *H, ms_wire_msg_t *msg)
         die("%s: no reply within %d ms (%s): is expertd running there, with --plaintext?", H->ep, RTT_TIMEOUT_MS,
             zmq_strerror(-rc));
     }
-    const void *frames[MS_WIRE_PARTS_MAX];
-    size_t sizes[MS_WIRE_PARTS_MAX];
-    for (int i = 1; i < rx.n_parts; i++) {
-        frames[i - 1] = ms_wire_rx_data(&rx, i);
-        sizes[i - 1] = ms_wire_rx_size(&rx, i);
-    }
     ms_err_t err = { { 0 } };
-    rc = ms_wire_decode(msg, ms_wire_rx_data(&rx, 0), ms_wire_rx_size(&rx, 0), frames, sizes, (size_t)rx.n_parts - 1,
-                        &err);
+    rc = ms_wire_rx_decode(&rx, 0, msg, &err);
     ms_wire_rx_close(&rx);
     if (rc)
         die("%s: a reply that does not decode: %s", H->ep, err.msg);

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 
 int ms_wire_zmq_limits(void *sock)
 {
@@ -63,6 +64,27 @@ int ms_wire_zmq_recv(void *sock, ms_wire_rx_t *rx, int flags)
         if (rx->n_parts == MS_WIRE_PARTS_MAX)
             return drain(sock, rx);
     }
+}
+
+int ms_wire_rx_decode(ms_wire_rx_t *rx, int hdr_part, ms_wire_msg_t *msg, ms_err_t *err)
+{
+    if (rx->n_dropped || rx->n_parts <= hdr_part) {
+        memset(&msg->head, 0, sizeof(msg->head));
+        if (rx->n_dropped) {
+            ms_err_set(err, "message of %zu parts: more than a header and its tensor frames (at most %d)",
+                       (size_t)rx->n_parts + rx->n_dropped, MS_WIRE_PARTS_MAX);
+            return -EMSGSIZE;
+        }
+        ms_err_set(err, "message has no header frame");
+        return -EPROTO;
+    }
+    const void *frames[MS_WIRE_PARTS_MAX];
+    size_t sizes[MS_WIRE_PARTS_MAX], nf = 0;
+    for (int i = hdr_part + 1; i < rx->n_parts; i++, nf++) {
+        frames[nf] = ms_wire_rx_data(rx, i);
+        sizes[nf] = ms_wire_rx_size(rx, i);
+    }
+    return ms_wire_decode(msg, ms_wire_rx_data(rx, hdr_part), ms_wire_rx_size(rx, hdr_part), frames, sizes, nf, err);
 }
 
 static int send_part(void *sock, const void *data, size_t len, int more)

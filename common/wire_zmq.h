@@ -8,7 +8,9 @@
 
 #include <zmq.h>
 
+#include "err.h"
 #include "limits.h"
+#include "wire.h"
 
 /* One received message: its parts, kept as ZeroMQ messages (no copies). */
 typedef struct {
@@ -36,6 +38,13 @@ static inline size_t ms_wire_rx_size(ms_wire_rx_t *rx, int i)
 {
     return zmq_msg_size(&rx->part[i]);
 }
+
+/* Decodes rx into msg: part hdr_part is the header (1 after a ROUTER's
+ * routing id, else 0) and the parts after it are its tensor frames.
+ * -EMSGSIZE when parts were dropped (more than MS_WIRE_PARTS_MAX), -EPROTO
+ * when there is no header part (msg->head is zeroed in both cases), else
+ * what ms_wire_decode returns; err says which. */
+int ms_wire_rx_decode(ms_wire_rx_t *rx, int hdr_part, ms_wire_msg_t *msg, ms_err_t *err);
 
 /* Sends [route] hdr [frame]: route is the peer's routing id on a ROUTER
  * (NULL on a DEALER), frame NULL when the message has no tensor frame.

@@ -334,18 +334,8 @@ static int recv_one(net_backend_t *b, int h, ms_wire_rx_t **ret_rx)
 /* Decodes rx into b->msg. A message with extra parts or that does not decode is a protocol error. */
 static int decode_rx(net_backend_t *b, ms_wire_rx_t *rx, ms_err_t *err)
 {
-    if (rx->n_parts < 1 || rx->n_dropped) {
-        ms_err_set(err, "a message of %d parts (at most %d)", rx->n_parts + (int)rx->n_dropped, MS_WIRE_PARTS_MAX);
-        return -EPROTO;
-    }
-    const void *frames[MS_WIRE_PARTS_MAX];
-    size_t sizes[MS_WIRE_PARTS_MAX];
-    for (int i = 1; i < rx->n_parts; i++) {
-        frames[i - 1] = ms_wire_rx_data(rx, i);
-        sizes[i - 1] = ms_wire_rx_size(rx, i);
-    }
-    return ms_wire_decode(b->msg, ms_wire_rx_data(rx, 0), ms_wire_rx_size(rx, 0), frames, sizes,
-                          (size_t)rx->n_parts - 1, err);
+    int rc = ms_wire_rx_decode(rx, 0, b->msg, err);
+    return rc == -EMSGSIZE ? -EPROTO : rc;
 }
 
 /* Polls the sockets of every host until none is pending or deadline_at

@@ -201,23 +201,8 @@ static void handle(server_t *sv, ms_wire_rx_t *rx)
 {
     sv->route = ms_wire_rx_data(rx, 0);
     sv->route_len = ms_wire_rx_size(rx, 0);
-    ms_wire_head_t none = { 0 };
-    if (rx->n_dropped) {
-        reply_error(sv, &none, EMSGSIZE, "message has more parts than a header and its tensor frames");
-        return;
-    }
-    if (rx->n_parts < 2) {
-        reply_error(sv, &none, EPROTO, "message has no header frame");
-        return;
-    }
-    const void *frames[MS_WIRE_PARTS_MAX];
-    size_t sizes[MS_WIRE_PARTS_MAX], nf = 0;
-    for (int i = 2; i < rx->n_parts; i++, nf++) {
-        frames[nf] = ms_wire_rx_data(rx, i);
-        sizes[nf] = ms_wire_rx_size(rx, i);
-    }
     ms_err_t err = { { 0 } };
-    int rc = ms_wire_decode(sv->msg, ms_wire_rx_data(rx, 1), ms_wire_rx_size(rx, 1), frames, sizes, nf, &err);
+    int rc = ms_wire_rx_decode(rx, 1, sv->msg, &err);
     if (rc) {
         reply_error(sv, &sv->msg->head, -rc, err.msg);
         return;

@@ -190,16 +190,9 @@ static int recv_reply(float *out, size_t out_n)
         return -1;
     ms_wire_rx_t rx;
     int rc = ms_wire_zmq_recv(sock, &rx, 0);
-    if (!rc && rx.n_parts >= 1 && !rx.n_dropped) {
-        const void *frames[MS_WIRE_PARTS_MAX];
-        size_t sizes[MS_WIRE_PARTS_MAX];
-        for (int i = 1; i < rx.n_parts; i++) {
-            frames[i - 1] = ms_wire_rx_data(&rx, i);
-            sizes[i - 1] = ms_wire_rx_size(&rx, i);
-        }
+    if (!rc) {
         ms_err_t err = { { 0 } };
-        rc = ms_wire_decode(msg, ms_wire_rx_data(&rx, 0), ms_wire_rx_size(&rx, 0), frames, sizes,
-                            (size_t)rx.n_parts - 1, &err);
+        rc = ms_wire_rx_decode(&rx, 0, msg, &err);
         if (!rc && msg->kind == MS_WIRE_RESULT && msg->result.status == 0) {
             size_t n = (size_t)msg->result.n_tokens * (size_t)msg->result.hidden;
             if (n <= out_n)

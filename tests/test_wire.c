@@ -11,6 +11,7 @@
 #include "limits.h"
 #include "moeshard.pb-c.h"
 #include "wire.h"
+#include "wire_zmq.h"
 
 static uint8_t hdr[1 << 16];
 static ms_wire_msg_t *msg;
@@ -322,6 +323,52 @@ static bool held_odd(void *ctx, int32_t layer, int32_t expert)
     return expert % 2 == 1;
 }
 
+/* rx part i holds a copy of data[i]. */
+static void rx_fill(ms_wire_rx_t *rx, const void *const *data, const size_t *sizes, int n)
+{
+    rx->n_parts = n;
+    rx->n_dropped = 0;
+    for (int i = 0; i < n; i++) {
+        CU_ASSERT_EQUAL_FATAL(zmq_msg_init_size(&rx->part[i], sizes[i]), 0);
+        memcpy(zmq_msg_data(&rx->part[i]), data[i], sizes[i]);
+    }
+}
+
+/* A received multipart message: header after a routing id or first, its
+ * frame after it; too many parts, no header part. */
+static void test_rx_decode(void)
+{
+    ms_wire_head_t h = { .request_id = 77, .epoch = 3 };
+    ms_wire_batch_t b = batch3x2();
+    size_t len = 0;
+    ms_err_t err = { { 0 } };
+    CU_ASSERT_EQUAL_FATAL(ms_wire_encode_batch(&h, &b, hdr, sizeof(hdr), &len, &err), 0);
+    uint8_t frame[3 * 4 * 2] = { 1, 2, 3 }, route[5] = { 0, 1, 2, 3, 4 };
+    ms_wire_rx_t rx;
+    const void *parts[3] = { route, hdr, frame };
+    size_t sizes[3] = { sizeof(route), len, sizeof(frame) };
+    rx_fill(&rx, parts, sizes, 3);
+    CU_ASSERT_EQUAL(ms_wire_rx_decode(&rx, 1, msg, &err), 0);
+    CU_ASSERT(msg->kind == MS_WIRE_BATCH && msg->head.request_id == 77 && msg->batch.n_tokens == 3);
+    CU_ASSERT_PTR_EQUAL(msg->frame, ms_wire_rx_data(&rx, 2));
+    CU_ASSERT(msg->frame_bytes == sizeof(frame) && memcmp(msg->frame, frame, sizeof(frame)) == 0);
+    /* the same parts read as a DEALER's: the routing id is taken for the header */
+    CU_ASSERT_NOT_EQUAL(ms_wire_rx_decode(&rx, 0, msg, &err), 0);
+    ms_wire_rx_close(&rx);
+    rx_fill(&rx, parts + 1, sizes + 1, 2);
+    CU_ASSERT_EQUAL(ms_wire_rx_decode(&rx, 0, msg, &err), 0);
+    CU_ASSERT(msg->kind == MS_WIRE_BATCH && msg->head.epoch == 3);
+    rx.n_dropped = 1; /* parts past MS_WIRE_PARTS_MAX were discarded */
+    CU_ASSERT_EQUAL(ms_wire_rx_decode(&rx, 0, msg, &err), -EMSGSIZE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "more than a header and its tensor frames"));
+    CU_ASSERT_EQUAL(msg->head.request_id, 0); /* no head is taken from a refused message */
+    ms_wire_rx_close(&rx);
+    rx_fill(&rx, parts, sizes, 1); /* a routing id alone */
+    CU_ASSERT_EQUAL(ms_wire_rx_decode(&rx, 1, msg, &err), -EPROTO);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "no header frame"));
+    ms_wire_rx_close(&rx);
+}
+
 static void test_check_batch(void)
 {
     int32_t ids[4] = { 1, 3, -1, 5 };
@@ -372,6 +419,7 @@ static int ms_test_register(void)
         !CU_add_test(s, "version mismatch and empty envelope", test_reject_version) ||
         !CU_add_test(s, "batch field rejections", test_reject_batch_fields) ||
         !CU_add_test(s, "batch against the served model", test_check_batch) ||
+        !CU_add_test(s, "decoding a received multipart message", test_rx_decode) ||
         !CU_add_test(s, "encoder refusals", test_encode_refusals))
         return CU_get_error();
     return 0;

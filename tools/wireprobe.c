@@ -118,12 +118,6 @@ static probe_reply_t recv_reply(void *s, probe_daemon_t d, int timeout_ms)
     }
     r.got = true;
     ms_err_t err = { { 0 } };
-    const void *frames[MS_WIRE_PARTS_MAX];
-    size_t sizes[MS_WIRE_PARTS_MAX];
-    for (int i = 1; i < rx.n_parts; i++) {
-        frames[i - 1] = ms_wire_rx_data(&rx, i);
-        sizes[i - 1] = ms_wire_rx_size(&rx, i);
-    }
     if (d == DAEMON_COORD) {
         ms_cw_msg_t m;
         int rc = ms_cw_decode(ms_wire_rx_data(&rx, 0), ms_wire_rx_size(&rx, 0), &m, &err);
@@ -133,8 +127,7 @@ static probe_reply_t recv_reply(void *s, probe_daemon_t d, int timeout_ms)
         snprintf(r.text, sizeof(r.text), "%s", rc ? err.msg : m.kind == MS_CW_ERROR ? m.error.message : "");
         ms_cw_msg_clear(&m);
     } else {
-        int rc = ms_wire_decode(rx_msg, ms_wire_rx_data(&rx, 0), ms_wire_rx_size(&rx, 0), frames, sizes,
-                                (size_t)rx.n_parts - 1, &err);
+        int rc = ms_wire_rx_decode(&rx, 0, rx_msg, &err);
         r.is_error = rc || rx_msg->kind == MS_WIRE_ERROR;
         r.code = rc ? -1 : rx_msg->kind == MS_WIRE_ERROR ? rx_msg->error.code : 0;
         r.request_id = rx_msg->head.request_id;

@@ -595,7 +595,7 @@ Summary ($DATE, $CPU, $THREADS threads):
   cluster                 $CLUSTER_HOSTS expertd on loopback ($EXPERTD_THREADS threads each, coordinator $THREADS): decode $C_DECODE tok/s = $C_PCT% of embedded (target >= 85 %: $C_PCT_OK), prefill $C_PREFILL tok/s
   cluster network         $C_BYTES B per token per layer ($C_SENT sent + $C_RECV received, $C_TOUCHED hosts touched on average) against $C_TOUCHED_PLAN x 2 x $C_HIDDEN x 4 + 512 = $C_BOUND ($( [ "$C_BYTES_OK" = yes ] && echo within || echo OVER)); round trip $C_RTT ms per layer
   cluster overhead        $C_EXTRA_US us per layer over the embedded run; an empty dispatch to the $CLUSTER_HOSTS hosts alone takes $C_FLOOR_US us (median $C_FLOOR_MEDIAN_US), so on this machine $C_LAYERS layers cap the cluster at $C_CEILING% of embedded decode
-  cluster output          greedy text $( [ "$C_SAME" = yes ] && echo "identical to the embedded run" || echo "DIFFERS from the embedded run: the cluster figures do not count")
+  cluster output          greedy text $( [ "$C_SAME" = yes ] && echo "identical to the embedded run" || echo "differs from the embedded run (partial sums added in another order, amplified by Q8_0 rounding on random weights: docs/performance.md, Cluster)")
 EOF
     if [ -n "${STEPS:-}" ] && [ "$STEPS" -lt $((N_DECODE - 1)) ]; then
         say "warning: decode stopped after $STEPS steps (end-of-text); its rate covers those steps only"

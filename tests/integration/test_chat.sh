@@ -6,26 +6,11 @@
 # a note when the model has none; usage errors exit 2; a silent server ends
 # the chat with exit 1 within its timeout.
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 if ! "$BIN/moeshard" serve --help >/dev/null 2>&1; then
     echo "moeshard serve is not built; skipping the chat test"
     exit 77
 fi
-tmp=$(mktemp -d)
-serve_pids=()
-cleanup() {
-    for pid in "${serve_pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; [ -f "$tmp/serve.log" ] && tail -n 20 "$tmp/serve.log" >&2; exit 1; }
-
-free_port() {
-    /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # usage errors need no server
 set +e
@@ -36,7 +21,7 @@ set +e
 "$BIN/moeshard" chat --server tcp://127.0.0.1:1 extra </dev/null 2>"$tmp/err"; rc=$?
 [ $rc -eq 2 ] || fail "stray argument: rc $rc"
 # nobody listens there: the turn times out and the chat ends with 1
-dead=$(free_port)
+dead=$(free_ports 1)
 echo hi | timeout 20 "$BIN/moeshard" chat --plaintext --server "tcp://127.0.0.1:$dead" --timeout-ms 500 >/dev/null 2>"$tmp/err"; rc=$?
 [ $rc -eq 1 ] && grep -q "no word from" "$tmp/err" || fail "silent server: rc $rc: $(cat "$tmp/err")"
 set -e
@@ -45,9 +30,9 @@ set -e
 # serve MODEL LOG: starts a coordinator on a free port; its endpoint in $ep.
 serve() {
     local port
-    port=$(free_port)
+    port=$(free_ports 1)
     "$BIN/moeshard" serve --plaintext --model "$1" --listen "tcp://127.0.0.1:$port" --threads 2 >"$2" 2>&1 &
-    serve_pids+=($!)
+    pids+=($!)
     ep="tcp://127.0.0.1:$port"
 }
 

@@ -6,31 +6,9 @@
 # Then, where network namespaces work, the same with each expertd in its own
 # namespace. Kills only the pids it started; removes only what it created.
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
-PY=/usr/bin/python3
-tmp=$(mktemp -d)
-pids=()
-netns=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    for n in "${netns[@]}"; do ip netns del "$n" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RUN_TIMEOUT=60
 PROMPT="The quick brown fox jumps over the lazy dog"
-
-free_ports() { # N free TCP ports on 127.0.0.1, space separated
-    "$PY" - "$1" <<'PYEOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PYEOF
-}
 
 # start_host NAME MODEL ENDPOINT [NETNS]: one expertd; its pid joins pids.
 # Plaintext on loopback; the namespace part below sets CURVE keys.
@@ -44,24 +22,6 @@ start_host() {
         "$BIN/expertd" --listen "$ep" --model "$model" --threads 1 "${host_sec[@]}" 2>"$tmp/$name.log" &
     fi
     pids+=($!)
-}
-
-# wait_serving NAME...: until each log says it serves (10 s at most).
-wait_serving() {
-    local name i
-    for name in "$@"; do
-        for ((i = 0; i < 100; i++)); do
-            grep -q "serving" "$tmp/$name.log" 2>/dev/null && break
-            sleep 0.1
-        done
-        grep -q "serving" "$tmp/$name.log" || fail "expertd $name did not start: $(cat "$tmp/$name.log")"
-    done
-}
-
-stop_hosts() { # stops every expertd started so far
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    pids=()
 }
 
 # run_model OUT MODEL [options...]: 64 greedy tokens; stdout to OUT.txt, logits to OUT.npy.
@@ -122,7 +82,7 @@ for arch in llama qwen2moe; do
     run_model "$tmp/$arch-embedded" "$tmp/$arch.gguf"
     read -r -a ports < <(free_ports 3)
     for k in 0 1 2; do start_host "$arch-h$k" "$tmp/$arch-p1/host-$k.gguf" "tcp://127.0.0.1:${ports[$k]}"; done
-    wait_serving "$arch-h0" "$arch-h1" "$arch-h2"
+    wait_hosts "$arch-h0" "$arch-h1" "$arch-h2"
     H=$(hosts_of 127.0.0.1 "${ports[@]}")
     run_model "$tmp/$arch-pack" "$tmp/$arch-p1" --hosts "$H" --plaintext
     same_as_embedded "$arch-pack" "$arch-embedded"
@@ -147,19 +107,19 @@ for arch in llama qwen2moe; do
     echo "$arch-bf16: max logit difference to embedded $diff (largest |logit| $mag; $rows)"
     "$PY" -c "import sys; sys.exit(0 if float('$diff') <= 0.05 * float('$mag') else 1)" \
         || fail "$arch bf16: logits differ by $diff"
-    stop_hosts
+    stop_pids
 done
 
 # ---- replicas 2 over 3 hosts: all three, then any two cover every slice ----
 "$BIN/moeshard" pack "$tmp/qwen2moe.gguf" --hosts 3 --replicas 2 --out "$tmp/q-p2" >/dev/null || fail "pack R=2"
 read -r -a ports < <(free_ports 3)
 for k in 0 1 2; do start_host "q2-h$k" "$tmp/q-p2/host-$k.gguf" "tcp://127.0.0.1:${ports[$k]}"; done
-wait_serving q2-h0 q2-h1 q2-h2
+wait_hosts q2-h0 q2-h1 q2-h2
 run_model "$tmp/q2-all" "$tmp/q-p2" --hosts "$(hosts_of 127.0.0.1 "${ports[@]}")" --plaintext
 same_as_embedded q2-all qwen2moe-embedded
 run_model "$tmp/q2-two" "$tmp/q-p2" --hosts "$(hosts_of 127.0.0.1 "${ports[1]}" "${ports[2]}")" --plaintext
 same_as_embedded q2-two qwen2moe-embedded
-stop_hosts
+stop_pids
 
 # ---- errors ----
 set +e
@@ -174,17 +134,17 @@ elapsed=$(($(date +%s) - start))
 [ $elapsed -le 6 ] || fail "nothing listening: took $elapsed s with a 2 s deadline"
 
 for k in 0 1; do start_host "miss-h$k" "$tmp/qwen2moe-p1/host-$k.gguf" "tcp://127.0.0.1:${ports[$k]}"; done
-wait_serving miss-h0 miss-h1
+wait_hosts miss-h0 miss-h1
 timeout "$RUN_TIMEOUT" "$BIN/moeshard" run --model "$tmp/qwen2moe-p1" \
     --hosts "$(hosts_of 127.0.0.1 "${ports[@]}")" --plaintext --deadline-ms 2000 -p "x" -n 4 >/dev/null 2>"$tmp/miss.err"
 rc=$?
 [ $rc -eq 1 ] || fail "host-2 not started: rc $rc: $(cat "$tmp/miss.err")"
 grep -q "no Hello reply within 2000 ms from tcp://127.0.0.1:${ports[2]} .*; without it, no live host holds" \
     "$tmp/miss.err" || fail "host-2 not started: $(cat "$tmp/miss.err")"
-stop_hosts
+stop_pids
 # the same two hosts, the third not even listed
 for k in 0 1; do start_host "miss2-h$k" "$tmp/qwen2moe-p1/host-$k.gguf" "tcp://127.0.0.1:${ports[$k]}"; done
-wait_serving miss2-h0 miss2-h1
+wait_hosts miss2-h0 miss2-h1
 timeout "$RUN_TIMEOUT" "$BIN/moeshard" run --model "$tmp/qwen2moe-p1" \
     --hosts "$(hosts_of 127.0.0.1 "${ports[0]}" "${ports[1]}")" --plaintext -p "x" -n 4 >/dev/null 2>"$tmp/miss2.err"
 rc=$?
@@ -212,19 +172,17 @@ for part in m.group(1).split("; "):
 assert listed == missing, (listed, missing)
 PYEOF
 done
-stop_hosts
+stop_pids
 echo "loopback: ok"
 
 # ---- network namespaces: each expertd in its own, the coordinator in a fourth ----
 # Every address lives in a namespace this test creates (192.0.2.0/24, TEST-NET-1),
 # so nothing is added to the root namespace's links, addresses or routes.
 tag="ms$$"
-if ! ip netns add "${tag}c" 2>/dev/null; then
+if ! netns_hub "$tag"; then
     echo "skipping the network namespace part: 'ip netns add' is not permitted here"
     exit 0
 fi
-netns+=("${tag}c")
-ip -n "${tag}c" link set lo up
 read -r -a ports < <(free_ports 3)
 # beyond loopback plaintext is refused: the hosts and the coordinator use CURVE keys
 "$BIN/moeshard" keygen --out "$tmp/coord" >/dev/null && "$BIN/moeshard" keygen --out "$tmp/host" >/dev/null \
@@ -234,20 +192,12 @@ host_sec=(--key "$tmp/host.key" --allow "$tmp/coord.allow")
 : >"$tmp/hosts.keys"
 H=""
 for k in 0 1 2; do
-    ns="${tag}h$k"
-    ip netns add "$ns"
-    netns+=("$ns")
-    ip link add "${tag}c$k" netns "${tag}c" type veth peer name "${tag}h$k" netns "$ns"
-    ip -n "${tag}c" addr add "192.0.2.$((4 * k + 1))/30" dev "${tag}c$k"
-    ip -n "$ns" addr add "192.0.2.$((4 * k + 2))/30" dev "${tag}h$k"
-    ip -n "${tag}c" link set "${tag}c$k" up
-    ip -n "$ns" link set "${tag}h$k" up
-    ip -n "$ns" link set lo up
-    start_host "ns-h$k" "$tmp/qwen2moe-p1/host-$k.gguf" "tcp://192.0.2.$((4 * k + 2)):${ports[$k]}" "$ns"
+    netns_host "$tag" $k
+    start_host "ns-h$k" "$tmp/qwen2moe-p1/host-$k.gguf" "tcp://192.0.2.$((4 * k + 2)):${ports[$k]}" "${tag}h$k"
     H+="${H:+,}tcp://192.0.2.$((4 * k + 2)):${ports[$k]}"
     echo "tcp://192.0.2.$((4 * k + 2)):${ports[$k]} $(grep -v '^#' "$tmp/host.pub")" >>"$tmp/hosts.keys"
 done
-wait_serving ns-h0 ns-h1 ns-h2
+wait_hosts ns-h0 ns-h1 ns-h2
 ip netns exec "${tag}c" timeout "$RUN_TIMEOUT" "$BIN/moeshard" run --model "$tmp/qwen2moe-p1" --hosts "$H" \
     --key "$tmp/coord.key" --host-keys "$tmp/hosts.keys" -p "$PROMPT" -n 64 --temp 0 --dump-logits "$tmp/ns.npy" >"$tmp/ns.txt" 2>"$tmp/ns.err" \
     || fail "run across namespaces: $(cat "$tmp/ns.err")"

@@ -6,17 +6,7 @@
 # run, logits within 1e-4 (f32 wire). Every process is bounded by a timeout
 # and stopped by its pid; only what this script created is removed.
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
-PY=/usr/bin/python3
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/ms-cluster-ds2.XXXXXX")
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RUN_TIMEOUT=60
 HOST_TIMEOUT=120 # an expertd outliving the test is stopped by its timeout
 PROMPT="The quick brown fox jumps over the lazy dog"
@@ -27,16 +17,6 @@ done
 # loopback links need no encryption; builds with CURVE support ask for that explicitly
 plain=()
 "$BIN/expertd" --help 2>&1 | grep -q -- --plaintext && plain=(--plaintext)
-
-free_ports() { # N free TCP ports on 127.0.0.1, space separated
-    "$PY" - "$1" <<'PYEOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PYEOF
-}
 
 # run_model OUT MODEL [options...]: 32 greedy tokens; stdout to OUT.txt, logits to OUT.npy.
 run_model() {
@@ -68,13 +48,7 @@ for k in 0 1 2; do
     pids+=($!)
     H+="${H:+,}$ep"
 done
-for k in 0 1 2; do
-    for ((i = 0; i < 100; i++)); do
-        grep -q "serving" "$tmp/h$k.log" 2>/dev/null && break
-        sleep 0.1
-    done
-    grep -q "serving" "$tmp/h$k.log" || fail "expertd $k did not start: $(cat "$tmp/h$k.log")"
-done
+wait_hosts h0 h1 h2
 
 run_model "$tmp/cluster" "$tmp/p" --hosts "$H" "${plain[@]}"
 cmp -s "$tmp/cluster.txt" "$tmp/embedded.txt" || fail "the cluster's tokens differ from the embedded run"

@@ -12,29 +12,8 @@
 # STOPPING=1 and exits 0.
 # Exit 77 when systemd-analyze is absent (after the rest has passed).
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-BIN=${MS_BIN:-$ROOT/build/bin}
-PY=/usr/bin/python3
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 UNIT_BIN=/usr/local/bin # the units' binary folder (make install rewrites it for PREFIX)
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-free_ports() { # N free TCP ports on 127.0.0.1, space separated
-    "$PY" - "$1" <<'PYEOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PYEOF
-}
 
 # ---- systemd-analyze verify ----
 verified=0
@@ -185,25 +164,29 @@ wait_for() {
     fail "$1: $3 x '$2' not seen within $4 s; got: $(cat "$tmp/$1.notify" 2>/dev/null); log: $(tail -5 "$tmp/$1.log")"
 }
 
+# start_unit NAME UNIT CONF WHAT: UNIT's command line with CONF, as systemd would
+# run it (notify socket $tmp/NAME.sock, watchdog 2 s), stderr in $tmp/NAME.log;
+# its timeout wrapper's pid in unit_tpid.
+start_unit() {
+    listen_notify "$1"
+    unit_argv "$ROOT/deploy/$2.service" "$3"
+    echo "$4: ${argv[*]}"
+    NOTIFY_SOCKET="$tmp/$1.sock" WATCHDOG_USEC=2000000 timeout 120 "${argv[@]}" 2>"$tmp/$1.log" &
+    unit_tpid=$!
+    pids+=($unit_tpid)
+}
+
 # Pings after READY=1: WATCHDOG_USEC 2 s, so one each second.
-listen_notify expertd
-unit_argv "$ROOT/deploy/moeshard-expertd.service" "$tmp/expertd.conf"
-echo "expertd: ${argv[*]}"
-NOTIFY_SOCKET="$tmp/expertd.sock" WATCHDOG_USEC=2000000 timeout 120 "${argv[@]}" 2>"$tmp/expertd.log" &
-exp_tpid=$!
-pids+=($exp_tpid)
+start_unit expertd moeshard-expertd "$tmp/expertd.conf" expertd
+exp_tpid=$unit_tpid
 wait_for expertd 'READY=1' 1 20 "$exp_tpid"
 grep -q 'READY=1\\nSTATUS=holding .* serving on tcp://127.0.0.1:' "$tmp/expertd.notify" \
     || fail "expertd READY without its STATUS: $(cat "$tmp/expertd.notify")"
 grep -q 'STATUS=loading' "$tmp/expertd.notify" || fail "expertd sent no loading STATUS: $(cat "$tmp/expertd.notify")"
 wait_for expertd 'WATCHDOG=1' 2 10 "$exp_tpid"
 
-listen_notify coord
-unit_argv "$ROOT/deploy/moeshard-coordinator.service" "$tmp/coordinator.conf"
-echo "coordinator: ${argv[*]}"
-NOTIFY_SOCKET="$tmp/coord.sock" WATCHDOG_USEC=2000000 timeout 120 "${argv[@]}" 2>"$tmp/coord.log" &
-coord_tpid=$!
-pids+=($coord_tpid)
+start_unit coord moeshard-coordinator "$tmp/coordinator.conf" coordinator
+coord_tpid=$unit_tpid
 wait_for coord 'READY=1' 1 30 "$coord_tpid"
 wait_for coord 'WATCHDOG=1' 2 10 "$coord_tpid"
 SERVER="tcp://127.0.0.1:$p_coord"

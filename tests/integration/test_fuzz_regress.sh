@@ -4,13 +4,11 @@
 # ($BUILD/fuzz-replay/NAME, built by `make test`; with sanitizers under
 # `make asan`). A crash, a sanitizer report or a failed check fails the test.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BUILD=${BUILD:-build}
 BIN=${MS_BIN:-$PWD/$BUILD/bin}
 REPLAY=$(dirname "$BIN")/fuzz-replay
 T=120
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 [ -d "$REPLAY" ] || fail "$REPLAY is missing (make test builds it)"
 for arch in llama qwen2moe; do
@@ -20,7 +18,7 @@ export MS_FUZZ_MODELS="$tmp/llama.gguf:$tmp/qwen2moe.gguf"
 mkdir -p "$tmp/seeds-fuzz_wire"
 "$BIN/wireprobe" --seeds "$tmp/seeds-fuzz_wire" >/dev/null || fail "wireprobe --seeds"
 mkdir -p "$tmp/seeds-fuzz_gguf"
-/usr/bin/python3 fuzz/gguf_seeds.py "$tmp/seeds-fuzz_gguf" || fail "fuzz/gguf_seeds.py"
+"$PY" fuzz/gguf_seeds.py "$tmp/seeds-fuzz_gguf" || fail "fuzz/gguf_seeds.py"
 cp "$tmp/llama.gguf" "$tmp/seeds-fuzz_gguf/"
 
 n=0

@@ -2,10 +2,7 @@
 # genmodel: deterministic output, clear refusals, and every architecture/type
 # it writes loads and generates in moeshard.
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 "$BIN/genmodel" --arch qwen3moe --type q8_0 --out "$tmp/a.gguf" 2>/dev/null
 "$BIN/genmodel" --arch qwen3moe --type q8_0 --out "$tmp/b.gguf" 2>/dev/null

@@ -6,43 +6,14 @@
 # most RSS_GROWTH_KIB over 10,000 random messages (after a warm-up batch).
 # Every process is bounded by timeout and killed by its pid.
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
-PY=/usr/bin/python3
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+WAIT_LOG_SECONDS=30 # for each daemon to start
 T=60
 PROBE_TIMEOUT_MS=2000 # a dropped message is one that gets no reply within this
 RANDOM_COUNT=10000
 RANDOM_SEED=20240601
 RSS_GROWTH_KIB=${RSS_GROWTH_KIB:-8192}
 [ "${MS_ASAN:-0}" = 1 ] && RSS_GROWTH_KIB=32768 # ASan's quarantine holds freed memory back on purpose
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for f in "$tmp"/*.log; do echo "== $f" >&2; tail -n 20 "$f" >&2; done; exit 1; }
-
-free_ports() {
-    "$PY" - "$1" <<'PYEOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PYEOF
-}
-
-wait_log() { # FILE PATTERN PID
-    local i
-    for ((i = 0; i < 300; i++)); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        kill -0 "$3" 2>/dev/null || fail "the daemon exited before '$2' appeared in $1"
-        sleep 0.1
-    done
-    fail "'$2' did not appear in $1"
-}
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 

@@ -5,44 +5,30 @@
 # health, metrics, every 4xx, a client hanging up mid-stream; then the
 # official openai npm client (skipped with 77 when npm cannot reach the registry).
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BUILD=${BUILD:-build}
-PY=/usr/bin/python3
-SRC=$(cd "$(dirname "$0")/../.." && pwd)
-tmp=$(mktemp -d)
-pid=
-cleanup() {
-    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() {
-    echo "FAIL: $*" >&2
-    [ -f "$tmp/serve.log" ] && tail -n 20 "$tmp/serve.log" | sed 's/^/  serve: /' >&2
-    exit 1
-}
 
 command -v curl >/dev/null || { echo "skipped: curl is not installed"; exit 77; }
 "$BIN/moeshard" serve --help >/dev/null 2>&1 || { echo "skipped: 'moeshard serve' is not available"; exit 77; }
 
 "$BIN/genmodel" --arch qwen2moe --type f32 --out "$tmp/m.gguf" >/dev/null 2>&1 || fail "genmodel failed"
 M="$tmp/m.gguf"
-free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # Starts serve on fresh ports (again if a port was taken meanwhile) and waits for /health.
 start_serve() {
     for attempt in 1 2 3; do
-        ZP=$(free_port); HP=$(free_port)
+        read -r ZP HP < <(free_ports 2)
         U="http://127.0.0.1:$HP"
         "$BIN/moeshard" serve --plaintext --model "$M" --listen "tcp://127.0.0.1:$ZP" --http "127.0.0.1:$HP" --threads 2 \
             --name tiny >"$tmp/serve.log" 2>&1 &
         pid=$!
+        pids+=($pid)
         for _ in $(seq 300); do
             curl -sf "$U/health" >/dev/null 2>&1 && return 0
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
-        kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=
+        stop_pids
     done
     fail "moeshard serve --http did not come up"
 }
@@ -235,9 +221,9 @@ echo "curl checks passed"
 
 # the official openai npm client, installed outside the source tree
 command -v npm >/dev/null && command -v node >/dev/null || { echo "skipped: curl checks passed; node/npm are not installed"; exit 77; }
-case $BUILD in /*) npmdir="$BUILD/http_client" ;; *) npmdir="$SRC/$BUILD/http_client" ;; esac
+case $BUILD in /*) npmdir="$BUILD/http_client" ;; *) npmdir="$ROOT/$BUILD/http_client" ;; esac
 mkdir -p "$npmdir"
-cp "$SRC/tests/http_client/package.json" "$SRC/tests/http_client/package-lock.json" "$SRC/tests/http_client/client.mjs" "$npmdir/"
+cp "$ROOT/tests/http_client/package.json" "$ROOT/tests/http_client/package-lock.json" "$ROOT/tests/http_client/client.mjs" "$npmdir/"
 if ! [ -f "$npmdir/node_modules/openai/package.json" ] || ! grep -q '"version": "4.104.0"' "$npmdir/node_modules/openai/package.json"; then
     if ! (cd "$npmdir" && timeout 300 npm ci --no-audit --no-fund >"$tmp/npm.log" 2>&1); then
         tail -n 5 "$tmp/npm.log"

@@ -5,40 +5,24 @@
 # (refused with a clear message, not a crash or a hang), a prompt longer
 # than the context (refused). Each refusal leaves the server serving.
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
-PY=/usr/bin/python3
-tmp=$(mktemp -d)
-pid=
-cleanup() {
-    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() {
-    echo "FAIL: $*" >&2
-    [ -f "$tmp/serve.log" ] && tail -n 20 "$tmp/serve.log" | sed 's/^/  serve: /' >&2
-    exit 1
-}
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 command -v curl >/dev/null || { echo "skipped: curl is not installed"; exit 77; }
 "$BIN/genmodel" --arch qwen2moe --type f32 --out "$tmp/m.gguf" >/dev/null 2>&1 || fail "genmodel failed"
-free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 start_serve() { # [MODEL=FILE] start_serve OPTIONS...: waits for /health
-    stop_serve
-    ZP=$(free_port) HP=$(free_port)
+    stop_pids
+    read -r ZP HP < <(free_ports 2)
     U="http://127.0.0.1:$HP"
     "$BIN/moeshard" serve --plaintext --model "${MODEL:-$tmp/m.gguf}" --listen "tcp://127.0.0.1:$ZP" --http "127.0.0.1:$HP" \
         --threads 1 "$@" >"$tmp/serve.log" 2>&1 &
     pid=$!
+    pids+=($pid)
     for _ in $(seq 300); do
         curl -sf "$U/health" >/dev/null 2>&1 && return 0
         kill -0 "$pid" 2>/dev/null || fail "serve $* exited"
         sleep 0.1
     done
     fail "serve $* did not come up"
-}
-stop_serve() {
-    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi
 }
 gen() { # gen OUT N: a greedy request of N tokens; returns its status
     timeout 60 "$BIN/moeshard" generate --plaintext --server "tcp://127.0.0.1:$ZP" -n "$2" --temp 0 "Hello" \
@@ -100,5 +84,5 @@ fi
 grep -qi "context\|too long\|longer" "$tmp/ctx.err" || fail "context refusal unclear: $(cat "$tmp/ctx.err")"
 gen small 4 || fail "a request after the context refusal: $(cat "$tmp/small.err")"
 echo "context: a $(wc -c <"$tmp/long_prompt")-byte prompt refused: $(tail -n 1 "$tmp/ctx.err" | cut -c1-100)"
-stop_serve
+stop_pids
 echo "limits: all checks passed"

@@ -3,11 +3,7 @@
 # 2 replicas; plan.json parses and agrees with the shards, inspect describes
 # every file, and usage errors exit 2, runtime errors 1.
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
-PY=/usr/bin/python3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 "$BIN/genmodel" --arch qwen2moe --type q8_0 --out "$tmp/m.gguf" >/dev/null 2>&1 || fail "genmodel failed"
 M="$tmp/m.gguf"

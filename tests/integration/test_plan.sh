@@ -5,11 +5,7 @@
 # computed here); DeepSeek-V3's shapes at Q4_K from a header-only file, with
 # the expert bytes computed from the published shapes; usage errors (exit 2).
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
-PY=/usr/bin/python3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 T=60
 
 # An independent GGUF header reader: metadata and tensor infos.

@@ -3,11 +3,10 @@
 # (tests/reference/) on tiny generated models of every architecture and weight type.
 # Exit 0 when every model passes, 1 on any failure.
 set -u
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-root=$(cd "$(dirname "$0")/../.." && pwd)
-PY=/usr/bin/python3
 # tests/run.sh exports MS_BIN as $PWD/$BUILD/bin; fall back to an absolute $BUILD.
-MS_BIN=${MS_BIN:-$root/build/bin}
+MS_BIN=${MS_BIN:-$ROOT/build/bin}
 if [ ! -d "$MS_BIN" ] && [ "${BUILD:-}" != "" ] && [ -d "$BUILD/bin" ]; then
     MS_BIN=$BUILD/bin
 fi
@@ -23,9 +22,6 @@ for b in genmodel moeshard; do
     fi
 done
 
-dir=$(mktemp -d "${TMPDIR:-/tmp}/ms-reference.XXXXXX") || exit 1
-trap 'rm -rf "$dir"' EXIT
-
 failed=()
 
 # check ARCH TYPE [check.py options...] [-- genmodel options...]
@@ -35,15 +31,15 @@ check() {
     local opts=() gen=()
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do opts+=("$1"); shift; done
     [ $# -gt 0 ] && shift && gen=("$@")
-    local model="$dir/$arch-$type.gguf" what="$arch/$type${gen[*]:+ ${gen[*]}}"
+    local model="$tmp/$arch-$type.gguf" what="$arch/$type${gen[*]:+ ${gen[*]}}"
     echo "--- $arch $type ${gen[*]:-}"
-    if ! "$MS_BIN/genmodel" --arch "$arch" --type "$type" "${gen[@]}" --out "$model" >"$dir/genmodel.log" 2>&1; then
+    if ! "$MS_BIN/genmodel" --arch "$arch" --type "$type" "${gen[@]}" --out "$model" >"$tmp/genmodel.log" 2>&1; then
         echo "FAIL: genmodel --arch $arch --type $type ${gen[*]:-}"
-        sed 's/^/  /' "$dir/genmodel.log"
+        sed 's/^/  /' "$tmp/genmodel.log"
         failed+=("$what")
         return
     fi
-    if ! "$PY" "$root/tests/reference/check.py" --bin "$MS_BIN" --model "$model" \
+    if ! "$PY" "$ROOT/tests/reference/check.py" --bin "$MS_BIN" --model "$model" \
             --prompt-tokens 32 --gen 32 "${opts[@]}"; then
         failed+=("$what")
     fi

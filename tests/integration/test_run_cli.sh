@@ -2,11 +2,7 @@
 # moeshard run / tokenize / inspect from the command line on a tiny model:
 # usage errors, determinism, thread-count and batch-size invariance of logits.
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
-PY=/usr/bin/python3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 "$BIN/genmodel" --arch qwen2moe --type f32 --out "$tmp/m.gguf" >/dev/null 2>&1 || fail "genmodel failed"
 M="$tmp/m.gguf"

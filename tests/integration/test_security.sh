@@ -13,38 +13,10 @@
 #     API key: 200 with the bearer token, 401 without, no plain HTTP.
 # Kills only the pids it started; every wait is bounded.
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
-PY=/usr/bin/python3
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for f in "$tmp"/*.log; do echo "== $f" >&2; tail -n 20 "$f" >&2; done; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+WAIT_LOG_SECONDS=20 # for a daemon to start or log a refusal
 T=60
 CANARY="zebra marmalade canary 7731 over the wire"
-
-free_ports() {
-    "$PY" - "$1" <<'PYEOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PYEOF
-}
-
-wait_log() { # FILE PATTERN: until the log has it (20 s at most)
-    local i
-    for ((i = 0; i < 200; i++)); do
-        grep -qF -- "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    fail "'$2' did not appear in $1"
-}
 
 pub() { grep -v '^#' "$tmp/$1.pub"; }
 
@@ -122,11 +94,11 @@ http_opts=(--http "127.0.0.1:$HP" --http-api-key "$tmp/api.key")
 "$BIN/expertd" --listen "$HOST" --model "$tmp/p/host-0.gguf" --threads 1 --key "$tmp/host.key" \
     --allow "$tmp/host.allow" 2>"$tmp/host.log" &
 pids+=($!)
-wait_log "$tmp/host.log" "serving "
+wait_log -F "$tmp/host.log" "serving "
 "$BIN/moeshard" serve --model "$tmp/p" --hosts "$HOST" --listen "$EP" --threads 1 --key "$tmp/coord.key" \
     --allow "$tmp/clients.allow" --host-keys "$tmp/hosts.keys" "${http_opts[@]}" 2>"$tmp/serve.log" &
 pids+=($!)
-wait_log "$tmp/serve.log" "serving p"
+wait_log -F "$tmp/serve.log" "serving p"
 grep -qF "admitted coordinator 127.0.0.1 (key $(pub coord), coordinator)" "$tmp/host.log" \
     || fail "the host did not log the coordinator it admitted"
 ok_client=(--key "$tmp/client.key" --server-key "$tmp/coord.pub")
@@ -153,7 +125,7 @@ refused() { # refused NAME PATTERN ARGS...: the client fails quickly with PATTER
 refused no-key "plaintext" --plaintext
 refused wrong-server-key "server key" --key "$tmp/client.key" --server-key "$tmp/host.pub"
 refused not-allowed "not on the server's allowlist" --key "$tmp/stranger.key" --server-key "$tmp/coord.pub"
-wait_log "$tmp/serve.log" "refused client 127.0.0.1: key $(pub stranger) is not on the allowlist"
+wait_log -F "$tmp/serve.log" "refused client 127.0.0.1: key $(pub stranger) is not on the allowlist"
 # a coordinator whose key the host does not allow, and a wrong host key
 set +e
 timeout $T "$BIN/moeshard" run --model "$tmp/p" --hosts "$HOST" --key "$tmp/stranger.key" \
@@ -163,7 +135,7 @@ timeout $T "$BIN/moeshard" run --model "$tmp/p" --hosts "$HOST" --key "$tmp/coor
     --host-keys "$tmp/wrong.keys" -p x -n 2 >/dev/null 2>"$tmp/c2.err"; rc=$?
 [ $rc -eq 1 ] && grep -q "server key" "$tmp/c2.err" || fail "wrong host key: rc $rc $(cat "$tmp/c2.err")"
 set -e
-wait_log "$tmp/host.log" "refused connection from 127.0.0.1: key $(pub stranger) is not on the allowlist"
+wait_log -F "$tmp/host.log" "refused connection from 127.0.0.1: key $(pub stranger) is not on the allowlist"
 echo "ok (3) CURVE: keys admitted, no key / wrong server key / key not allowed refused and logged"
 
 # ---- (5) HTTP: TLS and the API key ----
@@ -219,7 +191,7 @@ elif ! capture curve "${ports[1]}" timeout $T "$BIN/moeshard" generate --server 
 else
     "$BIN/moeshard" serve --model "$tmp/m.gguf" --listen "$PLAIN" --threads 1 --plaintext 2>"$tmp/plain.log" &
     pids+=($!)
-    wait_log "$tmp/plain.log" "serving m.gguf"
+    wait_log -F "$tmp/plain.log" "serving m.gguf"
     capture plain "${ports[2]}" timeout $T "$BIN/moeshard" generate --server "$PLAIN" --plaintext -n 8 --temp 0 \
         "$CANARY" >/dev/null 2>&1 || fail "the second capture could not start"
     n=$(tcpdump -r "$tmp/curve.pcap" 2>/dev/null | wc -l)

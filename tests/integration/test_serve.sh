@@ -6,38 +6,9 @@
 # coordinator, which serves the next request; (6) usage errors exit 2.
 # Kills only the pids it started; every wait is bounded.
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
-PY=/usr/bin/python3
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for f in "$tmp"/*.log; do echo "== $f" >&2; tail -n 20 "$f" >&2; done; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 T=60
 PROMPT="The quick brown fox jumps over the lazy dog"
-
-free_ports() {
-    "$PY" - "$1" <<'PYEOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PYEOF
-}
-
-wait_log() { # FILE PATTERN: until the log has it (10 s at most)
-    local i
-    for ((i = 0; i < 100; i++)); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    fail "'$2' did not appear in $1"
-}
 
 "$BIN/genmodel" --arch qwen2moe --type f32 --out "$tmp/m.gguf" >/dev/null 2>&1 || fail "genmodel"
 read -r -a ports < <(free_ports 5)
@@ -115,7 +86,7 @@ for k in 0 1 2; do
     pids+=($!)
     H+="${H:+,}tcp://127.0.0.1:${ports[$((k + 2))]}"
 done
-for k in 0 1 2; do wait_log "$tmp/h$k.log" "serving"; done
+wait_hosts h0 h1 h2
 # the config file holds the same settings as the options
 cat >"$tmp/serve.conf" <<CONF
 # coordinator for the test pack

@@ -6,50 +6,13 @@
 # also serves the split model directly; a missing part is one clear error.
 # Every process is bounded by timeout; daemons are killed by pid.
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
-PY=/usr/bin/python3
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 T=60
 PROMPT="The quick brown fox jumps over the lazy dog"
-
-free_ports() { # N free TCP ports on 127.0.0.1, space separated
-    "$PY" - "$1" <<'PYEOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PYEOF
-}
 
 start_host() { # NAME MODEL ENDPOINT: one expertd on loopback, its pid kept
     timeout "$T" "$BIN/expertd" --listen "$3" --model "$2" --threads 1 --plaintext 2>"$tmp/$1.log" &
     pids+=($!)
-}
-
-wait_serving() {
-    local name i
-    for name in "$@"; do
-        for ((i = 0; i < 100; i++)); do
-            grep -q "serving" "$tmp/$name.log" 2>/dev/null && break
-            sleep 0.1
-        done
-        grep -q "serving" "$tmp/$name.log" || fail "expertd $name did not start: $(cat "$tmp/$name.log")"
-    done
-}
-
-stop_hosts() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    pids=()
 }
 
 run_model() { # OUT MODEL [options]: 48 greedy tokens, logits to OUT.npy
@@ -175,12 +138,12 @@ read -r -a ports < <(free_ports 3)
 start_host h0 "$tmp/pack/host-0.gguf" "tcp://127.0.0.1:${ports[0]}"
 start_host h1 "$tmp/pack/host-1.gguf" "tcp://127.0.0.1:${ports[1]}"
 start_host full "$tmp/split/m-00003-of-00003.gguf" "tcp://127.0.0.1:${ports[2]}"  # the split model itself
-wait_serving h0 h1 full
+wait_hosts h0 h1 full
 run_model "$tmp/cluster" "$tmp/pack" --hosts "tcp://127.0.0.1:${ports[0]},tcp://127.0.0.1:${ports[1]}" --plaintext
 same_as cluster whole
 run_model "$tmp/direct" "$tmp/split/m-00001-of-00003.gguf" --hosts "tcp://127.0.0.1:${ports[2]}" --plaintext
 same_as direct whole
-stop_hosts
+stop_pids
 
 # ---- a missing part is one error naming it ----
 rm "$tmp/split/m-00002-of-00003.gguf"

@@ -4,7 +4,8 @@
 # Skipped (77) without valgrind, and in a sanitizer build (ASan and
 # valgrind cannot share a process).
 set -euo pipefail
-BIN=${MS_BIN:-$PWD/build/bin}
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+FAIL_TAIL=60 # of valgrind's log
 T=300
 if ! command -v valgrind >/dev/null 2>&1; then
     echo "valgrind is not installed (make deps installs it); skipped"
@@ -14,9 +15,6 @@ if [ "${MS_ASAN:-0}" = 1 ]; then
     echo "a sanitizer build cannot run under valgrind; skipped"
     exit 77
 fi
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; tail -n 60 "$tmp/vg.log" >&2 2>/dev/null || true; exit 1; }
 
 "$BIN/genmodel" --arch qwen2moe --type q8_0 --out "$tmp/m.gguf" >/dev/null 2>&1 || fail "genmodel"
 # Two threads so the pool's start, hand-off and join run under memcheck too.

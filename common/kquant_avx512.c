@@ -29,38 +29,99 @@ FORCE_INLINE __m512i scale_idx(int a, int b)
  * nibbles of the last 32), 4k+1 and 4k+3 (the high nibbles): the activation
  * halves are gathered to match. */
 
+/* The activation side of one super-block: its quants gathered to match the
+ * weight nibbles, its pair sums of bsums, its scale. Prepared per block in a
+ * dot product, or once per call for every row of a decode product. */
+typedef struct {
+    __m512i xlo[2], xhi[2];
+    __m128i bs;
+    float d;
+} q4k_act_t;
+
+FORCE_INLINE void q4k_act(const ms_block_q8_K_t *x, q4k_act_t *a)
+{
+    const int8_t *xq = x->qs;
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++) {
+        a->xlo[k] = load_2x32(xq + 128 * k, xq + 128 * k + 64);
+        a->xhi[k] = load_2x32(xq + 128 * k + 32, xq + 128 * k + 96);
+    }
+    a->bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)x->bsums), _mm_loadu_si128((const __m128i *)x->bsums + 1));
+    a->d = x->d;
+}
+
+/* One super-block into the row's accumulators: the dot product and the
+ * decode product run exactly these operations, in this order. */
+FORCE_INLINE void q4k_block(const ms_block_q4_K_t *w, const q4k_act_t *a, const __m512i idx[2][2], __m512 *acc,
+                            __m128 *accm)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    uint64_t sc, mn;
+    unpack_k4(w->scales, &sc, &mn);
+    float d = a->d * _cvtsh_ss(w->d), dmin = a->d * _cvtsh_ss(w->dmin);
+    __m128i mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn));
+    *accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(_mm_madd_epi16(mins, a->bs)), *accm);
+    __m512i scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
+    __m512i sum = _mm512_setzero_si512();
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++) {
+        __m512i q = _mm512_loadu_si512((const void *)(w->qs + 64 * k));
+        __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+        __m512i p0 = _mm512_madd_epi16(_mm512_maddubs_epi16(lo, a->xlo[k]), _mm512_permutexvar_epi16(idx[k][0], scales));
+        __m512i p1 = _mm512_madd_epi16(_mm512_maddubs_epi16(hi, a->xhi[k]), _mm512_permutexvar_epi16(idx[k][1], scales));
+        sum = _mm512_add_epi32(sum, _mm512_add_epi32(p0, p1));
+    }
+    *acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sum), *acc);
+}
+
+FORCE_INLINE void q4k_idx(__m512i idx[2][2])
+{
+    idx[0][0] = scale_idx(0, 2);
+    idx[0][1] = scale_idx(1, 3);
+    idx[1][0] = scale_idx(4, 6);
+    idx[1][1] = scale_idx(5, 7);
+}
+
 static float dot_q4_K(const void *wv, const void *xv, int64_t n)
 {
     const ms_block_q4_K_t *w = wv;
     const ms_block_q8_K_t *x = xv;
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const __m512i idx[2][2] = { { scale_idx(0, 2), scale_idx(1, 3) }, { scale_idx(4, 6), scale_idx(5, 7) } };
+    __m512i idx[2][2];
+    q4k_idx(idx);
     __m512 acc = _mm512_setzero_ps();
     __m128 accm = _mm_setzero_ps();
     for (int64_t i = 0; i < n / MS_QK_K; i++) {
-        uint64_t sc, mn;
-        unpack_k4(w[i].scales, &sc, &mn);
-        float d = x[i].d * _cvtsh_ss(w[i].d), dmin = x[i].d * _cvtsh_ss(w[i].dmin);
-        __m128i mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn));
-        __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)x[i].bsums),
-                                    _mm_loadu_si128((const __m128i *)x[i].bsums + 1));
-        accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(_mm_madd_epi16(mins, bs)), accm);
-        __m512i scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
-        __m512i sum = _mm512_setzero_si512();
-        const int8_t *xq = x[i].qs;
-#pragma GCC unroll 2
-        for (int k = 0; k < 2; k++) {
-            __m512i q = _mm512_loadu_si512((const void *)(w[i].qs + 64 * k));
-            __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-            __m512i xlo = load_2x32(xq + 128 * k, xq + 128 * k + 64);
-            __m512i xhi = load_2x32(xq + 128 * k + 32, xq + 128 * k + 96);
-            __m512i p0 = _mm512_madd_epi16(_mm512_maddubs_epi16(lo, xlo), _mm512_permutexvar_epi16(idx[k][0], scales));
-            __m512i p1 = _mm512_madd_epi16(_mm512_maddubs_epi16(hi, xhi), _mm512_permutexvar_epi16(idx[k][1], scales));
-            sum = _mm512_add_epi32(sum, _mm512_add_epi32(p0, p1));
-        }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sum), acc);
+        q4k_act_t a;
+        q4k_act(&x[i], &a);
+        q4k_block(&w[i], &a, idx, &acc, &accm);
     }
     return _mm512_reduce_add_ps(acc) - hsum4(accm);
+}
+
+/* Rows of a decode product prepare the activation side at most this often
+ * per call (rows up to 16384 values); longer rows take the dot product. */
+#define Q4K_VEC_BLOCKS_MAX 64
+
+/* One token: the activation side is prepared once and every row streams
+ * through q4k_block, so each row's result is dot_q4_K's bit for bit (a
+ * token's result does not depend on how many tokens share the call). */
+static void q4k_matvec(const ms_mm_t *mm, int64_t r0, int64_t r1)
+{
+    int64_t nb = mm->n_in / MS_QK_K;
+    const ms_block_q8_K_t *x = mm->xq;
+    q4k_act_t a[Q4K_VEC_BLOCKS_MAX];
+    for (int64_t i = 0; i < nb; i++)
+        q4k_act(&x[i], &a[i]);
+    __m512i idx[2][2];
+    q4k_idx(idx);
+    for (int64_t r = r0; r < r1; r++) {
+        const ms_block_q4_K_t *w = (const ms_block_q4_K_t *)mm->w + r * nb;
+        __m512 acc = _mm512_setzero_ps();
+        __m128 accm = _mm_setzero_ps();
+        for (int64_t i = 0; i < nb; i++)
+            q4k_block(&w[i], &a[i], idx, &acc, &accm);
+        mm->y[r] = _mm512_reduce_add_ps(acc) - hsum4(accm);
+    }
 }
 
 /* ---- Q6_K x Q8_K ----------------------------------------------------------
@@ -353,6 +414,10 @@ static ms_kq_dot_fn dot_for(ms_type_t type)
 
 void ms_kq_matmul_avx512(const ms_mm_t *mm, int64_t r0, int64_t r1)
 {
+    if (mm->type == MS_TYPE_Q4_K && mm->n_tok == 1 && mm->n_in / MS_QK_K <= Q4K_VEC_BLOCKS_MAX) {
+        q4k_matvec(mm, r0, r1);
+        return;
+    }
     ms_kq_dot_fn dot = dot_for(mm->type);
     size_t wrow = (size_t)ms_type_row_bytes(mm->type, (uint64_t)mm->n_in);
     size_t xrow = ms_act_row_bytes(mm->type, mm->n_in);

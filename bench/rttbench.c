@@ -4,8 +4,9 @@
  * request loop, the machine's thread wake-ups). Each round sends every host
  * a Batch for layer 0 of --tokens rows whose slots are all empty, as the
  * coordinator sends its batches, and waits for every Result; the figure is
- * the time from the first send to the last reply. Used by bench/bench.sh;
- * see docs/performance.md. */
+ * the time from the first send to the last reply. Used by bench/bench.sh
+ * (plaintext on loopback) and against deployed hosts (CURVE keys, as the
+ * coordinator's); see docs/performance.md and docs/cluster.md. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
@@ -17,6 +18,7 @@
 
 #include <zmq.h>
 
+#include "curve.h"
 #include "limits.h"
 #include "wire.h"
 #include "wire_zmq.h"
@@ -31,6 +33,7 @@ typedef struct {
     long rounds, warmup;
     int tokens;
     ms_wire_dtype_t wire;
+    const char *key_path, *host_keys_path; /* CURVE: this client's key pair, the hosts' server keys */
 } rtt_opts_t;
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -54,12 +57,16 @@ static double now_us(void)
 
 static void usage(FILE *fp)
 {
-    fputs("usage: rttbench --hosts EP[,EP...] [--rounds N] [--warmup N] [--tokens T] [--wire f32|bf16|f16]\n"
-          "  --hosts EP,...  expertd endpoints (plaintext: loopback only, as expertd --plaintext)\n"
-          "  --rounds N      timed rounds (default 2000)\n"
-          "  --warmup N      untimed rounds first (default 200)\n"
-          "  --tokens T      activation rows per batch (default 1: one decode step)\n"
-          "  --wire DT       activation dtype (default f32)\n"
+    fputs("usage: rttbench --hosts EP[,EP...] [--key FILE --host-keys FILE] [--rounds N] [--warmup N]\n"
+          "                [--tokens T] [--wire f32|bf16|f16]\n"
+          "  --hosts EP,...    expertd endpoints\n"
+          "  --key FILE        this client's CURVE key pair (moeshard keygen); the hosts must allow its\n"
+          "                    public key. Without keys the links are plaintext: loopback endpoints only\n"
+          "  --host-keys FILE  the hosts' server keys, \"ENDPOINT Z85KEY\" lines (as moeshard serve)\n"
+          "  --rounds N        timed rounds (default 2000)\n"
+          "  --warmup N        untimed rounds first (default 200)\n"
+          "  --tokens T        activation rows per batch (default 1: one decode step)\n"
+          "  --wire DT         activation dtype (default f32)\n"
           "Prints rtt_hosts=H rtt_us_mean=... rtt_us_median=... rtt_us_p90=... rtt_us_min=...\n",
           fp);
 }
@@ -79,7 +86,8 @@ static void parse_args(int argc, char **argv, rtt_opts_t *o)
     static const struct option longs[] = {
         { "hosts", required_argument, NULL, 'H' }, { "rounds", required_argument, NULL, 'r' },
         { "warmup", required_argument, NULL, 'w' }, { "tokens", required_argument, NULL, 't' },
-        { "wire", required_argument, NULL, 'W' },   { "help", no_argument, NULL, 'h' },
+        { "wire", required_argument, NULL, 'W' },   { "key", required_argument, NULL, 'k' },
+        { "host-keys", required_argument, NULL, 'K' }, { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     static char hosts[4096];
@@ -106,6 +114,8 @@ static void parse_args(int argc, char **argv, rtt_opts_t *o)
             if (ms_wire_dtype_parse(optarg, &o->wire))
                 die("--wire %s: expected f32, bf16 or f16", optarg);
             break;
+        case 'k': o->key_path = optarg; break;
+        case 'K': o->host_keys_path = optarg; break;
         case 'h': usage(stdout); exit(0);
         default:
             usage(stderr);
@@ -116,6 +126,29 @@ static void parse_args(int argc, char **argv, rtt_opts_t *o)
         die("unexpected argument: %s (see --help)", argv[optind]);
     if (o->n_hosts == 0)
         die("--hosts is required (see --help)");
+    if (!o->key_path != !o->host_keys_path)
+        die("--key and --host-keys go together (see --help)");
+}
+
+/* The hosts' CURVE keys, or the check that plaintext stays on loopback. */
+typedef struct {
+    ms_curve_keypair_t kp;
+    ms_curve_hostkeys_t *hosts;
+} rtt_keys_t;
+
+static void load_keys(const rtt_opts_t *o, rtt_keys_t *k)
+{
+    ms_err_t err = { { 0 } };
+    if (!o->key_path) {
+        if (ms_curve_plaintext_check(o->endpoints, o->n_hosts, &err))
+            die("%s; rttbench takes --key and --host-keys for such hosts", err.msg);
+        return;
+    }
+    if (ms_curve_keypair_load(o->key_path, &k->kp, &err) || ms_curve_hostkeys_load(o->host_keys_path, &k->hosts, &err))
+        die("%s", err.msg);
+    for (int h = 0; h < o->n_hosts; h++)
+        if (!ms_curve_hostkeys_find(k->hosts, o->endpoints[h]))
+            die("%s: no server key for it in %s", o->endpoints[h], o->host_keys_path);
 }
 
 typedef struct {
@@ -133,8 +166,9 @@ static void recv_msg(rtt_host_t *H, ms_wire_msg_t *msg)
     int rc = ms_wire_zmq_recv(H->sock, &rx, 0);
     if (rc) {
         ms_wire_rx_close(&rx);
-        die("%s: no reply within %d ms (%s): is expertd running there, with --plaintext?", H->ep, RTT_TIMEOUT_MS,
-            zmq_strerror(-rc));
+        die("%s: no reply within %d ms (%s): is expertd running there, and does it allow this key (or run "
+            "--plaintext on loopback)?",
+            H->ep, RTT_TIMEOUT_MS, zmq_strerror(-rc));
     }
     ms_err_t err = { { 0 } };
     rc = ms_wire_rx_decode(&rx, 0, msg, &err);
@@ -145,12 +179,16 @@ static void recv_msg(rtt_host_t *H, ms_wire_msg_t *msg)
         die("%s: refused the request: %s", H->ep, msg->error.message);
 }
 
-static void connect_host(void *zctx, rtt_host_t *H, ms_wire_msg_t *msg, uint64_t *next_id, char *hdr)
+static void connect_host(void *zctx, const rtt_keys_t *keys, rtt_host_t *H, ms_wire_msg_t *msg, uint64_t *next_id,
+                         char *hdr)
 {
     int timeout = RTT_TIMEOUT_MS;
     H->sock = zmq_socket(zctx, ZMQ_DEALER);
-    if (!H->sock || ms_wire_zmq_limits(H->sock) || zmq_setsockopt(H->sock, ZMQ_RCVTIMEO, &timeout, sizeof(timeout)) ||
-        zmq_connect(H->sock, H->ep))
+    if (!H->sock || ms_wire_zmq_limits(H->sock) || zmq_setsockopt(H->sock, ZMQ_RCVTIMEO, &timeout, sizeof(timeout)))
+        die("%s: cannot open a socket: %s", H->ep, zmq_strerror(zmq_errno()));
+    if (keys->hosts && ms_curve_client_setup(H->sock, &keys->kp, ms_curve_hostkeys_find(keys->hosts, H->ep)))
+        die("%s: cannot set up CURVE: %s", H->ep, zmq_strerror(zmq_errno()));
+    if (zmq_connect(H->sock, H->ep))
         die("%s: cannot connect: %s", H->ep, zmq_strerror(zmq_errno()));
     ms_wire_hello_t me = { .host_id = -1 };
     ms_wire_head_t head = { .request_id = (*next_id)++ };
@@ -176,6 +214,8 @@ int main(int argc, char **argv)
 {
     rtt_opts_t o;
     parse_args(argc, argv, &o);
+    rtt_keys_t keys = { 0 };
+    load_keys(&o, &keys);
     void *zctx = zmq_ctx_new();
     ms_wire_msg_t *msg = NULL;
     char *hdr = malloc(MS_WIRE_HEADER_BYTES_MAX);
@@ -186,7 +226,7 @@ int main(int argc, char **argv)
     uint64_t next_id = 1;
     for (int h = 0; h < o.n_hosts; h++) {
         hosts[h].ep = o.endpoints[h];
-        connect_host(zctx, &hosts[h], msg, &next_id, hdr);
+        connect_host(zctx, &keys, &hosts[h], msg, &next_id, hdr);
         if (hosts[h].hidden != hosts[0].hidden)
             die("%s serves hidden %d, %s hidden %d: not the same model", hosts[h].ep, hosts[h].hidden, hosts[0].ep,
                 hosts[0].hidden);
@@ -238,6 +278,7 @@ int main(int argc, char **argv)
     for (int h = 0; h < o.n_hosts; h++)
         zmq_close(hosts[h].sock);
     zmq_ctx_term(zctx);
+    ms_curve_hostkeys_destroy(&keys.hosts);
     ms_wire_msg_destroy(&msg);
     free(hdr);
     free(rtt);

@@ -95,6 +95,16 @@ http_opts=(--http "127.0.0.1:$HP" --http-api-key "$tmp/api.key")
     --allow "$tmp/host.allow" 2>"$tmp/host.log" &
 pids+=($!)
 wait_log -F "$tmp/host.log" "serving "
+# the bench's round-trip probe over the same CURVE link (the coordinator's key is allowed)
+timeout $T "$BIN/rttbench" --hosts "$HOST" --key "$tmp/coord.key" --host-keys "$tmp/hosts.keys" --rounds 20 \
+    --warmup 2 >"$tmp/rtt.out" 2>"$tmp/rtt.err" || fail "rttbench over CURVE: $(cat "$tmp/rtt.err")"
+grep -Eq '^rtt_hosts=1 .* rtt_us_mean=[0-9.]+ ' "$tmp/rtt.out" || fail "rttbench printed: $(cat "$tmp/rtt.out")"
+set +e
+"$BIN/rttbench" --hosts tcp://192.0.2.1:5555 --rounds 1 >/dev/null 2>"$tmp/rtt-plain.err"; rc=$?
+[ $rc -eq 1 ] && grep -q "plaintext" "$tmp/rtt-plain.err" || fail "rttbench plaintext beyond loopback: rc $rc $(cat "$tmp/rtt-plain.err")"
+"$BIN/rttbench" --hosts "$HOST" --key "$tmp/coord.key" >/dev/null 2>"$tmp/rtt-usage.err"; rc=$?
+[ $rc -eq 1 ] && grep -q -- "--key and --host-keys go together" "$tmp/rtt-usage.err" || fail "rttbench --key alone: rc $rc"
+set -e
 "$BIN/moeshard" serve --model "$tmp/p" --hosts "$HOST" --listen "$EP" --threads 1 --key "$tmp/coord.key" \
     --allow "$tmp/clients.allow" --host-keys "$tmp/hosts.keys" "${http_opts[@]}" 2>"$tmp/serve.log" &
 pids+=($!)

@@ -129,48 +129,76 @@ static void q4k_matvec(const ms_mm_t *mm, int64_t r0, int64_t r1)
  * and 3 (high nibbles), qh bits 2g..2g+1 the top two bits of group g. One
  * 512-bit vector carries groups (0, 1) or (2, 3): four 16-value scales. */
 
+/* int16 lane -> scale: lanes 8s..8s+7 hold the pair sums of 16 values */
+FORCE_INLINE void q6k_idx(__m512i idx[2][2])
+{
+    idx[0][0] = _mm512_set_epi64(0x0003000300030003, 0x0003000300030003, 0x0002000200020002, 0x0002000200020002,
+                                 0x0001000100010001, 0x0001000100010001, 0x0000000000000000, 0x0000000000000000);
+    idx[0][1] = _mm512_set_epi64(0x0007000700070007, 0x0007000700070007, 0x0006000600060006, 0x0006000600060006,
+                                 0x0005000500050005, 0x0005000500050005, 0x0004000400040004, 0x0004000400040004);
+    idx[1][0] = _mm512_set_epi64(0x000b000b000b000b, 0x000b000b000b000b, 0x000a000a000a000a, 0x000a000a000a000a,
+                                 0x0009000900090009, 0x0009000900090009, 0x0008000800080008, 0x0008000800080008);
+    idx[1][1] = _mm512_set_epi64(0x000f000f000f000f, 0x000f000f000f000f, 0x000e000e000e000e, 0x000e000e000e000e,
+                                 0x000d000d000d000d, 0x000d000d000d000d, 0x000c000c000c000c, 0x000c000c000c000c);
+}
+
+/* One super-block into the row's accumulator: the dot product and the
+ * one-token product run exactly these operations, in this order. */
+FORCE_INLINE __m512 q6k_block(const ms_block_q6_K_t *w, const ms_block_q8_K_t *x, const __m512i idx[2][2],
+                              __m512 acc)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(3);
+    __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w->scales));
+    __m256i off = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)x->bsums));
+    __m512i scales = _mm512_castsi256_si512(sc16);
+    __m512i sum = _mm512_setzero_si512();
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+        __m512i l = _mm512_loadu_si512((const void *)(w->ql + 64 * h));
+        __m256i qh256 = _mm256_loadu_si256((const __m256i *)(w->qh + 32 * h));
+        /* top bits of groups 0|1 and 2|3, each group's 32 bytes in its 256-bit half */
+        __m512i qh = _mm512_inserti64x4(_mm512_castsi256_si512(qh256), _mm256_srli_epi16(qh256, 2), 1);
+        __m512i u01 = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(qh, m2), 4));
+        __m512i u23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                      _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 4), m2), 4));
+        const int8_t *xq = x->qs + 128 * h;
+        __m512i p0 = _mm512_maddubs_epi16(u01, _mm512_loadu_si512((const void *)xq));
+        __m512i p1 = _mm512_maddubs_epi16(u23, _mm512_loadu_si512((const void *)(xq + 64)));
+        sum = _mm512_add_epi32(sum, _mm512_madd_epi16(p0, _mm512_permutexvar_epi16(idx[h][0], scales)));
+        sum = _mm512_add_epi32(sum, _mm512_madd_epi16(p1, _mm512_permutexvar_epi16(idx[h][1], scales)));
+    }
+    /* quants are stored + 32: subtract 32 * sum_g scale_g * bsum_g */
+    sum = _mm512_sub_epi32(sum, _mm512_zextsi256_si512(_mm256_slli_epi32(off, 5)));
+    return _mm512_fmadd_ps(_mm512_set1_ps(x->d * _cvtsh_ss(w->d)), _mm512_cvtepi32_ps(sum), acc);
+}
+
 static float dot_q6_K(const void *wv, const void *xv, int64_t n)
 {
     const ms_block_q6_K_t *w = wv;
     const ms_block_q8_K_t *x = xv;
-    const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(3);
-    /* int16 lane -> scale: lanes 8s..8s+7 hold the pair sums of 16 values */
-    const __m512i idx[2][2] = {
-        { _mm512_set_epi64(0x0003000300030003, 0x0003000300030003, 0x0002000200020002, 0x0002000200020002,
-                           0x0001000100010001, 0x0001000100010001, 0x0000000000000000, 0x0000000000000000),
-          _mm512_set_epi64(0x0007000700070007, 0x0007000700070007, 0x0006000600060006, 0x0006000600060006,
-                           0x0005000500050005, 0x0005000500050005, 0x0004000400040004, 0x0004000400040004) },
-        { _mm512_set_epi64(0x000b000b000b000b, 0x000b000b000b000b, 0x000a000a000a000a, 0x000a000a000a000a,
-                           0x0009000900090009, 0x0009000900090009, 0x0008000800080008, 0x0008000800080008),
-          _mm512_set_epi64(0x000f000f000f000f, 0x000f000f000f000f, 0x000e000e000e000e, 0x000e000e000e000e,
-                           0x000d000d000d000d, 0x000d000d000d000d, 0x000c000c000c000c, 0x000c000c000c000c) },
-    };
+    __m512i idx[2][2];
+    q6k_idx(idx);
     __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n / MS_QK_K; i++) {
-        __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[i].scales));
-        __m256i off = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)x[i].bsums));
-        __m512i scales = _mm512_castsi256_si512(sc16);
-        __m512i sum = _mm512_setzero_si512();
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-            __m512i l = _mm512_loadu_si512((const void *)(w[i].ql + 64 * h));
-            __m256i qh256 = _mm256_loadu_si256((const __m256i *)(w[i].qh + 32 * h));
-            /* top bits of groups 0|1 and 2|3, each group's 32 bytes in its 256-bit half */
-            __m512i qh = _mm512_inserti64x4(_mm512_castsi256_si512(qh256), _mm256_srli_epi16(qh256, 2), 1);
-            __m512i u01 = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(qh, m2), 4));
-            __m512i u23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
-                                          _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 4), m2), 4));
-            const int8_t *xq = x[i].qs + 128 * h;
-            __m512i p0 = _mm512_maddubs_epi16(u01, _mm512_loadu_si512((const void *)xq));
-            __m512i p1 = _mm512_maddubs_epi16(u23, _mm512_loadu_si512((const void *)(xq + 64)));
-            sum = _mm512_add_epi32(sum, _mm512_madd_epi16(p0, _mm512_permutexvar_epi16(idx[h][0], scales)));
-            sum = _mm512_add_epi32(sum, _mm512_madd_epi16(p1, _mm512_permutexvar_epi16(idx[h][1], scales)));
-        }
-        /* quants are stored + 32: subtract 32 * sum_g scale_g * bsum_g */
-        sum = _mm512_sub_epi32(sum, _mm512_zextsi256_si512(_mm256_slli_epi32(off, 5)));
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(x[i].d * _cvtsh_ss(w[i].d)), _mm512_cvtepi32_ps(sum), acc);
-    }
+    for (int64_t i = 0; i < n / MS_QK_K; i++)
+        acc = q6k_block(&w[i], &x[i], idx, acc);
     return _mm512_reduce_add_ps(acc);
+}
+
+/* One token: the rows stream through q6k_block with the constants set up
+ * once, each row's result dot_q6_K's bit for bit. */
+static void q6k_matvec(const ms_mm_t *mm, int64_t r0, int64_t r1)
+{
+    int64_t nb = mm->n_in / MS_QK_K;
+    const ms_block_q8_K_t *x = mm->xq;
+    __m512i idx[2][2];
+    q6k_idx(idx);
+    for (int64_t r = r0; r < r1; r++) {
+        const ms_block_q6_K_t *w = (const ms_block_q6_K_t *)mm->w + r * nb;
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t i = 0; i < nb; i++)
+            acc = q6k_block(&w[i], &x[i], idx, acc);
+        mm->y[r] = _mm512_reduce_add_ps(acc);
+    }
 }
 
 /* ---- helpers of the exact kernels ------------------------------------------ */
@@ -416,6 +444,10 @@ void ms_kq_matmul_avx512(const ms_mm_t *mm, int64_t r0, int64_t r1)
 {
     if (mm->type == MS_TYPE_Q4_K && mm->n_tok == 1 && mm->n_in / MS_QK_K <= Q4K_VEC_BLOCKS_MAX) {
         q4k_matvec(mm, r0, r1);
+        return;
+    }
+    if (mm->type == MS_TYPE_Q6_K && mm->n_tok == 1) {
+        q6k_matvec(mm, r0, r1);
         return;
     }
     ms_kq_dot_fn dot = dot_for(mm->type);

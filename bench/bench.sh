@@ -347,6 +347,20 @@ run_model() {
     done
 }
 
+# The same runs with --mmap: the weights used from the file's mapping (the
+# page cache, 4 KiB pages) instead of read into huge-page memory at start.
+run_model_mmap() {
+    local saved_summary=$SUMMARY
+    say "running $RUNS x: the same with --mmap"
+    run_best run_mmap "$BIN/moeshard" run --model "$MODEL" --prompt "$PROMPT" -n "$N_DECODE" --temp 0 \
+        --threads "$THREADS" --mmap
+    MMAP_DECODE=$(summary_field decode)
+    MMAP_DECODES=$RUN_DECODES
+    MMAP_PREFILL=$BEST_PREFILL
+    [ -n "$MMAP_DECODE" ] || die "could not read decode tok/s from the --mmap summary line: $SUMMARY"
+    SUMMARY=$saved_summary
+}
+
 # Decode on the Q4_K model: generated (and reused) like the Q8_0 one, the same
 # prompt; the Q8_0 run's globals are restored afterwards.
 run_model_q4k() {
@@ -546,7 +560,8 @@ report() {
     eff_gbps=$(calc "$DECODE * $W_MB / 1e3" 2)
     roofline=$(calc "100 * $eff_gbps / $MEMBW_N")
     roofline_median=$(calc "100 * $DECODE_MEDIAN * $W_MB / 1e3 / $MEMBW_N_MEDIAN")
-    local q4k_gbps q4k_roofline
+    local q4k_gbps q4k_roofline mmap_ratio
+    mmap_ratio=$(calc "$DECODE / $MMAP_DECODE" 2)
     q4k_gbps=$(calc "$Q4K_DECODE * $Q4K_W_MB / 1e3" 2)
     q4k_roofline=$(calc "100 * $q4k_gbps / $MEMBW_N")
     local commit
@@ -582,6 +597,10 @@ decode_tok_s=$DECODE
 decode_runs_tok_s="$DECODES"
 decode_median_tok_s=$DECODE_MEDIAN
 prefill_runs_tok_s="$PREFILLS"
+mmap_prefill_tok_s=$MMAP_PREFILL
+mmap_decode_tok_s=$MMAP_DECODE
+mmap_decode_runs_tok_s="$MMAP_DECODES"
+decode_memory_over_mmap=$mmap_ratio
 weights_per_token_mb=$W_MB
 decode_weight_gbps=$eff_gbps
 roofline_pct=$roofline
@@ -627,6 +646,7 @@ Summary ($DATE, $CPU, $THREADS threads):
   expertd load            $LOAD_EXPERTD GB/s reading ($LOAD_EXPERTD_PCT% of dd), $LOAD_EXPERTD_ALL GB/s with allocating its memory; every expert, cold cache
   prefill                 $PREFILL tok/s over a $PROMPT_TOKENS-token prompt (best of $RUNS runs: $PREFILLS)
   decode                  $DECODE tok/s (greedy, ${STEPS:-?} steps; best of $RUNS runs: $DECODES), reading $W_MB MB of weights per token
+  decode --mmap           $MMAP_DECODE tok/s (best of $RUNS runs: $MMAP_DECODES), prefill $MMAP_PREFILL tok/s: weights from the file's mapping; read into memory decodes $mmap_ratio x as fast
   roofline                $eff_gbps GB/s of weights streamed = $roofline% of the measured $MEMBW_N GB/s (best run / best pass; median run / median pass: $roofline_median%)
   decode Q4_K             $Q4K_DECODE tok/s (same shape and prompt), reading $Q4K_W_MB MB of weights per token
   roofline Q4_K           $q4k_gbps GB/s of weights streamed = $q4k_roofline% of the measured $MEMBW_N GB/s
@@ -657,6 +677,7 @@ main() {
     build_prompt
     run_membw # right before the decode run: the bandwidth moves with the neighbours' load
     run_model
+    run_model_mmap
     run_cluster
     run_model_q4k
     report

@@ -8,6 +8,7 @@
 #include "limits.h"
 
 #include "gguf.h"
+#include "mem.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -49,6 +50,8 @@ struct ms_gguf {
     bool layout_only;    /* header_only, and tensor data may lie past the end of the file */
     bool ran_short;      /* the last parse failed for want of bytes past avail */
     void *map; /* our mapping (NULL for a borrowed buffer or an empty file) */
+    void *mem;           /* tensors' bytes moved into memory (ms_gguf_own_mem), or NULL */
+    uint64_t mem_bytes;
     uint32_t alignment;
     uint64_t data_offset;
     uint64_t n_kv;
@@ -1024,6 +1027,7 @@ void ms_gguf_close(ms_gguf_t **self_p)
     free(g->parts);
     if (g->map)
         munmap(g->map, (size_t)g->avail);
+    ms_mem_free(g->mem, (size_t)g->mem_bytes);
     free(g->name);
     free(g);
     *self_p = NULL;
@@ -1215,4 +1219,19 @@ int ms_gguf_prefault_part(const ms_gguf_t *g, uint32_t part, uint64_t offset, ui
 int ms_gguf_prefault_tensor(const ms_gguf_t *g, const ms_gguf_tensor_t *t)
 {
     return ms_gguf_prefault_part(g, t->part, t->file_offset, t->nbytes);
+}
+
+/* ---- tensors moved into memory ---- */
+
+void ms_gguf_set_tensor_data(ms_gguf_t *g, uint64_t i, const void *data)
+{
+    if (i < g->n_tensors)
+        g->tensors[i].data = data;
+}
+
+void ms_gguf_own_mem(ms_gguf_t *g, void *mem, uint64_t bytes)
+{
+    ms_mem_free(g->mem, (size_t)g->mem_bytes);
+    g->mem = mem;
+    g->mem_bytes = bytes;
 }

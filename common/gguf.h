@@ -134,6 +134,14 @@ int ms_gguf_prefault_part(const ms_gguf_t *g, uint32_t part, uint64_t offset, ui
 /* Prefaults t's bytes in whichever part holds them. */
 int ms_gguf_prefault_tensor(const ms_gguf_t *g, const ms_gguf_tensor_t *t);
 
+/* Points tensor i's data at data: its bytes, copied by the caller into memory
+ * that lives until close (ms_model_open reads weights into huge-page memory).
+ * Nothing happens for i out of range. */
+void ms_gguf_set_tensor_data(ms_gguf_t *g, uint64_t i, const void *data);
+/* Gives g a block from ms_mem_alloc, freed (ms_mem_free) at close or by the
+ * next call. */
+void ms_gguf_own_mem(ms_gguf_t *g, void *mem, uint64_t bytes);
+
 uint64_t ms_gguf_n_kv(const ms_gguf_t *g);
 const ms_gguf_kv_t *ms_gguf_kv(const ms_gguf_t *g, uint64_t i);
 /* NULL when absent. */

@@ -8,8 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "limits.h"
+#include "log.h"
+#include "mem.h"
+#include "shard.h"
+#include "uring_load.h"
 
 static const char *const arch_names[MS_ARCH_COUNT] = { "llama", "qwen2moe", "qwen3moe", "olmoe", "deepseek2" };
 
@@ -679,6 +684,129 @@ static int load(const char *path, bool dense, ms_model_t **ret_model, ms_err_t *
     if (rc)
         return rc;
     return model_from_gguf(&g, dense, ret_model, err);
+}
+
+bool ms_model_tensor_is_expert(const ms_gguf_tensor_t *t)
+{
+    static const char suffix[] = "_exps.weight";
+    size_t n = sizeof(suffix) - 1;
+    return t->name.len >= n && memcmp(t->name.ptr + t->name.len - n, suffix, n) == 0;
+}
+
+#define WEIGHT_ALIGN 64 /* each tensor starts a cache line */
+
+static uint64_t weight_span(const ms_gguf_tensor_t *t)
+{
+    return (t->nbytes + WEIGHT_ALIGN - 1) & ~(uint64_t)(WEIGHT_ALIGN - 1);
+}
+
+/* Reads the weights this process computes with (with dense: all but the
+ * routed experts) into one read-only block of huge-page memory and points
+ * the tensors there. Decode streams every weight once per token: from the
+ * file's 4 KiB page-cache pages each 4 KiB costs a TLB miss and stops the
+ * hardware prefetcher (docs/performance.md). O_DIRECT where the file system
+ * allows it, so the model is not also held in the page cache. */
+static int read_weights(ms_gguf_t *g, const ms_model_open_params_t *p, ms_err_t *err)
+{
+    uint64_t n_t = ms_gguf_n_tensors(g), total = 0, bytes = 0;
+    size_t n = 0;
+    for (uint64_t i = 0; i < n_t; i++) {
+        const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
+        if (!(p->dense && ms_model_tensor_is_expert(t))) {
+            total += weight_span(t);
+            bytes += t->nbytes;
+            n++;
+        }
+    }
+    if (n == 0)
+        return 0;
+    uint8_t *mem = ms_mem_alloc((size_t)total);
+    ms_load_range_t *ranges = calloc(n, sizeof(*ranges));
+    uint32_t *part = calloc(n, sizeof(*part));
+    uint64_t *index = calloc(n, sizeof(*index));
+    int rc = 0;
+    if (!mem || !ranges || !part || !index) {
+        ms_err_set(err, "%s: out of memory for %" PRIu64 " MiB of weights (--mmap uses the file's pages instead)",
+                   ms_gguf_path(g), total >> 20);
+        rc = -ENOMEM;
+        goto out;
+    }
+    uint64_t at = 0;
+    n = 0;
+    for (uint64_t i = 0; i < n_t; i++) {
+        const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
+        if (p->dense && ms_model_tensor_is_expert(t))
+            continue;
+        ranges[n] = (ms_load_range_t){ .file_offset = t->file_offset, .nbytes = t->nbytes, .dst = mem + at };
+        part[n] = t->part;
+        index[n++] = i;
+        at += weight_span(t);
+    }
+    ms_load_params_t lp = ms_load_defaults();
+    ms_load_stats_t st = { 0 };
+    if (p->progress)
+        p->progress(p->progress_ctx, 0, bytes); /* starts the clock of the progress lines */
+    rc = ms_shard_load_ranges(g, ranges, part, n, &lp, p->progress, p->progress_ctx, &st, err);
+    for (size_t i = 0; !rc && i < n; i++) {
+        if (ranges[i].status) {
+            rc = ranges[i].status;
+            ms_err_set(err, "%s: cannot read tensor '%.*s': %s", ms_gguf_part_path(g, part[i]),
+                       (int)ms_gguf_tensor(g, index[i])->name.len, ms_gguf_tensor(g, index[i])->name.ptr,
+                       strerror(-rc));
+        }
+    }
+    if (!rc && mprotect(mem, (size_t)total, PROT_READ) != 0) {
+        rc = -errno;
+        ms_err_set(err, "%s: cannot make the weights read-only: %s", ms_gguf_path(g), strerror(errno));
+    }
+    if (rc)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        ms_gguf_set_tensor_data(g, index[i], ranges[i].dst);
+    ms_gguf_own_mem(g, mem, total);
+    mem = NULL;
+    ms_log_debug("%s: %zu tensors, %.1f MiB read into memory in %.2f s (%s)", ms_gguf_path(g), n,
+                 (double)st.bytes / 1048576.0, st.seconds, st.used_direct ? "O_DIRECT" : "buffered");
+out:
+    ms_mem_free(mem, (size_t)total);
+    free(ranges);
+    free(part);
+    free(index);
+    return rc;
+}
+
+/* Maps in every page of the weights this process reads, so that the first
+ * request does not pay the page faults. */
+static int prefault(const ms_gguf_t *g, bool dense)
+{
+    for (uint64_t i = 0; i < ms_gguf_n_tensors(g); i++) {
+        const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
+        int rc = dense && ms_model_tensor_is_expert(t) ? 0 : ms_gguf_prefault_tensor(g, t);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int ms_model_open(const char *path, const ms_model_open_params_t *p, ms_model_t **ret_model, ms_err_t *err)
+{
+    ms_gguf_t *g = NULL;
+    int rc = ms_gguf_open(path, &g, err);
+    if (rc)
+        return rc;
+    if (!p->mmap) {
+        rc = read_weights(g, p, err);
+        if (rc) {
+            ms_gguf_close(&g);
+            return rc;
+        }
+    } else {
+        rc = prefault(g, p->dense);
+        if (rc)
+            ms_log_warn("%s: could not map the weights in ahead (%s); the first tokens will be slower", path,
+                        strerror(-rc));
+    }
+    return model_from_gguf(&g, p->dense, ret_model, err);
 }
 
 int ms_model_load(const char *path, ms_model_t **ret_model, ms_err_t *err)

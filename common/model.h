@@ -151,6 +151,26 @@ int ms_model_from_gguf(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_t *err
  * (-EINVAL naming the key when neither is there). Other errors as ms_model_load. */
 int ms_model_load_dense(const char *path, ms_model_t **ret_model, ms_err_t *err);
 int ms_model_from_gguf_dense(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_t *err);
+
+/* How a program that computes with the weights opens a model. */
+typedef struct {
+    bool dense; /* the dense part only (as ms_model_load_dense): routed experts are on expert hosts */
+    bool mmap;  /* weights stay in the file's mapping (the page cache), every page mapped in now;
+                 * default (false): read into huge-page memory (ms_gguf_read_tensors) */
+    void (*progress)(void *ctx, uint64_t done, uint64_t total); /* reading the weights; may be NULL */
+    void *progress_ctx;
+} ms_model_open_params_t;
+
+/* ms_model_load or ms_model_load_dense, then the weights this process reads
+ * (all, or with dense every tensor but the routed experts) made resident: read
+ * into memory, or with mmap mapped in (a failure to map them in ahead is only
+ * logged: the pages then fault in as they are first read). Errors as those,
+ * plus the reader's (err names the file). */
+int ms_model_open(const char *path, const ms_model_open_params_t *p, ms_model_t **ret_model, ms_err_t *err);
+
+/* True for the routed experts' merged tensors ("blk.N.ffn_*_exps.weight"). */
+bool ms_model_tensor_is_expert(const ms_gguf_tensor_t *t);
+
 void ms_model_destroy(ms_model_t **self_p);
 
 /* The first layer with routed experts (its shapes stand for every MoE layer). */

@@ -8,6 +8,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "err.h"
+#include "model.h"
+
 #define COORD_EXIT_OK 0
 #define COORD_EXIT_FAIL 1
 #define COORD_EXIT_USAGE 2
@@ -36,6 +39,11 @@ struct ms_tokenizer;
  * as needed up to MS_PROMPT_TOKENS_MAX. -ENOSPC past that, -ENOMEM, -EINVAL. */
 int coord_encode(const struct ms_tokenizer *tok, const char *text, size_t len, bool add_bos, bool parse_special,
                  int32_t **ret_ids, size_t *ret_n);
+
+/* ms_model_open for run and serve: the whole model, or with dense its dense
+ * part; the weights read into memory (progress lines on stderr for a model of
+ * 256 MiB or more), or with mmap mapped from the file. Errors as ms_model_open. */
+int coord_model_open(const char *cmd, const char *path, bool dense, bool mmap, ms_model_t **ret_model, ms_err_t *err);
 
 /* Prints "moeshard CMD: unknown option ... (see 'moeshard CMD --help')" style
  * messages for getopt's failures. */

@@ -45,6 +45,7 @@ typedef struct {
     bool wire_set, deadline_set;
     const char *key, *host_keys;  /* CURVE to the hosts (docs/security.md) */
     bool plaintext;
+    bool mmap;
 } run_opts_t;
 
 static void run_help(void)
@@ -71,6 +72,9 @@ static void run_help(void)
            "  -c, --ctx N              context length (default: prompt + n-predict, at most the model's)\n"
            "  -b, --batch N            prompt tokens per prefill step (default %d, at most %d)\n"
            "      --no-special         treat special-token text in the prompt as plain text\n"
+           "      --mmap               use the weights from the file's mapping (the page cache) instead of\n"
+           "                           reading them into huge-page memory first: starts sooner, decodes\n"
+           "                           slower (docs/performance.md)\n"
            "      --dump-logits FILE   write float32 logits as .npy [rows, vocab]: one row after each\n"
            "                           prompt token, then one after each generated token fed back\n"
            "      --hosts EP,EP,...    compute the routed experts on these expertd hosts (ZeroMQ endpoints,\n"
@@ -89,7 +93,7 @@ static void run_help(void)
 }
 
 enum { OPT_TEMP = 1000, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REPPEN, OPT_REPN, OPT_NOSPECIAL, OPT_DUMP, OPT_HOSTS,
-       OPT_WIRE, OPT_DEADLINE, OPT_KEY, OPT_HOST_KEYS, OPT_PLAINTEXT };
+       OPT_WIRE, OPT_DEADLINE, OPT_KEY, OPT_HOST_KEYS, OPT_PLAINTEXT, OPT_MMAP };
 
 static bool parse_wire(const char *s, ms_wire_dtype_t *ret);
 
@@ -129,7 +133,7 @@ static int parse_opts(int argc, char **argv, run_opts_t *o)
         { "hosts", required_argument, 0, OPT_HOSTS }, { "wire", required_argument, 0, OPT_WIRE },
         { "deadline-ms", required_argument, 0, OPT_DEADLINE },
         { "key", required_argument, 0, OPT_KEY },     { "host-keys", required_argument, 0, OPT_HOST_KEYS },
-        { "plaintext", no_argument, 0, OPT_PLAINTEXT },
+        { "plaintext", no_argument, 0, OPT_PLAINTEXT }, { "mmap", no_argument, 0, OPT_MMAP },
         { 0, 0, 0, 0 },
     };
     int64_t v;
@@ -163,6 +167,7 @@ static int parse_opts(int argc, char **argv, run_opts_t *o)
         case OPT_KEY: o->key = optarg; break;
         case OPT_HOST_KEYS: o->host_keys = optarg; break;
         case OPT_PLAINTEXT: o->plaintext = true; break;
+        case OPT_MMAP: o->mmap = true; break;
         case 'v': ms_log_set_level(MS_LOG_DEBUG); break;
         case 'h': run_help(); return COORD_EXIT_OK;
         case ':': coord_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]); return COORD_EXIT_USAGE;
@@ -325,7 +330,7 @@ static int load_model(run_t *r, ms_err_t *err)
     bool is_dir = stat(r->o.model_path, &st) == 0 && S_ISDIR(st.st_mode);
     if (!r->o.hosts) {
         if (!is_dir)
-            return ms_model_load(r->o.model_path, &r->model, err);
+            return coord_model_open(CMD, r->o.model_path, false, r->o.mmap, &r->model, err);
         ms_err_set(err, "%s is a folder: a pack from 'moeshard pack' runs with its experts on hosts (--hosts EP,...)",
                    r->o.model_path);
         return -EINVAL;
@@ -338,38 +343,7 @@ static int load_model(run_t *r, ms_err_t *err)
         }
         path = r->dense_path;
     }
-    return ms_model_load_dense(path, &r->model, err);
-}
-
-static bool is_expert_tensor(ms_str_t name)
-{
-    static const char suffix[] = "_exps.weight";
-    size_t n = sizeof(suffix) - 1;
-    return name.len >= n && memcmp(name.ptr + name.len - n, suffix, n) == 0;
-}
-
-/* Maps every page of the weights this process reads now: loading is not
- * part of the first request's time. With remote experts only the dense
- * tensors are touched, so a full model does not cost its experts' memory. */
-static int prefault(const ms_model_t *m)
-{
-    const ms_gguf_t *g = m->gguf;
-    if (!m->experts_remote) { /* every part of a split model */
-        for (uint32_t p = 0; p < ms_gguf_n_parts(g); p++) {
-            uint64_t data = ms_gguf_part_data_offset(g, p);
-            int rc = ms_gguf_prefault_part(g, p, data, ms_gguf_part_size(g, p) - data);
-            if (rc)
-                return rc;
-        }
-        return 0;
-    }
-    for (uint64_t i = 0; i < ms_gguf_n_tensors(g); i++) {
-        const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
-        int rc = is_expert_tensor(t->name) ? 0 : ms_gguf_prefault_tensor(g, t);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    return coord_model_open(CMD, path, true, r->o.mmap, &r->model, err);
 }
 
 static int make_backend(run_t *r, int n_batch)
@@ -406,10 +380,6 @@ static int setup(run_t *r)
         ms_log_error("%s", err.msg[0] ? err.msg : strerror(-rc));
         return rc;
     }
-    rc = prefault(r->model);
-    if (rc)
-        ms_log_warn("%s: could not read the weights in ahead (%s); the first tokens will be slower",
-                    r->o.model_path, strerror(-rc));
     rc = ms_tokenizer_new_from_gguf(r->model->gguf, &r->tok, &err);
     if (rc) {
         ms_log_error("%s: %s", r->o.model_path, err.msg);

@@ -42,6 +42,7 @@ typedef struct {
     const char *key, *allow, *host_keys, *join_allow;      /* CURVE (docs/security.md) */
     const char *http_api_key, *http_tls_cert, *http_tls_key;
     bool plaintext, http_insecure;
+    bool mmap;
 } serve_opts_t;
 
 static void serve_help(void)
@@ -56,6 +57,8 @@ static void serve_help(void)
            "      --config FILE       read options from FILE: one 'option = value' per line, '#' comments;\n"
            "                          options on the command line win\n"
            "      --name NAME         model name shown by status and the HTTP API (default: the file name)\n"
+           "      --mmap              use the weights from the file's mapping (the page cache) instead of\n"
+           "                          reading them into huge-page memory first: starts sooner, decodes slower\n"
            "  -t, --threads T         worker threads (default: all %d cores)\n"
            "      --max-seqs N        requests decoding at once (default %d)\n"
            "  -c, --ctx N             positions per request: prompt + generated (default %d, at most the model's)\n"
@@ -91,7 +94,7 @@ static void serve_help(void)
 enum { OPT_HTTP = 1000, OPT_CONFIG, OPT_SEQS, OPT_QUEUE, OPT_WIRE, OPT_DEADLINE, OPT_NAME, OPT_REPLICAS,
        OPT_HEARTBEAT, OPT_RATE, OPT_JOIN_ALLOW, OPT_KEY, OPT_ALLOW, OPT_HOST_KEYS, OPT_PLAINTEXT, OPT_API_KEY,
        OPT_TLS_CERT, OPT_TLS_KEY,
-       OPT_INSECURE };
+       OPT_INSECURE, OPT_MMAP };
 
 static const struct option longopts[] = {
     { "model", required_argument, 0, 'm' },   { "hosts", required_argument, 0, 'H' },
@@ -108,6 +111,7 @@ static const struct option longopts[] = {
     { "join-allow", required_argument, 0, OPT_JOIN_ALLOW },
     { "http-api-key", required_argument, 0, OPT_API_KEY }, { "http-tls-cert", required_argument, 0, OPT_TLS_CERT },
     { "http-tls-key", required_argument, 0, OPT_TLS_KEY }, { "http-insecure", no_argument, 0, OPT_INSECURE },
+    { "mmap", no_argument, 0, OPT_MMAP },
     { "help", no_argument, 0, 'h' },          { 0, 0, 0, 0 },
 };
 
@@ -156,6 +160,7 @@ static bool apply_opt(int c, const char *arg, serve_opts_t *o)
     case OPT_HTTP: o->http = arg; return true;
     case OPT_CONFIG: o->config = arg; return true;
     case OPT_NAME: o->name = arg; return true;
+    case OPT_MMAP: return apply_flag("mmap", arg, &o->mmap);
     case 't': return coord_parse_i64(CMD, "--threads", arg, 1, MS_THREADS_MAX, &o->threads);
     case OPT_SEQS: return coord_parse_i64(CMD, "--max-seqs", arg, 1, MS_BATCH_TOKENS_MAX, &o->seqs);
     case 'c': return coord_parse_i64(CMD, "--ctx", arg, 1, MS_CONTEXT_MAX, &o->ctx);
@@ -391,7 +396,7 @@ static int load_model(serve_t *d, ms_err_t *err)
     bool is_dir = stat(d->o.model_path, &st) == 0 && S_ISDIR(st.st_mode);
     if (!d->o.hosts) {
         if (!is_dir)
-            return ms_model_load(d->o.model_path, &d->model, err);
+            return coord_model_open(CMD, d->o.model_path, false, d->o.mmap, &d->model, err);
         ms_err_set(err, "%s is a folder: a pack from 'moeshard pack' is served with its experts on hosts "
                         "(--hosts EP,...)", d->o.model_path);
         return -EINVAL;
@@ -404,7 +409,7 @@ static int load_model(serve_t *d, ms_err_t *err)
         }
         path = d->dense_path;
     }
-    return ms_model_load_dense(path, &d->model, err);
+    return coord_model_open(CMD, path, true, d->o.mmap, &d->model, err);
 }
 
 static int make_backend(serve_t *d, int n_batch, ms_err_t *err)

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "limits.h"
+#include "progress.h"
 #include "tokenizer.h"
 
 void coord_usage_error(const char *cmd, const char *fmt, ...)
@@ -108,4 +109,32 @@ int coord_encode(const ms_tokenizer_t *tok, const char *text, size_t len, bool a
         cap = n; /* the tokenizer said how many it needs */
     }
     return -ENOSPC;
+}
+
+typedef struct {
+    ms_progress_t p;
+    char label[64];
+    uint64_t done;
+    bool started;
+} open_progress_t;
+
+static void open_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    open_progress_t *op = ctx;
+    if (!op->started) {
+        ms_progress_init(&op->p, op->label, total, (uint64_t)256 << 20);
+        op->started = true;
+    }
+    if (done > op->done) {
+        ms_progress_add(&op->p, done - op->done);
+        op->done = done;
+    }
+}
+
+int coord_model_open(const char *cmd, const char *path, bool dense, bool mmap, ms_model_t **ret_model, ms_err_t *err)
+{
+    open_progress_t op = { 0 };
+    snprintf(op.label, sizeof(op.label), "moeshard %s: reading the weights", cmd);
+    ms_model_open_params_t p = { .dense = dense, .mmap = mmap, .progress = open_progress, .progress_ctx = &op };
+    return ms_model_open(path, &p, ret_model, err);
 }

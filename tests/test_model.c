@@ -26,6 +26,7 @@ typedef struct {
     const char *f16_tensor;  /* store this tensor as F16 */
     uint32_t n_head, n_kv, n_used;
     bool tied;
+    bool pattern;            /* tensor bytes that differ from tensor to tensor (else zeros) */
 } spec_t;
 
 static char dir[64];
@@ -94,9 +95,12 @@ static const char *write_model(const spec_t *s)
     add_tensor(w, s, "blk.0.ffn_down_exps.weight", 3, FF, D, NE);
     ms_err_t err = { { 0 } };
     CU_ASSERT_EQUAL_FATAL(ms_gguf_writer_begin(w, path, &err), 0);
-    static char zeros[1 << 20];
-    for (int i = 0; i < n_sizes; i++)
-        CU_ASSERT_EQUAL(ms_gguf_writer_write(w, zeros, sizes[i], &err), 0);
+    static char bytes[1 << 20];
+    for (int i = 0; i < n_sizes; i++) {
+        for (uint64_t k = 0; k < sizes[i]; k++)
+            bytes[k] = s->pattern ? (char)(k * 7 + (uint64_t)i * 131 + k / 251) : 0;
+        CU_ASSERT_EQUAL(ms_gguf_writer_write(w, bytes, sizes[i], &err), 0);
+    }
     CU_ASSERT_EQUAL(ms_gguf_writer_finish(w, &err), 0);
     ms_gguf_writer_destroy(&w);
     return path;
@@ -401,6 +405,84 @@ static void test_deepseek2_refusals(void)
     ds_expect_error(&(ds_spec_t){ .q_lora = true, .skip_tensor = "blk.1.attn_q_a_norm.weight" }, "attn_q_a_norm");
 }
 
+/* Every tensor's bytes against the file's, read with pread; where they are:
+ * in the file's mapping, or (moved) in 64-byte-aligned memory outside it. */
+static void check_weights(const char *path, const ms_model_t *m, bool dense, bool mmap)
+{
+    FILE *f = fopen(path, "rb");
+    CU_ASSERT_FATAL(f != NULL);
+    const ms_gguf_t *g = m->gguf;
+    const char *base = ms_gguf_base(g), *end = base + ms_gguf_file_size(g);
+    int moved = 0, kept = 0;
+    static char want[1 << 20];
+    for (uint64_t i = 0; i < ms_gguf_n_tensors(g); i++) {
+        const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
+        const char *d = t->data;
+        bool in_map = d >= base && d < end;
+        bool expect_moved = !mmap && !(dense && ms_model_tensor_is_expert(t));
+        CU_ASSERT_EQUAL(in_map, !expect_moved);
+        if (!in_map)
+            CU_ASSERT_EQUAL((uintptr_t)d % 64, 0);
+        in_map ? kept++ : moved++;
+        CU_ASSERT_FATAL(t->nbytes <= sizeof(want));
+        CU_ASSERT_EQUAL_FATAL(fseek(f, (long)t->file_offset, SEEK_SET), 0);
+        CU_ASSERT_EQUAL_FATAL(fread(want, 1, t->nbytes, f), t->nbytes);
+        CU_ASSERT_EQUAL(memcmp(d, want, t->nbytes), 0);
+    }
+    fclose(f);
+    CU_ASSERT_EQUAL(kept, mmap ? 13 : dense ? 3 : 0); /* 13 tensors, 3 of them routed experts */
+    CU_ASSERT_EQUAL(moved, 13 - kept);
+    /* the model computes from where the tensors now are */
+    CU_ASSERT_PTR_EQUAL(m->layers[0].wq.data, ms_gguf_find_tensor(g, "blk.0.attn_q.weight")->data);
+    CU_ASSERT_PTR_EQUAL(m->output_norm, ms_gguf_find_tensor(g, "output_norm.weight")->data);
+    if (!dense)
+        CU_ASSERT_PTR_EQUAL(m->layers[0].down_exps.data, ms_gguf_find_tensor(g, "blk.0.ffn_down_exps.weight")->data);
+}
+
+typedef struct {
+    int calls;
+    uint64_t done, total;
+    bool backwards;
+} progress_seen_t;
+
+static void progress_seen(void *ctx, uint64_t done, uint64_t total)
+{
+    progress_seen_t *ps = ctx;
+    ps->backwards |= done < ps->done || (ps->calls && total != ps->total);
+    ps->calls++;
+    ps->done = done;
+    ps->total = total;
+}
+
+static void test_open_weights(void)
+{
+    spec_t s = { .pattern = true };
+    const char *path = write_model(&s);
+    for (int mode = 0; mode < 4; mode++) {
+        bool dense = mode & 1, mmap = mode & 2;
+        progress_seen_t ps = { 0 };
+        ms_model_open_params_t p = { .dense = dense, .mmap = mmap, .progress = progress_seen, .progress_ctx = &ps };
+        ms_model_t *m = NULL;
+        ms_err_t err = { { 0 } };
+        CU_ASSERT_EQUAL_FATAL(ms_model_open(path, &p, &m, &err), 0);
+        CU_ASSERT_EQUAL(m->experts_remote, dense);
+        check_weights(path, m, dense, mmap);
+        /* progress: from 0 to every byte read, never backwards; none when mapped */
+        uint64_t read = m->bytes_dense + (dense ? 0 : m->bytes_experts);
+        CU_ASSERT_EQUAL(ps.calls >= 2, !mmap);
+        CU_ASSERT_FALSE(ps.backwards);
+        if (!mmap)
+            CU_ASSERT(ps.done == read && ps.total == read);
+        ms_model_destroy(&m);
+    }
+    ms_model_t *m = NULL;
+    ms_err_t err = { { 0 } };
+    ms_model_open_params_t p = { 0 };
+    CU_ASSERT_EQUAL(ms_model_open("/nonexistent/m.gguf", &p, &m, &err), -ENOENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "/nonexistent/m.gguf"));
+    CU_ASSERT_PTR_NULL(m);
+}
+
 static int suite_init(void)
 {
     snprintf(dir, sizeof(dir), "%s/ms-test-model-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -421,6 +503,7 @@ static int ms_test_register(void)
         return -1;
     bool ok = CU_add_test(s, "valid model: hyperparameters and byte counts", test_valid) &&
               CU_add_test(s, "tied output head", test_tied_output) &&
+              CU_add_test(s, "weights read into memory or mapped, whole or dense", test_open_weights) &&
               CU_add_test(s, "malformed models are refused with a named cause", test_refusals) &&
               CU_add_test(s, "deepseek2: both attention layouts, dense and MoE layers", test_deepseek2_layouts) &&
               CU_add_test(s, "deepseek2: the KV cache holds the latent", test_deepseek2_kv_bytes) &&

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # moeshard run / tokenize / inspect from the command line on a tiny model:
-# usage errors, determinism, thread-count and batch-size invariance of logits.
+# usage errors, determinism, thread-count and batch-size invariance of logits,
+# the same logits from weights read into memory and from the file's mapping.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -39,6 +40,11 @@ grep -Eq 'prefill [0-9.]+ tok/s' "$tmp/a.err" && grep -Eq 'decode [0-9.]+ tok/s'
     || fail "summary line: $(cat "$tmp/a.err")"
 run --temp 0 --threads 2 >"$tmp/a2.txt" 2>/dev/null
 cmp -s "$tmp/a.txt" "$tmp/a2.txt" || fail "greedy output differs between two runs"
+
+# weights used from the file's mapping compute exactly what weights read into memory do
+run --temp 0 --threads 2 --mmap --dump-logits "$tmp/m.npy" >"$tmp/m.txt" 2>/dev/null || fail "run --mmap failed"
+cmp -s "$tmp/a.txt" "$tmp/m.txt" && cmp -s "$tmp/a.npy" "$tmp/m.npy" || fail "--mmap changed the output or the logits"
+"$BIN/moeshard" run --help | grep -q -- "--mmap" || fail "run --help does not show --mmap"
 
 # one thread, and one token per prefill step, give the same logits
 run --temp 0 --threads 1 --dump-logits "$tmp/b.npy" >"$tmp/b.txt" 2>/dev/null

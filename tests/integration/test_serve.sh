@@ -96,6 +96,8 @@ listen = $EP
 plaintext = true
 threads = 2
 deadline-ms = 30000
+# dense weights from the file's mapping; run below reads them into memory: same text
+mmap = true
 CONF
 "$BIN/moeshard" serve --config "$tmp/serve.conf" 2>"$tmp/serve2.log" &
 pids+=($!)

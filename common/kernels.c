@@ -216,44 +216,53 @@ void ms_act_quantize_rows(ms_pool_t *pool, const ms_kernels_t *k, ms_type_t type
     ms_pool_run(n_tok * n_in > MS_QUANT_INLINE_ELEMS ? pool : NULL, quant_thread, &c);
 }
 
-/* Element offsets of the two values rotated by frequency i. */
-static void rope_pair(ms_rope_mode_t mode, int i, int rot_dim, int *ret_a, int *ret_b)
+void ms_rope_angles(int rot_dim, int64_t pos, float freq_base, double *cs, double *sn)
 {
-    if (mode == MS_ROPE_NEOX) {
-        *ret_a = i;
-        *ret_b = i + rot_dim / 2;
-    } else {
-        *ret_a = 2 * i;
-        *ret_b = 2 * i + 1;
+    /* The angle in double: at positions near 2^18 a float angle loses the
+     * low bits that decide the rotation of the fastest frequencies. */
+    for (int i = 0; i < rot_dim / 2; i++) {
+        double theta = (double)pos * pow((double)freq_base, -2.0 * i / rot_dim);
+        cs[i] = cos(theta);
+        sn[i] = sin(theta);
     }
 }
 
 /* Shapes come from the model loader, which validates them; a shape this
  * function cannot rotate (odd or oversized rot_dim, unknown mode) leaves x
  * unchanged rather than touching memory outside the heads. */
-void ms_rope(float *x, int n_heads, int head_dim, int rot_dim, int64_t pos,
-             float freq_base, ms_rope_mode_t mode)
+void ms_rope_apply(float *x, int n_heads, int head_dim, int rot_dim, const double *cs, const double *sn,
+                   ms_rope_mode_t mode)
 {
-    double cs[MS_HEAD_DIM_MAX / 2], sn[MS_HEAD_DIM_MAX / 2];
     if (rot_dim < 2 || rot_dim % 2 || rot_dim > head_dim || head_dim > MS_HEAD_DIM_MAX ||
         n_heads <= 0 || (mode != MS_ROPE_NORM && mode != MS_ROPE_NEOX))
         return;
     int half = rot_dim / 2;
-    /* The angle in double: at positions near 2^18 a float angle loses the
-     * low bits that decide the rotation of the fastest frequencies. */
-    for (int i = 0; i < half; i++) {
-        double theta = (double)pos * pow((double)freq_base, -2.0 * i / rot_dim);
-        cs[i] = cos(theta);
-        sn[i] = sin(theta);
-    }
+    /* frequency i rotates values (i, i + half) in neox pairing, (2i, 2i + 1)
+     * otherwise; one loop per pairing so that the compiler can vectorise it */
     for (int h = 0; h < n_heads; h++) {
         float *xh = x + (size_t)h * head_dim;
-        for (int i = 0; i < half; i++) {
-            int a, b;
-            rope_pair(mode, i, rot_dim, &a, &b);
-            double x0 = xh[a], x1 = xh[b];
-            xh[a] = (float)(x0 * cs[i] - x1 * sn[i]);
-            xh[b] = (float)(x0 * sn[i] + x1 * cs[i]);
+        if (mode == MS_ROPE_NEOX) {
+            for (int i = 0; i < half; i++) {
+                double x0 = xh[i], x1 = xh[i + half];
+                xh[i] = (float)(x0 * cs[i] - x1 * sn[i]);
+                xh[i + half] = (float)(x0 * sn[i] + x1 * cs[i]);
+            }
+        } else {
+            for (int i = 0; i < half; i++) {
+                double x0 = xh[2 * i], x1 = xh[2 * i + 1];
+                xh[2 * i] = (float)(x0 * cs[i] - x1 * sn[i]);
+                xh[2 * i + 1] = (float)(x0 * sn[i] + x1 * cs[i]);
+            }
         }
     }
+}
+
+void ms_rope(float *x, int n_heads, int head_dim, int rot_dim, int64_t pos,
+             float freq_base, ms_rope_mode_t mode)
+{
+    double cs[MS_HEAD_DIM_MAX / 2], sn[MS_HEAD_DIM_MAX / 2];
+    if (rot_dim < 2 || rot_dim > head_dim || head_dim > MS_HEAD_DIM_MAX)
+        return;
+    ms_rope_angles(rot_dim, pos, freq_base, cs, sn);
+    ms_rope_apply(x, n_heads, head_dim, rot_dim, cs, sn, mode);
 }

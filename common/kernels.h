@@ -94,5 +94,12 @@ void ms_act_quantize_rows(ms_pool_t *pool, const ms_kernels_t *k, ms_type_t type
  *   theta_i = pos * freq_base^(-2i/rot_dim), i in [0, rot_dim/2). */
 void ms_rope(float *x, int n_heads, int head_dim, int rot_dim, int64_t pos,
              float freq_base, ms_rope_mode_t mode);
+/* The same in two steps, for callers that rotate many heads of one
+ * position (every layer of a step): cs/sn[i] = cos/sin(theta_i) for i <
+ * rot_dim / 2, then the rotation with them. ms_rope_angles + ms_rope_apply
+ * gives exactly ms_rope's result. */
+void ms_rope_angles(int rot_dim, int64_t pos, float freq_base, double *cs, double *sn);
+void ms_rope_apply(float *x, int n_heads, int head_dim, int rot_dim, const double *cs, const double *sn,
+                   ms_rope_mode_t mode);
 
 #endif

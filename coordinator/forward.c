@@ -63,7 +63,8 @@ struct ms_forward {
     float *rowbuf;   /* [nth][kv_lora] a dequantised attn_kv_b row per thread */
     ms_mm_t *jobs;   /* [H] per-head products */
     float *rope_freq; /* [n_rot/2] angle per position of each pair, YaRN applied */
-    double *rope_cs;  /* [B][n_rot] cos, sin of each pair at each token's position */
+    double *rope_cs;  /* [B][n_rot] cos, sin of each pair at each token's position (deepseek2: interleaved;
+                       * otherwise n_rot/2 cos then n_rot/2 sin, ms_rope_angles) */
     float *sel;      /* [B][E] selection scores (biased) */
     ms_expert_ws_t *dws; /* dense leading layers' FFN workspace */
 };
@@ -232,9 +233,11 @@ static int alloc_buffers(ms_forward_t *f)
     f->vc = ms_mem_alloc(f->vc_bytes);
     f->seq_len = zalloc((size_t)f->p.n_seq_max * sizeof(int32_t));
     f->len_scratch = zalloc((size_t)f->p.n_seq_max * sizeof(int32_t));
+    if (hp->arch != MS_ARCH_DEEPSEEK2) /* its own tables: alloc_deepseek2 */
+        f->rope_cs = zalloc(B * (size_t)hp->n_rot * sizeof(double));
     bool ok = f->x && f->h && f->q && f->kk && f->v && f->att && f->tmp && f->moe && f->shx && f->hout && f->rl &&
               f->shg && f->shw && f->ids && f->gw && f->zero_ids && f->scores && f->kc && f->vc && f->seq_len &&
-              f->len_scratch;
+              f->len_scratch && (hp->arch == MS_ARCH_DEEPSEEK2 || f->rope_cs);
     for (int i = 0; i < 3; i++)
         ok = ok && (!f->xq_row_max || f->xq[i]);
     if (ok && hp->shared_expert) {
@@ -421,8 +424,12 @@ static void qk_prepare(ms_forward_t *f, const ms_layer_t *L, int il, const ms_ba
             for (int h = 0; h < hp->n_head_kv; h++)
                 k->rmsnorm(kr + h * hp->head_dim, kr + h * hp->head_dim, L->k_norm, hp->head_dim, hp->eps);
         }
-        ms_rope(q, hp->n_head, hp->head_dim, hp->n_rot, batch[t].pos, hp->rope_base, hp->rope_mode);
-        ms_rope(kr, hp->n_head_kv, hp->head_dim, hp->n_rot, batch[t].pos, hp->rope_base, hp->rope_mode);
+        /* the angles of this position, computed once per step for every layer */
+        double *cs = f->rope_cs + (size_t)t * (size_t)hp->n_rot, *sn = cs + hp->n_rot / 2;
+        if (il == 0)
+            ms_rope_angles(hp->n_rot, batch[t].pos, hp->rope_base, cs, sn);
+        ms_rope_apply(q, hp->n_head, hp->head_dim, hp->n_rot, cs, sn, hp->rope_mode);
+        ms_rope_apply(kr, hp->n_head_kv, hp->head_dim, hp->n_rot, cs, sn, hp->rope_mode);
         memcpy(kv_row(f, f->kc, f->k_dim, batch[t].seq, il, batch[t].pos), kr, sizeof(float) * (size_t)f->k_dim);
         memcpy(kv_row(f, f->vc, f->v_dim, batch[t].seq, il, batch[t].pos), f->v + t * f->v_dim,
                sizeof(float) * (size_t)f->v_dim);

@@ -123,6 +123,33 @@ run_membw() {
     MEMBW_ISA=$(sed -n 's/^membw_isa=//p' "$WORK/membw.out")
 }
 
+# The decode products alone, as a step issues them on the bench model (d =
+# FF = 1024): Q, K and V (1536 rows), the output projection (1024 rows), the
+# 4 chosen experts' gate and up (8 x 1024) and down (4 x 1024) matrices, the
+# output head (4096 rows); and one product over 256 MiB (a long stream).
+# PRODUCTS_US is what a token's products would take at those rates.
+MMB_SHAPES=("0 1" "1536 1" "1024 1" "1024 8" "1024 4" "4096 1")
+MMB_KEYS=(long qkv wo gate_up down output)
+MMB_BYTES=(0 1671168 1114112 8912896 4456448 4456448) # per layer (output: per token), 1088 B a row
+run_mmbench() {
+    say "timing the decode products by shape (mmbench) ..."
+    local i rows jobs g
+    PRODUCTS_US=0
+    for i in "${!MMB_SHAPES[@]}"; do
+        read -r rows jobs <<<"${MMB_SHAPES[$i]}"
+        "$BIN/mmbench" --rows "$rows" --jobs "$jobs" --threads "$THREADS" >"$WORK/mmbench.out" 2>&1 ||
+            { cat "$WORK/mmbench.out" >&2; die "mmbench --rows $rows --jobs $jobs failed"; }
+        g=$(sed -n 's/^mmbench_gbps=//p' "$WORK/mmbench.out")
+        [ -n "$g" ] || die "mmbench printed no rate: $(cat "$WORK/mmbench.out")"
+        MMB_GBPS[$i]=$g
+        case ${MMB_KEYS[$i]} in
+        long) ;;
+        output) PRODUCTS_US=$(calc "$PRODUCTS_US + ${MMB_BYTES[$i]} / ($g * 1e3)" 1) ;;
+        *) PRODUCTS_US=$(calc "$PRODUCTS_US + 16 * ${MMB_BYTES[$i]} / ($g * 1e3)" 1) ;;
+        esac
+    done
+}
+
 # ---- load throughput: the io_uring loader against dd iflag=direct ----
 
 # Writes back dirty pages and empties the page cache, so that each read comes
@@ -560,7 +587,11 @@ report() {
     eff_gbps=$(calc "$DECODE * $W_MB / 1e3" 2)
     roofline=$(calc "100 * $eff_gbps / $MEMBW_N")
     roofline_median=$(calc "100 * $DECODE_MEDIAN * $W_MB / 1e3 / $MEMBW_N_MEDIAN")
-    local q4k_gbps q4k_roofline mmap_ratio
+    local q4k_gbps q4k_roofline mmap_ratio products_tok products_pct step_us products_share
+    products_tok=$(calc "1e6 / $PRODUCTS_US" 1)
+    products_pct=$(calc "100 * $products_tok * $W_MB / 1e3 / $MEMBW_N")
+    step_us=$(calc "1e6 / $DECODE" 1)
+    products_share=$(calc "100 * $PRODUCTS_US / $step_us")
     mmap_ratio=$(calc "$DECODE / $MMAP_DECODE" 2)
     q4k_gbps=$(calc "$Q4K_DECODE * $Q4K_W_MB / 1e3" 2)
     q4k_roofline=$(calc "100 * $q4k_gbps / $MEMBW_N")
@@ -610,6 +641,16 @@ q4k_decode_tok_s=$Q4K_DECODE
 q4k_weights_per_token_mb=$Q4K_W_MB
 q4k_decode_weight_gbps=$q4k_gbps
 q4k_roofline_pct=$q4k_roofline
+mmbench_long_gbps=${MMB_GBPS[0]}
+mmbench_qkv_gbps=${MMB_GBPS[1]}
+mmbench_wo_gbps=${MMB_GBPS[2]}
+mmbench_gate_up_gbps=${MMB_GBPS[3]}
+mmbench_down_gbps=${MMB_GBPS[4]}
+mmbench_output_gbps=${MMB_GBPS[5]}
+products_us_per_token=$PRODUCTS_US
+products_ceiling_tok_s=$products_tok
+products_ceiling_roofline_pct=$products_pct
+products_share_of_decode_step_pct=$products_share
 peak_rss_mb=$RSS_MB
 kv_cache_mb=${KV_MB:-unknown}
 rss_budget_mb=$budget
@@ -648,6 +689,7 @@ Summary ($DATE, $CPU, $THREADS threads):
   decode                  $DECODE tok/s (greedy, ${STEPS:-?} steps; best of $RUNS runs: $DECODES), reading $W_MB MB of weights per token
   decode --mmap           $MMAP_DECODE tok/s (best of $RUNS runs: $MMAP_DECODES), prefill $MMAP_PREFILL tok/s: weights from the file's mapping; read into memory decodes $mmap_ratio x as fast
   roofline                $eff_gbps GB/s of weights streamed = $roofline% of the measured $MEMBW_N GB/s (best run / best pass; median run / median pass: $roofline_median%)
+  products alone          ${MMB_GBPS[0]} GB/s in one long stream; as a decode step issues them ${MMB_GBPS[1]} (Q, K, V), ${MMB_GBPS[2]} (output projection), ${MMB_GBPS[3]} (gate + up), ${MMB_GBPS[4]} (down), ${MMB_GBPS[5]} (head) GB/s: $PRODUCTS_US us a token, at most $products_tok tok/s = $products_pct% of the roofline; they are $products_share% of the measured decode step ($step_us us)
   decode Q4_K             $Q4K_DECODE tok/s (same shape and prompt), reading $Q4K_W_MB MB of weights per token
   roofline Q4_K           $q4k_gbps GB/s of weights streamed = $q4k_roofline% of the measured $MEMBW_N GB/s
   peak RSS                $RSS_MB MB against model $model_mb MB + KV cache $kv_mb MB + 64 MiB = $budget MB ($( [ "$rss_ok" = yes ] && echo within || echo OVER) budget)
@@ -662,7 +704,7 @@ EOF
 }
 
 main() {
-    for b in genmodel membw moeshard loadbench expertd rttbench; do need_bin "$b"; done
+    for b in genmodel membw mmbench moeshard loadbench expertd rttbench; do need_bin "$b"; done
     [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "MS_BENCH_THREADS must be a positive integer, not '$THREADS'"
     [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "MS_BENCH_RUNS must be a positive integer, not '$RUNS'"
     DATE=$(date -u '+%Y-%m-%dT%H:%M:%SZ')
@@ -676,6 +718,7 @@ main() {
     say "building a $N_PROMPT-token prompt with moeshard tokenize ..."
     build_prompt
     run_membw # right before the decode run: the bandwidth moves with the neighbours' load
+    run_mmbench
     run_model
     run_model_mmap
     run_cluster

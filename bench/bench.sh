@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Performance figures for one machine, all from one run: memory bandwidth,
 # load throughput of the io_uring loader against dd, prefill and decode speed
-# on the generated Mixtral-shaped bench model, the decode roofline and peak
-# memory, and the same generation with the experts on 2 expertd on loopback.
+# on the generated Mixtral-shaped bench model (weights read into memory, and
+# with --mmap), the decode roofline, the decode products alone by shape
+# (mmbench) and peak memory, and the same generation with the experts on 2
+# expertd on loopback.
 # What `make bench` runs; see docs/performance.md.
 #
 # Environment: BUILD (default build), MS_BENCH_DIR (default /var/tmp/moeshard-bench,

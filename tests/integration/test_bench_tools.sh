@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The measuring programs make bench runs (membw, mmbench) on small sizes:
+# their output keys, and refusals of bad arguments with exit status 2.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+positive() { awk -v v="$1" 'BEGIN { exit !(v + 0 > 0) }'; }
+
+timeout 60 "$BIN/membw" --size-mib 16 --passes 2 --threads 2 >"$tmp/membw.out" || fail "membw failed"
+g=$(sed -n 's/^membw_threads=2 gbps=\([0-9.]*\) median_gbps=[0-9.]*$/\1/p' "$tmp/membw.out")
+[ -n "$g" ] && positive "$g" || fail "membw printed no 2-thread rate: $(cat "$tmp/membw.out")"
+
+for shape in "--rows 64 --jobs 3" "--rows 0"; do
+    # shellcheck disable=SC2086
+    timeout 60 "$BIN/mmbench" $shape --size-mib 16 --passes 2 --threads 2 >"$tmp/mmb.out" \
+        || fail "mmbench $shape failed"
+    g=$(sed -n 's/^mmbench_gbps=//p' "$tmp/mmb.out")
+    m=$(sed -n 's/^mmbench_mean_gbps=//p' "$tmp/mmb.out")
+    [ -n "$g" ] && [ -n "$m" ] && positive "$g" && positive "$m" \
+        || fail "mmbench $shape printed no rates: $(cat "$tmp/mmb.out")"
+done
+grep -q '^mmbench_jobs=1$' "$tmp/mmb.out" && grep -q '^mmbench_products=1$' "$tmp/mmb.out" \
+    || fail "--rows 0 is one product over the buffer: $(cat "$tmp/mmb.out")"
+"$BIN/mmbench" --help | grep -q "usage: mmbench" || fail "mmbench --help"
+
+set +e
+"$BIN/mmbench" --rows abc >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -q -- "--rows expects an integer" "$tmp/err" || fail "bad --rows: rc $rc: $(cat "$tmp/err")"
+"$BIN/mmbench" --n-in 100 >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -q "multiple of 32" "$tmp/err" || fail "bad --n-in: rc $rc: $(cat "$tmp/err")"
+"$BIN/mmbench" --rows 100000 --jobs 64 --size-mib 16 >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -q "need more than --size-mib" "$tmp/err" || fail "oversized shape: rc $rc: $(cat "$tmp/err")"
+"$BIN/mmbench" --bogus >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -q "unknown option '--bogus'" "$tmp/err" || fail "unknown option: rc $rc: $(cat "$tmp/err")"
+set -e
+echo "bench tools: all checks passed"

@@ -693,6 +693,12 @@ bool ms_model_tensor_is_expert(const ms_gguf_tensor_t *t)
     return t->name.len >= n && memcmp(t->name.ptr + t->name.len - n, suffix, n) == 0;
 }
 
+/* The tensors this process computes with: all, or with dense all but the routed experts. */
+static bool computes_with(const ms_model_open_params_t *p, const ms_gguf_tensor_t *t)
+{
+    return !(p->dense && ms_model_tensor_is_expert(t));
+}
+
 #define WEIGHT_ALIGN 64 /* each tensor starts a cache line */
 
 static uint64_t weight_span(const ms_gguf_tensor_t *t)
@@ -700,8 +706,7 @@ static uint64_t weight_span(const ms_gguf_tensor_t *t)
     return (t->nbytes + WEIGHT_ALIGN - 1) & ~(uint64_t)(WEIGHT_ALIGN - 1);
 }
 
-/* Reads the weights this process computes with (with dense: all but the
- * routed experts) into one read-only block of huge-page memory and points
+/* Reads the weights this process computes with into one read-only block of huge-page memory and points
  * the tensors there. Decode streams every weight once per token: from the
  * file's 4 KiB page-cache pages each 4 KiB costs a TLB miss and stops the
  * hardware prefetcher (docs/performance.md). O_DIRECT where the file system
@@ -712,7 +717,7 @@ static int read_weights(ms_gguf_t *g, const ms_model_open_params_t *p, ms_err_t 
     size_t n = 0;
     for (uint64_t i = 0; i < n_t; i++) {
         const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
-        if (!(p->dense && ms_model_tensor_is_expert(t))) {
+        if (computes_with(p, t)) {
             total += weight_span(t);
             bytes += t->nbytes;
             n++;
@@ -735,7 +740,7 @@ static int read_weights(ms_gguf_t *g, const ms_model_open_params_t *p, ms_err_t 
     n = 0;
     for (uint64_t i = 0; i < n_t; i++) {
         const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
-        if (p->dense && ms_model_tensor_is_expert(t))
+        if (!computes_with(p, t))
             continue;
         ranges[n] = (ms_load_range_t){ .file_offset = t->file_offset, .nbytes = t->nbytes, .dst = mem + at };
         part[n] = t->part;
@@ -777,11 +782,11 @@ out:
 
 /* Maps in every page of the weights this process reads, so that the first
  * request does not pay the page faults. */
-static int prefault(const ms_gguf_t *g, bool dense)
+static int prefault(const ms_gguf_t *g, const ms_model_open_params_t *p)
 {
     for (uint64_t i = 0; i < ms_gguf_n_tensors(g); i++) {
         const ms_gguf_tensor_t *t = ms_gguf_tensor(g, i);
-        int rc = dense && ms_model_tensor_is_expert(t) ? 0 : ms_gguf_prefault_tensor(g, t);
+        int rc = computes_with(p, t) ? ms_gguf_prefault_tensor(g, t) : 0;
         if (rc)
             return rc;
     }
@@ -801,7 +806,7 @@ int ms_model_open(const char *path, const ms_model_open_params_t *p, ms_model_t 
             return rc;
         }
     } else {
-        rc = prefault(g, p->dense);
+        rc = prefault(g, p);
         if (rc)
             ms_log_warn("%s: could not map the weights in ahead (%s); the first tokens will be slower", path,
                         strerror(-rc));

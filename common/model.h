@@ -156,7 +156,7 @@ int ms_model_from_gguf_dense(ms_gguf_t **gguf_p, ms_model_t **ret_model, ms_err_
 typedef struct {
     bool dense; /* the dense part only (as ms_model_load_dense): routed experts are on expert hosts */
     bool mmap;  /* weights stay in the file's mapping (the page cache), every page mapped in now;
-                 * default (false): read into huge-page memory (ms_gguf_read_tensors) */
+                 * default (false): read into one read-only block of huge-page memory */
     void (*progress)(void *ctx, uint64_t done, uint64_t total); /* reading the weights; may be NULL */
     void *progress_ctx;
 } ms_model_open_params_t;

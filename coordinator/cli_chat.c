@@ -249,10 +249,11 @@ static int send_generate(chat_t *c, const char *prompt, uint64_t *ret_id)
                            .temp = sp->temp, .top_p = sp->top_p, .min_p = sp->min_p,
                            .repeat_penalty = sp->repeat_penalty, .top_k = sp->top_k,
                            .repeat_last_n = sp->repeat_last_n, .seed = sp->seed };
-    int rc = coord_client_send_generate(c->cl, &g, ret_id);
-    if (rc)
+    ms_err_t err = { { 0 } };
+    int rc = coord_client_send_generate(c->cl, &g, ret_id, &err);
+    if (rc && rc != -EINTR)
         fprintf(stderr, "moeshard chat: cannot send the request (%zu prompt bytes): %s\n", g.prompt_len,
-                strerror(-rc));
+                err.msg[0] ? err.msg : strerror(-rc));
     return rc;
 }
 

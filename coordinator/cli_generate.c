@@ -261,10 +261,12 @@ static int generate(coord_client_t *c, const gen_opts_t *o)
                            .repeat_penalty = o->sp.repeat_penalty, .top_k = o->sp.top_k,
                            .repeat_last_n = o->sp.repeat_last_n, .seed = o->sp.seed, .no_special = o->no_special };
     uint64_t id;
-    if (coord_client_send_generate(c, &g, &id)) {
-        fprintf(stderr, "moeshard generate: sending the request to %s failed\n", o->server);
-        return COORD_EXIT_FAIL;
-    }
+    ms_err_t send_err = { { 0 } };
+    int src = coord_client_send_generate(c, &g, &id, &send_err);
+    if (src == -EINTR)
+        return GEN_EXIT_INTERRUPTED; /* nothing was sent: nothing to cancel */
+    if (src)
+        return wait_failed(src, &send_err, o);
     for (;;) {
         ms_cw_msg_t msg;
         ms_err_t err = { { 0 } };

@@ -3,6 +3,7 @@
 #include "client.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,25 +129,7 @@ void coord_client_destroy(coord_client_t **self_p)
     *self_p = NULL;
 }
 
-/* ------------------------------------------------------------- sending */
-
-static int send_hdr(coord_client_t *c, size_t len)
-{
-    return ms_wire_zmq_send(c->sock, NULL, 0, c->hdr, len, NULL, 0);
-}
-
-int coord_client_send_generate(coord_client_t *c, const ms_cw_generate_t *g, uint64_t *ret_id)
-{
-    uint64_t id = ++c->next_id;
-    size_t len = 0;
-    int rc = ms_cw_encode_generate(id, g, c->hdr, MS_WIRE_HEADER_BYTES_MAX, &len);
-    rc = rc ? rc : send_hdr(c, len);
-    if (!rc)
-        *ret_id = id;
-    return rc;
-}
-
-/* ----------------------------------------------------------- receiving */
+/* ----------------------------------------------------------- waiting */
 
 /* Drains the interrupt descriptor; true when it was readable. */
 static bool take_interrupt(coord_client_t *c, short revents)
@@ -181,10 +164,13 @@ static int take_message(coord_client_t *c, ms_cw_msg_t *msg, ms_err_t *err)
     return rc;
 }
 
-/* The next message of id before deadline (now_ms clock); see coord_client_recv. */
-static int recv_until(coord_client_t *c, uint64_t id, int64_t deadline, ms_cw_msg_t *msg, ms_err_t *err)
+/* Waits until the socket can take (ZMQ_POLLOUT) or give (ZMQ_POLLIN) a
+ * message, before deadline (now_ms clock). 0; -ETIMEDOUT; -EINTR (Ctrl-C or
+ * SIGTERM on intr_fd); -ECONNREFUSED (the handshake was refused, err);
+ * -ECONNRESET (the connection dropped, err); -EIO (err). */
+static int wait_socket(coord_client_t *c, short events, int64_t deadline, ms_err_t *err)
 {
-    zmq_pollitem_t it[3] = { { .socket = c->sock, .events = ZMQ_POLLIN },
+    zmq_pollitem_t it[3] = { { .socket = c->sock, .events = events },
                              { .fd = c->intr_fd, .events = ZMQ_POLLIN },
                              { .socket = ms_curve_monitor_socket(c->mon), .events = ZMQ_POLLIN } };
     if (c->intr_fd < 0)
@@ -210,9 +196,61 @@ static int recv_until(coord_client_t *c, uint64_t id, int64_t deadline, ms_cw_ms
                             "restarted); send it again", c->peer);
             return -ECONNRESET;
         }
-        if (!(it[0].revents & ZMQ_POLLIN))
-            continue;
-        int rc = take_message(c, msg, err);
+        if (it[0].revents & events)
+            return 0;
+    }
+}
+
+/* ------------------------------------------------------------- sending */
+
+/* Sends the encoded header (len bytes of c->hdr) before deadline. ZeroMQ
+ * blocks a send while the socket has no connection to hand it to (nothing
+ * listens at the endpoint, or the handshake failed), so the send waits as a
+ * receive does: bounded, interruptible, and a refused handshake is an error.
+ * Errors as wait_socket, with err set for -ETIMEDOUT too. */
+static int send_until(coord_client_t *c, size_t len, int64_t deadline, ms_err_t *err)
+{
+    for (;;) {
+        if (zmq_send(c->sock, c->hdr, len, ZMQ_DONTWAIT) >= 0)
+            return 0;
+        if (zmq_errno() != EAGAIN && zmq_errno() != EINTR) {
+            ms_err_set(err, "sending to %s failed: %s", c->peer, zmq_strerror(zmq_errno()));
+            return -EIO;
+        }
+        int rc = wait_socket(c, ZMQ_POLLOUT, deadline, err);
+        if (rc == -ETIMEDOUT)
+            ms_err_set(err, "could not reach %s within %" PRId64 " ms (is 'moeshard serve' running there?)", c->peer,
+                       c->timeout_ms);
+        if (rc)
+            return rc;
+    }
+}
+
+int coord_client_send_generate(coord_client_t *c, const ms_cw_generate_t *g, uint64_t *ret_id, ms_err_t *err)
+{
+    uint64_t id = ++c->next_id;
+    size_t len = 0;
+    int rc = ms_cw_encode_generate(id, g, c->hdr, MS_WIRE_HEADER_BYTES_MAX, &len);
+    if (rc) {
+        ms_err_set(err, "the request cannot be encoded (%s)", strerror(-rc));
+        return rc;
+    }
+    rc = send_until(c, len, now_ms() + c->timeout_ms, err);
+    if (!rc)
+        *ret_id = id;
+    return rc;
+}
+
+/* ----------------------------------------------------------- receiving */
+
+/* The next message of id before deadline (now_ms clock); see coord_client_recv. */
+static int recv_until(coord_client_t *c, uint64_t id, int64_t deadline, ms_cw_msg_t *msg, ms_err_t *err)
+{
+    for (;;) {
+        int rc = wait_socket(c, ZMQ_POLLIN, deadline, err);
+        if (rc)
+            return rc;
+        rc = take_message(c, msg, err);
         if (rc == -EAGAIN)
             continue;
         if (rc || msg->request_id == id)
@@ -235,13 +273,15 @@ static bool is_last(const ms_cw_msg_t *m)
 int coord_client_cancel(coord_client_t *c, uint64_t id, int64_t wait_ms, ms_err_t *err)
 {
     size_t len = 0;
+    int64_t deadline = now_ms() + wait_ms;
     int rc = ms_cw_encode_cancel(id, c->hdr, MS_WIRE_HEADER_BYTES_MAX, &len);
-    rc = rc ? rc : send_hdr(c, len);
     if (rc) {
-        ms_err_set(err, "cannot send Cancel: %s", strerror(-rc));
+        ms_err_set(err, "cannot encode Cancel: %s", strerror(-rc));
         return rc;
     }
-    int64_t deadline = now_ms() + wait_ms;
+    rc = send_until(c, len, deadline, err);
+    if (rc)
+        return rc;
     for (;;) {
         ms_cw_msg_t msg;
         rc = recv_until(c, id, deadline, &msg, err);
@@ -261,12 +301,12 @@ int coord_client_status(coord_client_t *c, ms_cw_msg_t *msg, ms_err_t *err)
     uint64_t id = ++c->next_id;
     size_t len = 0;
     int rc = ms_cw_encode_status_query(id, c->hdr, MS_WIRE_HEADER_BYTES_MAX, &len);
-    rc = rc ? rc : send_hdr(c, len);
     if (rc) {
-        ms_err_set(err, "cannot send StatusQuery: %s", strerror(-rc));
+        ms_err_set(err, "cannot encode StatusQuery: %s", strerror(-rc));
         return rc;
     }
-    rc = coord_client_recv(c, id, msg, err);
+    rc = send_until(c, len, now_ms() + c->timeout_ms, err);
+    rc = rc ? rc : coord_client_recv(c, id, msg, err);
     if (rc || msg->kind == MS_CW_STATUS)
         return rc;
     if (msg->kind == MS_CW_ERROR) {

@@ -40,9 +40,11 @@ int coord_client_new(const char *server, const coord_client_sec_t *sec, int64_t 
                      coord_client_t **ret_client, ms_err_t *err);
 void coord_client_destroy(coord_client_t **self_p);
 
-/* Sends g as a new request; its id goes to *ret_id. -EINVAL (a field out of
- * its bound), -EMSGSIZE, or the socket's -errno. */
-int coord_client_send_generate(coord_client_t *c, const ms_cw_generate_t *g, uint64_t *ret_id);
+/* Sends g as a new request; its id goes to *ret_id. Waits at most the
+ * client's timeout for a connection to take it. -EINVAL (a field out of its
+ * bound), -EMSGSIZE, or as coord_client_recv (-ETIMEDOUT, -EINTR,
+ * -ECONNREFUSED, ...), each with err. */
+int coord_client_send_generate(coord_client_t *c, const ms_cw_generate_t *g, uint64_t *ret_id, ms_err_t *err);
 
 /* Waits at most the client's timeout for the next message of request id and
  * decodes it into *msg (release it with ms_cw_msg_clear). Messages of other

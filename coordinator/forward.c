@@ -14,6 +14,16 @@
 #include "mem.h"
 #include "ms_assert.h"
 
+/* The query heads of a KV group share its cached keys and values: an item
+ * of attention work takes up to this many of them, so that each cached row
+ * is read from memory once for all of them instead of once per head (at a
+ * long context one head's keys and values no longer fit in L2). */
+#define ATTN_HEADS_MAX 8
+/* Cached rows the item's heads go through together while they sit in L1; a
+ * multiple of every dot_rows kernel's row tile, so that each score is the
+ * same whatever the blocking. */
+#define ATTN_BLOCK_ROWS 64
+
 /* Longest poll between two kernels of a step: the gaps are a few microseconds
  * (norms, routing), well under this; a wake-up from sleep costs tens. */
 #define FWD_POOL_SPIN_US 200
@@ -223,7 +233,8 @@ static int alloc_buffers(ms_forward_t *f)
     f->xq_row_max = act_row_max(f->m);
     for (int i = 0; i < 3; i++)
         f->xq[i] = f->xq_row_max ? zalloc(B * f->xq_row_max) : NULL;
-    f->scores = zalloc((size_t)ms_pool_size(f->pool) * (size_t)f->p.n_ctx * fl);
+    /* attention: [thread][ATTN_HEADS_MAX][n_ctx] (latent attention uses the first n_ctx of each) */
+    f->scores = zalloc((size_t)ms_pool_size(f->pool) * ATTN_HEADS_MAX * (size_t)f->p.n_ctx * fl);
     size_t per_seq = (size_t)hp->n_layer * (size_t)f->p.n_ctx;
     /* populated up front (common/mem.h): the cache can be gigabytes */
     /* latent attention caches one row of c_dim per token and no V */
@@ -440,34 +451,62 @@ typedef struct {
     ms_forward_t *f;
     const ms_batch_tok_t *batch;
     int n, il;
+    int per; /* query heads of one KV group per work item (attn_heads_per_item) */
 } attn_ctx_t;
 
-/* Causal attention of (token, head) pairs split across the pool's threads. */
+/* Heads per item: a whole group (at most ATTN_HEADS_MAX), halved while
+ * there would be fewer items than threads. */
+static int attn_heads_per_item(const ms_hparams_t *hp, int n, int nth)
+{
+    int group = hp->n_head / hp->n_head_kv, per = group < ATTN_HEADS_MAX ? group : ATTN_HEADS_MAX;
+    while (per > 1 && (long long)n * hp->n_head_kv * ((group + per - 1) / per) < nth)
+        per = (per + 1) / 2;
+    return per;
+}
+
+/* Causal attention of (token, KV group, up to `per` of its query heads)
+ * items split across the pool's threads. */
 static void attn_worker(void *arg, int ith, int nth)
 {
     attn_ctx_t *c = arg;
     ms_forward_t *f = c->f;
     const ms_hparams_t *hp = &f->m->hp;
     const ms_kernels_t *k = f->k;
-    int group = hp->n_head / hp->n_head_kv;
+    int group = hp->n_head / hp->n_head_kv, chunks = (group + c->per - 1) / c->per;
     float scale = 1.0f / sqrtf((float)hp->head_dim);
-    float *scores = f->scores + (size_t)ith * (size_t)f->p.n_ctx;
+    size_t n_ctx = (size_t)f->p.n_ctx;
+    float *scores = f->scores + (size_t)ith * (size_t)ATTN_HEADS_MAX * n_ctx; /* [per][n_ctx] */
     long long begin, end;
-    ms_pool_split((long long)c->n * hp->n_head, 1, ith, nth, &begin, &end);
+    ms_pool_split((long long)c->n * hp->n_head_kv * chunks, 1, ith, nth, &begin, &end);
     for (long long item = begin; item < end; item++) {
-        int t = (int)(item / hp->n_head), h = (int)(item % hp->n_head), g = h / group;
+        int t = (int)(item / (hp->n_head_kv * chunks)), r = (int)(item % (hp->n_head_kv * chunks));
+        int g = r / chunks, h0 = g * group + (r % chunks) * c->per;
+        int nh = g * group + group - h0 < c->per ? g * group + group - h0 : c->per;
         const ms_batch_tok_t *b = &c->batch[t];
-        const float *q = f->q + t * f->q_dim + h * hp->head_dim;
+        const float *q = f->q + t * f->q_dim + h0 * hp->head_dim;
         const float *kbase = kv_row(f, f->kc, f->k_dim, b->seq, c->il, 0) + g * hp->head_dim;
         const float *vbase = kv_row(f, f->vc, f->v_dim, b->seq, c->il, 0) + g * hp->head_dim_v;
+        float *out = f->att + t * f->o_dim + h0 * hp->head_dim_v;
         int n_pos = b->pos + 1;
-        k->dot_rows(q, kbase, f->k_dim, n_pos, hp->head_dim, scores);
-        for (int j = 0; j < n_pos; j++)
-            scores[j] *= scale;
-        k->softmax(scores, n_pos);
-        float *out = f->att + t * f->o_dim + h * hp->head_dim_v;
-        memset(out, 0, sizeof(float) * (size_t)hp->head_dim_v);
-        k->axpy_rows(out, scores, vbase, f->v_dim, n_pos, hp->head_dim_v);
+        for (int j0 = 0; j0 < n_pos; j0 += ATTN_BLOCK_ROWS) {
+            int nb = n_pos - j0 < ATTN_BLOCK_ROWS ? n_pos - j0 : ATTN_BLOCK_ROWS;
+            for (int i = 0; i < nh; i++)
+                k->dot_rows(q + i * hp->head_dim, kbase + (int64_t)j0 * f->k_dim, f->k_dim, nb, hp->head_dim,
+                            scores + i * n_ctx + j0);
+        }
+        for (int i = 0; i < nh; i++) {
+            float *si = scores + i * n_ctx;
+            for (int j = 0; j < n_pos; j++)
+                si[j] *= scale;
+            k->softmax(si, n_pos);
+        }
+        memset(out, 0, sizeof(float) * (size_t)(nh * hp->head_dim_v));
+        for (int j0 = 0; j0 < n_pos; j0 += ATTN_BLOCK_ROWS) {
+            int nb = n_pos - j0 < ATTN_BLOCK_ROWS ? n_pos - j0 : ATTN_BLOCK_ROWS;
+            for (int i = 0; i < nh; i++)
+                k->axpy_rows(out + i * hp->head_dim_v, scores + i * n_ctx + j0, vbase + (int64_t)j0 * f->v_dim,
+                             f->v_dim, nb, hp->head_dim_v);
+        }
     }
 }
 
@@ -666,7 +705,8 @@ static void attention_block(ms_forward_t *f, int il, const ms_batch_tok_t *batch
     }
     qkv(f, L, n);
     qk_prepare(f, L, il, batch, n);
-    attn_ctx_t c = { .f = f, .batch = batch, .n = n, .il = il };
+    attn_ctx_t c = { .f = f, .batch = batch, .n = n, .il = il,
+                     .per = attn_heads_per_item(hp, n, ms_pool_size(f->pool)) };
     ms_pool_run(f->pool, attn_worker, &c);
     matmul(f, &L->wo, f->att, f->o_dim, n, f->tmp, d, 0);
     for (int t = 0; t < n; t++)

@@ -24,6 +24,13 @@
  * same whatever the blocking. */
 #define ATTN_BLOCK_ROWS 64
 
+/* The most query heads an attention item takes: a KV group, at most ATTN_HEADS_MAX. */
+static int attn_heads_max(const ms_hparams_t *hp)
+{
+    int group = hp->n_head / hp->n_head_kv;
+    return group < ATTN_HEADS_MAX ? group : ATTN_HEADS_MAX;
+}
+
 /* Longest poll between two kernels of a step: the gaps are a few microseconds
  * (norms, routing), well under this; a wake-up from sleep costs tens. */
 #define FWD_POOL_SPIN_US 200
@@ -233,8 +240,8 @@ static int alloc_buffers(ms_forward_t *f)
     f->xq_row_max = act_row_max(f->m);
     for (int i = 0; i < 3; i++)
         f->xq[i] = f->xq_row_max ? zalloc(B * f->xq_row_max) : NULL;
-    /* attention: [thread][ATTN_HEADS_MAX][n_ctx] (latent attention uses the first n_ctx of each) */
-    f->scores = zalloc((size_t)ms_pool_size(f->pool) * ATTN_HEADS_MAX * (size_t)f->p.n_ctx * fl);
+    /* attention: [thread][heads per item][n_ctx] (latent attention uses the first n_ctx of each) */
+    f->scores = zalloc((size_t)ms_pool_size(f->pool) * (size_t)attn_heads_max(hp) * (size_t)f->p.n_ctx * fl);
     size_t per_seq = (size_t)hp->n_layer * (size_t)f->p.n_ctx;
     /* populated up front (common/mem.h): the cache can be gigabytes */
     /* latent attention caches one row of c_dim per token and no V */
@@ -458,7 +465,7 @@ typedef struct {
  * there would be fewer items than threads. */
 static int attn_heads_per_item(const ms_hparams_t *hp, int n, int nth)
 {
-    int group = hp->n_head / hp->n_head_kv, per = group < ATTN_HEADS_MAX ? group : ATTN_HEADS_MAX;
+    int group = hp->n_head / hp->n_head_kv, per = attn_heads_max(hp);
     while (per > 1 && (long long)n * hp->n_head_kv * ((group + per - 1) / per) < nth)
         per = (per + 1) / 2;
     return per;
@@ -475,7 +482,7 @@ static void attn_worker(void *arg, int ith, int nth)
     int group = hp->n_head / hp->n_head_kv, chunks = (group + c->per - 1) / c->per;
     float scale = 1.0f / sqrtf((float)hp->head_dim);
     size_t n_ctx = (size_t)f->p.n_ctx;
-    float *scores = f->scores + (size_t)ith * (size_t)ATTN_HEADS_MAX * n_ctx; /* [per][n_ctx] */
+    float *scores = f->scores + (size_t)ith * (size_t)attn_heads_max(hp) * n_ctx; /* [per][n_ctx] */
     long long begin, end;
     ms_pool_split((long long)c->n * hp->n_head_kv * chunks, 1, ith, nth, &begin, &end);
     for (long long item = begin; item < end; item++) {

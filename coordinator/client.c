@@ -210,6 +210,7 @@ static int wait_socket(coord_client_t *c, short events, int64_t deadline, ms_err
  * Errors as wait_socket, with err set for -ETIMEDOUT too. */
 static int send_until(coord_client_t *c, size_t len, int64_t deadline, ms_err_t *err)
 {
+    int64_t window = deadline - now_ms();
     for (;;) {
         if (zmq_send(c->sock, c->hdr, len, ZMQ_DONTWAIT) >= 0)
             return 0;
@@ -220,7 +221,7 @@ static int send_until(coord_client_t *c, size_t len, int64_t deadline, ms_err_t 
         int rc = wait_socket(c, ZMQ_POLLOUT, deadline, err);
         if (rc == -ETIMEDOUT)
             ms_err_set(err, "could not reach %s within %" PRId64 " ms (is 'moeshard serve' running there?)", c->peer,
-                       c->timeout_ms);
+                       window);
         if (rc)
             return rc;
     }

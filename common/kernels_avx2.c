@@ -91,10 +91,13 @@ static void q8_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
     const ms_block_q8_0_t *w0 = mm->w;
     const char *xq = mm->xq;
     const ms_block_q8_0_t *wr[Q8_MR], *xt[Q8_MT];
+    const char *w_end = (const char *)mm->w + (size_t)mm->n_out * xrow;
     for (int64_t r = r0; r < r1; r += Q8_MR) {
         int nr = r1 - r < Q8_MR ? (int)(r1 - r) : Q8_MR;
         for (int i = 0; i < nr; i++)
             wr[i] = w0 + (r + i) * nb;
+        if (mm->n_tok == 1) /* decode: the rows stream once from memory */
+            ms_kern_stream_ahead(wr[0], (size_t)nr * xrow, w_end);
         for (int64_t t = 0; t < mm->n_tok; t += Q8_MT) {
             int nt = mm->n_tok - t < Q8_MT ? (int)(mm->n_tok - t) : Q8_MT;
             for (int j = 0; j < nt; j++)
@@ -187,10 +190,13 @@ static void pl_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
     size_t wrow = (size_t)ms_type_row_bytes(mm->type, (uint64_t)mm->n_in);
     const char *wr[PL_MR];
     const float *xt[PL_MT];
+    const char *w_end = (const char *)mm->w + (size_t)mm->n_out * wrow;
     for (int64_t r = r0; r < r1;) {
         int nr = r1 - r >= PL_MR ? PL_MR : 1;
         for (int i = 0; i < nr; i++)
             wr[i] = (const char *)mm->w + (size_t)(r + i) * wrow;
+        if (mm->n_tok == 1) /* decode: the rows stream once from memory */
+            ms_kern_stream_ahead(wr[0], (size_t)nr * wrow, w_end);
         for (int64_t t = 0; t < mm->n_tok;) {
             int nt = mm->n_tok - t >= PL_MT ? PL_MT : 1;
             for (int j = 0; j < nt; j++)

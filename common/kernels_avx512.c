@@ -160,8 +160,11 @@ static void q8_matvec(const ms_mm_t *mm, int64_t r0, int64_t r1)
         xv[np] = _mm512_xor_si512(q8_load1(xb + nb - 1), bias);
         xd[np] = q8_scale1(xb + nb - 1);
     }
+    size_t row_bytes = (size_t)nb * sizeof(ms_block_q8_0_t);
+    const char *w_end = (const char *)mm->w + (size_t)mm->n_out * row_bytes;
     for (int64_t r = r0; r < r1; r++) {
         const ms_block_q8_0_t *w = (const ms_block_q8_0_t *)mm->w + r * nb;
+        ms_kern_stream_ahead(w, row_bytes, w_end);
         __m512 acc = _mm512_setzero_ps();
         int64_t p = 0;
         /* two pairs per iteration (their integer sums are independent), added
@@ -297,10 +300,13 @@ static void pl_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
     size_t wrow = (size_t)ms_type_row_bytes(mm->type, (uint64_t)mm->n_in);
     const char *wr[PL_MR];
     const float *xt[PL_MT];
+    const char *w_end = (const char *)mm->w + (size_t)mm->n_out * wrow;
     for (int64_t r = r0; r < r1;) {
         int nr = r1 - r >= PL_MR ? PL_MR : 1;
         for (int i = 0; i < nr; i++)
             wr[i] = (const char *)mm->w + (size_t)(r + i) * wrow;
+        if (mm->n_tok == 1) /* decode: the rows stream once from memory */
+            ms_kern_stream_ahead(wr[0], (size_t)nr * wrow, w_end);
         for (int64_t t = 0; t < mm->n_tok;) {
             int nt = mm->n_tok - t >= PL_MT ? PL_MT : 1;
             for (int j = 0; j < nt; j++)

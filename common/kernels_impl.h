@@ -31,4 +31,25 @@ static inline float ms_kern_q8_inv_scale(float amax, uint16_t *ret_d)
     return d != 0.0f ? 1.0f / d : 0.0f;
 }
 
+/* One-token products stream every weight row once from memory. The hardware
+ * prefetchers alone keep too few lines in flight for that: the kernel's many
+ * instructions per cache line fill the reorder window long before its loads
+ * do (one thread streamed Q8_0 rows at 60-75 % of a bare read loop). So the
+ * decode kernels ask for the line MS_KERN_STREAM_AHEAD bytes ahead of each
+ * one they are about to read, without keeping it in the outer caches (on the
+ * bench model: one-token products 10-15 % faster on 2 threads, 30-40 % on
+ * one; docs/performance.md). The distance is a few dozen lines in flight at
+ * this memory's latency; the stream stops at `end`, the end of the matrix, so
+ * that nothing past it is fetched. */
+#define MS_KERN_STREAM_AHEAD (12 * 1024)
+
+static inline void ms_kern_stream_ahead(const void *from, size_t len, const void *end)
+{
+    uintptr_t p = (uintptr_t)from + MS_KERN_STREAM_AHEAD, e = p + len;
+    if (e > (uintptr_t)end)
+        e = (uintptr_t)end;
+    for (; p < e; p += 64)
+        __builtin_prefetch((const void *)p, 0, 0);
+}
+
 #endif

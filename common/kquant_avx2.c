@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "kernels_impl.h"
 #include "kquant.h"
 #include "kquant_x86.h"
 
@@ -241,8 +242,11 @@ void ms_kq_matmul_avx2(const ms_mm_t *mm, int64_t r0, int64_t r1)
     ms_kq_dot_fn dot = ms_kq_dot_avx2(mm->type);
     size_t wrow = (size_t)ms_type_row_bytes(mm->type, (uint64_t)mm->n_in);
     size_t xrow = ms_act_row_bytes(mm->type, mm->n_in);
+    const char *w_end = (const char *)mm->w + (size_t)mm->n_out * wrow;
     for (int64_t r = r0; r < r1; r++) {
         const char *w = (const char *)mm->w + (size_t)r * wrow;
+        if (mm->n_tok == 1) /* decode: the rows stream once from memory */
+            ms_kern_stream_ahead(w, wrow, w_end);
         for (int64_t t = 0; t < mm->n_tok; t++)
             mm->y[t * mm->ldy + r] = dot(w, (const char *)mm->xq + (size_t)t * xrow, mm->n_in);
     }

@@ -8,6 +8,7 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "kernels_impl.h"
 #include "kquant.h"
 #include "kquant_x86.h"
 
@@ -114,8 +115,11 @@ static void q4k_matvec(const ms_mm_t *mm, int64_t r0, int64_t r1)
         q4k_act(&x[i], &a[i]);
     __m512i idx[2][2];
     q4k_idx(idx);
+    size_t row_bytes = (size_t)nb * sizeof(ms_block_q4_K_t);
+    const char *w_end = (const char *)mm->w + (size_t)mm->n_out * row_bytes;
     for (int64_t r = r0; r < r1; r++) {
         const ms_block_q4_K_t *w = (const ms_block_q4_K_t *)mm->w + r * nb;
+        ms_kern_stream_ahead(w, row_bytes, w_end);
         __m512 acc = _mm512_setzero_ps();
         __m128 accm = _mm_setzero_ps();
         for (int64_t i = 0; i < nb; i++)
@@ -192,8 +196,11 @@ static void q6k_matvec(const ms_mm_t *mm, int64_t r0, int64_t r1)
     const ms_block_q8_K_t *x = mm->xq;
     __m512i idx[2][2];
     q6k_idx(idx);
+    size_t row_bytes = (size_t)nb * sizeof(ms_block_q6_K_t);
+    const char *w_end = (const char *)mm->w + (size_t)mm->n_out * row_bytes;
     for (int64_t r = r0; r < r1; r++) {
         const ms_block_q6_K_t *w = (const ms_block_q6_K_t *)mm->w + r * nb;
+        ms_kern_stream_ahead(w, row_bytes, w_end);
         __m512 acc = _mm512_setzero_ps();
         for (int64_t i = 0; i < nb; i++)
             acc = q6k_block(&w[i], &x[i], idx, acc);
@@ -454,8 +461,11 @@ void ms_kq_matmul_avx512(const ms_mm_t *mm, int64_t r0, int64_t r1)
     size_t wrow = (size_t)ms_type_row_bytes(mm->type, (uint64_t)mm->n_in);
     size_t xrow = ms_act_row_bytes(mm->type, mm->n_in);
     /* row outer, tokens inner: the row stays in L1 while every token reads it */
+    const char *w_end = (const char *)mm->w + (size_t)mm->n_out * wrow;
     for (int64_t r = r0; r < r1; r++) {
         const char *w = (const char *)mm->w + (size_t)r * wrow;
+        if (mm->n_tok == 1) /* decode: the rows stream once from memory */
+            ms_kern_stream_ahead(w, wrow, w_end);
         for (int64_t t = 0; t < mm->n_tok; t++)
             mm->y[t * mm->ldy + r] = dot(w, (const char *)mm->xq + (size_t)t * xrow, mm->n_in);
     }

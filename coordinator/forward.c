@@ -896,8 +896,13 @@ int ms_forward_step(ms_forward_t *f, const ms_batch_tok_t *batch, int n, float *
     int rc = check_batch(f, batch, n, err);
     if (rc)
         return rc;
-    /* a step is one stretch of back-to-back kernels: let the pool's threads
-     * poll briefly between them instead of sleeping (see pool.h) */
+    /* A step is one stretch of back-to-back kernels: let the pool's threads
+     * poll briefly between them instead of sleeping (see pool.h). The window
+     * stays set when the step returns: in a generation the next step follows
+     * within tens of microseconds (sampling), and a worker asleep by then
+     * started that step ~30 us late here. Once the steps stop, the workers
+     * poll for at most FWD_POOL_SPIN_US before they sleep; the scheduler
+     * closes the window when it goes idle. */
     ms_pool_set_spin(f->pool, FWD_POOL_SPIN_US);
     embed(f, batch, n);
     for (int il = 0; il < f->m->hp.n_layer && !rc; il++) {
@@ -906,6 +911,5 @@ int ms_forward_step(ms_forward_t *f, const ms_batch_tok_t *batch, int n, float *
     }
     if (!rc)
         output_head(f, batch, n, logits_out);
-    ms_pool_set_spin(f->pool, 0);
     return rc;
 }

@@ -14,20 +14,38 @@
 #include "mem.h"
 #include "ms_assert.h"
 
-/* The query heads of a KV group share its cached keys and values: an item
- * of attention work takes up to this many of them, so that each cached row
- * is read from memory once for all of them instead of once per head (at a
- * long context one head's keys and values no longer fit in L2). */
+/* The query heads of a KV group share its cached keys and values (with latent
+ * attention every head shares the latent rows): an item of attention work
+ * takes up to this many of them, so that each cached row is read from memory
+ * once for all of them instead of once per head (at a long context one head's
+ * keys and values no longer fit in L2). */
 #define ATTN_HEADS_MAX 8
 /* Cached rows the item's heads go through together while they sit in L1; a
  * multiple of every dot_rows kernel's row tile, so that each score is the
  * same whatever the blocking. */
 #define ATTN_BLOCK_ROWS 64
+/* The same for latent attention, whose rows are wider (kv_lora_rank + the
+ * rope dims: 576 floats on DeepSeek-V3), so that a block still fits in L1. */
+#define MLA_BLOCK_ROWS 16
 
-/* The most query heads an attention item takes: a KV group, at most ATTN_HEADS_MAX. */
+/* Query heads that share one set of cached rows: a KV group, or for latent
+ * attention (deepseek2) every head, since all of them read the same latent
+ * rows. */
+static int attn_group(const ms_hparams_t *hp)
+{
+    return hp->kv_lora_rank > 0 ? hp->n_head : hp->n_head / hp->n_head_kv;
+}
+
+/* Sets of cached rows an attention step goes through per token. */
+static int attn_kv_sets(const ms_hparams_t *hp)
+{
+    return hp->kv_lora_rank > 0 ? 1 : hp->n_head_kv;
+}
+
+/* The most query heads an attention item takes: a group, at most ATTN_HEADS_MAX. */
 static int attn_heads_max(const ms_hparams_t *hp)
 {
-    int group = hp->n_head / hp->n_head_kv;
+    int group = attn_group(hp);
     return group < ATTN_HEADS_MAX ? group : ATTN_HEADS_MAX;
 }
 
@@ -240,7 +258,7 @@ static int alloc_buffers(ms_forward_t *f)
     f->xq_row_max = act_row_max(f->m);
     for (int i = 0; i < 3; i++)
         f->xq[i] = f->xq_row_max ? zalloc(B * f->xq_row_max) : NULL;
-    /* attention: [thread][heads per item][n_ctx] (latent attention uses the first n_ctx of each) */
+    /* attention, plain and latent: [thread][heads per item][n_ctx] */
     f->scores = zalloc((size_t)ms_pool_size(f->pool) * (size_t)attn_heads_max(hp) * (size_t)f->p.n_ctx * fl);
     size_t per_seq = (size_t)hp->n_layer * (size_t)f->p.n_ctx;
     /* populated up front (common/mem.h): the cache can be gigabytes */
@@ -465,8 +483,8 @@ typedef struct {
  * there would be fewer items than threads. */
 static int attn_heads_per_item(const ms_hparams_t *hp, int n, int nth)
 {
-    int group = hp->n_head / hp->n_head_kv, per = attn_heads_max(hp);
-    while (per > 1 && (long long)n * hp->n_head_kv * ((group + per - 1) / per) < nth)
+    int group = attn_group(hp), per = attn_heads_max(hp);
+    while (per > 1 && (long long)n * attn_kv_sets(hp) * ((group + per - 1) / per) < nth)
         per = (per + 1) / 2;
     return per;
 }
@@ -667,22 +685,37 @@ static void mla_attn_worker(void *arg, int ith, int nth)
     const ms_hparams_t *hp = &f->m->hp;
     const ms_kernels_t *k = f->k;
     int64_t H = hp->n_head, C = hp->kv_lora_rank, cd = f->c_dim;
-    float *scores = f->scores + (size_t)ith * (size_t)f->p.n_ctx;
+    int chunks = (int)((H + c->per - 1) / c->per);
+    size_t n_ctx = (size_t)f->p.n_ctx;
+    float *scores = f->scores + (size_t)ith * (size_t)attn_heads_max(hp) * n_ctx; /* [per][n_ctx] */
     long long begin, end;
-    ms_pool_split((long long)c->n * H, 1, ith, nth, &begin, &end);
+    ms_pool_split((long long)c->n * chunks, 1, ith, nth, &begin, &end);
     for (long long item = begin; item < end; item++) {
-        int t = (int)(item / H);
-        int64_t h = item % H;
+        int t = (int)(item / chunks);
+        int64_t h0 = (item % chunks) * c->per;
+        int nh = H - h0 < c->per ? (int)(H - h0) : c->per;
         const ms_batch_tok_t *b = &c->batch[t];
         const float *base = kv_row(f, f->kc, cd, b->seq, c->il, 0);
         int n_pos = b->pos + 1;
-        k->dot_rows(f->qabs + (t * H + h) * cd, base, cd, n_pos, cd, scores);
-        for (int j = 0; j < n_pos; j++)
-            scores[j] *= hp->attn_scale;
-        k->softmax(scores, n_pos);
-        float *out = f->olat + (h * c->n + t) * C;
-        memset(out, 0, sizeof(float) * (size_t)C);
-        k->axpy_rows(out, scores, base, cd, n_pos, C);
+        for (int j0 = 0; j0 < n_pos; j0 += MLA_BLOCK_ROWS) {
+            int nb = n_pos - j0 < MLA_BLOCK_ROWS ? n_pos - j0 : MLA_BLOCK_ROWS;
+            for (int i = 0; i < nh; i++)
+                k->dot_rows(f->qabs + (t * H + h0 + i) * cd, base + (int64_t)j0 * cd, cd, nb, cd,
+                            scores + i * n_ctx + j0);
+        }
+        for (int i = 0; i < nh; i++) {
+            float *si = scores + i * n_ctx;
+            for (int j = 0; j < n_pos; j++)
+                si[j] *= hp->attn_scale;
+            k->softmax(si, n_pos);
+            memset(f->olat + ((h0 + i) * c->n + t) * C, 0, sizeof(float) * (size_t)C);
+        }
+        for (int j0 = 0; j0 < n_pos; j0 += MLA_BLOCK_ROWS) {
+            int nb = n_pos - j0 < MLA_BLOCK_ROWS ? n_pos - j0 : MLA_BLOCK_ROWS;
+            for (int i = 0; i < nh; i++)
+                k->axpy_rows(f->olat + ((h0 + i) * c->n + t) * C, scores + i * n_ctx + j0, base + (int64_t)j0 * cd,
+                             cd, nb, C);
+        }
     }
 }
 
@@ -691,7 +724,8 @@ static void mla_block(ms_forward_t *f, int il, const ms_batch_tok_t *batch, int 
     const ms_layer_t *L = &f->m->layers[il];
     mla_project(f, L, il, batch, n);
     mla_absorb_q(f, L, n);
-    attn_ctx_t c = { .f = f, .batch = batch, .n = n, .il = il };
+    attn_ctx_t c = { .f = f, .batch = batch, .n = n, .il = il,
+                     .per = attn_heads_per_item(&f->m->hp, n, ms_pool_size(f->pool)) };
     ms_pool_run(f->pool, mla_attn_worker, &c);
     mla_expand_v(f, L, n);
 }

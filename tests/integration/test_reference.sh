@@ -65,6 +65,9 @@ for variant in v2-lite v3; do
     check deepseek2 f32 --tol 1e-3 -- --variant "$variant"
     check deepseek2 f32 --tol 1e-3 -- --variant "$variant" --split-kv-b
 done
+# 200 positions of latent attention: the heads go through the latent rows together,
+# 16 rows at a time
+check deepseek2 f32 --tol 1e-3 --prompt-tokens 150 --gen 50 -- --variant v3
 
 # Q8_0: the engine quantises activations to 8 bits per 32-value block before each
 # Q8_0 matmul (as llama.cpp does); the reference does not. Measured with the

@@ -358,10 +358,24 @@ uint64_t ms_forward_kv_bytes(const ms_forward_t *f)
            sizeof(float);
 }
 
+/* The latent cache (deepseek2): one row of `width` floats per position. */
 static float *kv_row(const ms_forward_t *f, float *cache, int64_t width, int32_t seq, int il, int32_t pos)
 {
     size_t idx = ((size_t)seq * (size_t)f->m->hp.n_layer + (size_t)il) * (size_t)f->p.n_ctx + (size_t)pos;
     return cache + idx * (size_t)width;
+}
+/* The K and V caches, head by head: [seq][layer][KV head][position][dim]. An
+ * attention item goes through one KV head's rows, so they lie back to back:
+ * rows a whole K row apart (n_head_kv x dim floats, 1 KB on the bench model)
+ * fall into a quarter of L1's sets, and a block of them did not stay in L1
+ * while the item's heads went through it (the dot and weighted-sum kernels
+ * ran at half speed on data already in cache). */
+static float *kv_head(const ms_forward_t *f, float *cache, int64_t dim, int32_t seq, int il, int head, int32_t pos)
+{
+    const ms_hparams_t *hp = &f->m->hp;
+    size_t idx = (((size_t)seq * (size_t)hp->n_layer + (size_t)il) * (size_t)hp->n_head_kv + (size_t)head) *
+                     (size_t)f->p.n_ctx + (size_t)pos;
+    return cache + idx * (size_t)dim;
 }
 
 /* Checks ids, sequences and positions; a position may rewind a sequence but
@@ -466,9 +480,12 @@ static void qk_prepare(ms_forward_t *f, const ms_layer_t *L, int il, const ms_ba
             ms_rope_angles(hp->n_rot, batch[t].pos, hp->rope_base, cs, sn);
         ms_rope_apply(q, hp->n_head, hp->head_dim, hp->n_rot, cs, sn, hp->rope_mode);
         ms_rope_apply(kr, hp->n_head_kv, hp->head_dim, hp->n_rot, cs, sn, hp->rope_mode);
-        memcpy(kv_row(f, f->kc, f->k_dim, batch[t].seq, il, batch[t].pos), kr, sizeof(float) * (size_t)f->k_dim);
-        memcpy(kv_row(f, f->vc, f->v_dim, batch[t].seq, il, batch[t].pos), f->v + t * f->v_dim,
-               sizeof(float) * (size_t)f->v_dim);
+        for (int h = 0; h < hp->n_head_kv; h++) {
+            memcpy(kv_head(f, f->kc, hp->head_dim, batch[t].seq, il, h, batch[t].pos), kr + h * hp->head_dim,
+                   sizeof(float) * (size_t)hp->head_dim);
+            memcpy(kv_head(f, f->vc, hp->head_dim_v, batch[t].seq, il, h, batch[t].pos),
+                   f->v + t * f->v_dim + h * hp->head_dim_v, sizeof(float) * (size_t)hp->head_dim_v);
+        }
     }
 }
 
@@ -509,15 +526,15 @@ static void attn_worker(void *arg, int ith, int nth)
         int nh = g * group + group - h0 < c->per ? g * group + group - h0 : c->per;
         const ms_batch_tok_t *b = &c->batch[t];
         const float *q = f->q + t * f->q_dim + h0 * hp->head_dim;
-        const float *kbase = kv_row(f, f->kc, f->k_dim, b->seq, c->il, 0) + g * hp->head_dim;
-        const float *vbase = kv_row(f, f->vc, f->v_dim, b->seq, c->il, 0) + g * hp->head_dim_v;
+        const float *kbase = kv_head(f, f->kc, hp->head_dim, b->seq, c->il, g, 0);
+        const float *vbase = kv_head(f, f->vc, hp->head_dim_v, b->seq, c->il, g, 0);
         float *out = f->att + t * f->o_dim + h0 * hp->head_dim_v;
         int n_pos = b->pos + 1;
         for (int j0 = 0; j0 < n_pos; j0 += ATTN_BLOCK_ROWS) {
             int nb = n_pos - j0 < ATTN_BLOCK_ROWS ? n_pos - j0 : ATTN_BLOCK_ROWS;
             for (int i = 0; i < nh; i++)
-                k->dot_rows(q + i * hp->head_dim, kbase + (int64_t)j0 * f->k_dim, f->k_dim, nb, hp->head_dim,
-                            scores + i * n_ctx + j0);
+                k->dot_rows(q + i * hp->head_dim, kbase + (int64_t)j0 * hp->head_dim, hp->head_dim, nb,
+                            hp->head_dim, scores + i * n_ctx + j0);
         }
         for (int i = 0; i < nh; i++) {
             float *si = scores + i * n_ctx;
@@ -529,8 +546,8 @@ static void attn_worker(void *arg, int ith, int nth)
         for (int j0 = 0; j0 < n_pos; j0 += ATTN_BLOCK_ROWS) {
             int nb = n_pos - j0 < ATTN_BLOCK_ROWS ? n_pos - j0 : ATTN_BLOCK_ROWS;
             for (int i = 0; i < nh; i++)
-                k->axpy_rows(out + i * hp->head_dim_v, scores + i * n_ctx + j0, vbase + (int64_t)j0 * f->v_dim,
-                             f->v_dim, nb, hp->head_dim_v);
+                k->axpy_rows(out + i * hp->head_dim_v, scores + i * n_ctx + j0,
+                             vbase + (int64_t)j0 * hp->head_dim_v, hp->head_dim_v, nb, hp->head_dim_v);
         }
     }
 }

@@ -37,10 +37,10 @@ static inline float ms_kern_q8_inv_scale(float amax, uint16_t *ret_d)
  * do (one thread streamed Q8_0 rows at 60-75 % of a bare read loop). So the
  * decode kernels ask for the line MS_KERN_STREAM_AHEAD bytes ahead of each
  * one they are about to read, without keeping it in the outer caches (on the
- * bench model: one-token products 10-15 % faster on 2 threads, 30-40 % on
- * one; docs/performance.md). The distance is a few dozen lines in flight at
- * this memory's latency; the stream stops at `end`, the end of the matrix, so
- * that nothing past it is fetched. */
+ * bench model's shapes: one-token products 8-18 % faster on 2 threads, 40 %
+ * on one; docs/performance.md). 12 KiB keeps 192 lines in flight; 8-16 KiB
+ * measured alike. The stream stops at `end`, the end of the matrix, so that
+ * nothing past it is fetched. */
 #define MS_KERN_STREAM_AHEAD (12 * 1024)
 
 static inline void ms_kern_stream_ahead(const void *from, size_t len, const void *end)

@@ -50,6 +50,10 @@ static inline void ms_kern_stream_ahead(const void *from, size_t len, const void
         e = (uintptr_t)end;
     for (; p < e; p += 64)
         __builtin_prefetch((const void *)p, 0, 0);
+    /* and the pages MS_PAGE_AHEAD on (kernels.h, ms_touch_pages) */
+    p = (uintptr_t)from + MS_PAGE_AHEAD;
+    e = p + len;
+    ms_touch_pages((const void *)p, (const void *)(e < (uintptr_t)end ? e : (uintptr_t)end));
 }
 
 #endif

@@ -489,6 +489,18 @@ static void qk_prepare(ms_forward_t *f, const ms_layer_t *L, int il, const ms_ba
     }
 }
 
+/* Before rows [j0, j0 + nb) of a cache run of n_pos rows of dim floats are
+ * read: touches the pages MS_PAGE_AHEAD bytes on (all of them up to there
+ * for the first block), so that their translations are under way before the
+ * rows are (kernels.h, ms_touch_pages). */
+static void touch_rows_ahead(const float *base, int64_t dim, int j0, int nb, int n_pos)
+{
+    const char *b = (const char *)base, *end = b + (size_t)n_pos * (size_t)dim * sizeof(float);
+    const char *from = b + (size_t)j0 * (size_t)dim * sizeof(float) + MS_PAGE_AHEAD;
+    const char *to = from + (size_t)nb * (size_t)dim * sizeof(float);
+    ms_touch_pages(j0 ? from : b, to < end ? to : end);
+}
+
 typedef struct {
     ms_forward_t *f;
     const ms_batch_tok_t *batch;
@@ -532,6 +544,7 @@ static void attn_worker(void *arg, int ith, int nth)
         int n_pos = b->pos + 1;
         for (int j0 = 0; j0 < n_pos; j0 += ATTN_BLOCK_ROWS) {
             int nb = n_pos - j0 < ATTN_BLOCK_ROWS ? n_pos - j0 : ATTN_BLOCK_ROWS;
+            touch_rows_ahead(kbase, hp->head_dim, j0, nb, n_pos);
             for (int i = 0; i < nh; i++)
                 k->dot_rows(q + i * hp->head_dim, kbase + (int64_t)j0 * hp->head_dim, hp->head_dim, nb,
                             hp->head_dim, scores + i * n_ctx + j0);
@@ -545,6 +558,7 @@ static void attn_worker(void *arg, int ith, int nth)
         memset(out, 0, sizeof(float) * (size_t)(nh * hp->head_dim_v));
         for (int j0 = 0; j0 < n_pos; j0 += ATTN_BLOCK_ROWS) {
             int nb = n_pos - j0 < ATTN_BLOCK_ROWS ? n_pos - j0 : ATTN_BLOCK_ROWS;
+            touch_rows_ahead(vbase, hp->head_dim_v, j0, nb, n_pos);
             for (int i = 0; i < nh; i++)
                 k->axpy_rows(out + i * hp->head_dim_v, scores + i * n_ctx + j0,
                              vbase + (int64_t)j0 * hp->head_dim_v, hp->head_dim_v, nb, hp->head_dim_v);
@@ -716,6 +730,7 @@ static void mla_attn_worker(void *arg, int ith, int nth)
         int n_pos = b->pos + 1;
         for (int j0 = 0; j0 < n_pos; j0 += MLA_BLOCK_ROWS) {
             int nb = n_pos - j0 < MLA_BLOCK_ROWS ? n_pos - j0 : MLA_BLOCK_ROWS;
+            touch_rows_ahead(base, cd, j0, nb, n_pos);
             for (int i = 0; i < nh; i++)
                 k->dot_rows(f->qabs + (t * H + h0 + i) * cd, base + (int64_t)j0 * cd, cd, nb, cd,
                             scores + i * n_ctx + j0);

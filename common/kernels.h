@@ -97,8 +97,9 @@ void ms_act_quantize_rows(ms_pool_t *pool, const ms_kernels_t *k, ms_type_t type
  * page-table lines from memory). A stream spends less on a page than that
  * stall; touching the first line of each page well ahead of the read
  * starts those waits early and side by side. One-token products streamed
- * 25-40 % faster for it over a 1.8 GB footprint, and a bare read loop up
- * to 30 %. MS_PAGE_AHEAD is how far ahead the one-token kernels touch. */
+ * 30-40 % faster for it over a 1.8 GB footprint, and a bare read loop up
+ * to 40 % (in some spells of this shared machine; in others no faster).
+ * MS_PAGE_AHEAD is how far ahead the one-token kernels touch. */
 #define MS_PAGE_BYTES 4096
 #define MS_PAGE_AHEAD (64 * 1024)
 

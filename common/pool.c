@@ -3,8 +3,9 @@
  * only if it went to sleep waiting. Between runs every worker sleeps in the
  * kernel, after polling for at most the spin window the caller set (0 by
  * default). A run whose caller and workers poll costs no system call: an
- * empty run takes ~0.13 us on this machine (it took 1.3-1.5 us when the last
- * worker woke the caller with a futex call on every run). */
+ * empty run takes 0.13-0.8 us on this machine, as the two virtual CPUs sit
+ * (1.3-1.5 us when the last worker woke the caller with a futex call on
+ * every run). */
 #include "pool.h"
 
 #include <errno.h>

@@ -495,10 +495,10 @@ static void qk_prepare(ms_forward_t *f, const ms_layer_t *L, int il, const ms_ba
  * rows are (kernels.h, ms_touch_pages). */
 static void touch_rows_ahead(const float *base, int64_t dim, int j0, int nb, int n_pos)
 {
-    const char *b = (const char *)base, *end = b + (size_t)n_pos * (size_t)dim * sizeof(float);
-    const char *from = b + (size_t)j0 * (size_t)dim * sizeof(float) + MS_PAGE_AHEAD;
-    const char *to = from + (size_t)nb * (size_t)dim * sizeof(float);
-    ms_touch_pages(j0 ? from : b, to < end ? to : end);
+    size_t row = (size_t)dim * sizeof(float);
+    uintptr_t b = (uintptr_t)base, end = b + (size_t)n_pos * row;
+    uintptr_t from = b + (size_t)j0 * row + MS_PAGE_AHEAD, to = from + (size_t)nb * row;
+    ms_touch_pages((const void *)(j0 ? from : b), (const void *)(to < end ? to : end));
 }
 
 typedef struct {

@@ -37,12 +37,14 @@ typedef struct {
 /* Bytes ahead at which the readers touch each page; 0: they do not. */
 static size_t membw_touch = MS_PAGE_AHEAD;
 
-/* At a page's start, touches the page `membw_touch` bytes on if it is inside
- * the n bytes at p. */
+/* Before bytes [i, i + MEMBW_STRIDE) of the n at p are read: touches the
+ * pages that start `membw_touch` bytes on, inside the n bytes. */
 static inline void touch_ahead(const uint8_t *p, size_t i, size_t n)
 {
-    if (membw_touch && ((uintptr_t)(p + i) & (MS_PAGE_BYTES - 1)) == 0 && i + membw_touch < n)
-        __builtin_prefetch(p + i + membw_touch, 0, 3);
+    if (!membw_touch || i + membw_touch >= n)
+        return;
+    size_t to = i + membw_touch + MEMBW_STRIDE;
+    ms_touch_pages(p + i + membw_touch, p + (to < n ? to : n));
 }
 
 /* Pass hand-off between the timing thread and the readers: idle readers

@@ -2,8 +2,8 @@
  * threads, for the decode roofline in bench/bench.sh. The readers touch each
  * 4 KiB page MS_PAGE_AHEAD before they read it, as the decode kernels do
  * (common/kernels.h, ms_touch_pages): without that a plain read loop waits
- * on address translations and read up to 30 % less than the memory gives on
- * the machine measured (--touch-ahead 0 measures it so). */
+ * on address translations: on the machine measured it read up to 30 % less
+ * than the memory gives (--touch-ahead 0 measures it so). */
 #include <errno.h>
 #include <immintrin.h>
 #include <pthread.h>

@@ -3,9 +3,9 @@
  * only if it went to sleep waiting. Between runs every worker sleeps in the
  * kernel, after polling for at most the spin window the caller set (0 by
  * default). A run whose caller and workers poll costs no system call: an
- * empty run takes 0.13-0.8 us on this machine, as the two virtual CPUs sit
- * (1.3-1.5 us when the last worker woke the caller with a futex call on
- * every run). */
+ * empty run takes 0.13-0.8 us on this machine, depending on where its two
+ * virtual CPUs sit (1.3-1.5 us when the last worker woke the caller with a
+ * futex call on every run). */
 #include "pool.h"
 
 #include <errno.h>
@@ -37,8 +37,8 @@ struct ms_pool {
     _Alignas(64) _Atomic uint32_t gen; /* bumped once per run and once at stop */
     ms_pool_fn_t fn;     /* written by the caller before gen is bumped */
     void *ctx;
-    /* Workers count finished runs up; the caller never writes this line, so
-     * starting a run costs it no transfer here. */
+    /* Workers count finished runs up; the caller writes this line only when
+     * it goes to sleep waiting, so starting a run costs it no transfer here. */
     _Alignas(64) _Atomic uint32_t done;
     _Atomic uint32_t caller_sleeps; /* the caller is in (or about to enter) futex_wait on done */
     _Alignas(64) _Atomic uint32_t sleepers; /* workers in (or about to enter) futex_wait on gen */

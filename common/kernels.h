@@ -62,6 +62,13 @@ typedef struct {
     /* out[i] += sum_j w[j] * rows[j*stride + i] for i < dim (attention's
      * weighted sum of cached values). */
     void (*axpy_rows)(float *out, const float *w, const float *rows, int64_t stride, int64_t n_rows, int64_t dim);
+    /* The same two over rows of IEEE half floats (an f16 KV cache): each
+     * value widened to f32 exactly, then the f32 arithmetic of the kernels
+     * above; stride counts halves. */
+    void (*dot_rows_f16)(const float *q, const uint16_t *rows, int64_t stride, int64_t n_rows, int64_t dim,
+                         float *out);
+    void (*axpy_rows_f16)(float *out, const float *w, const uint16_t *rows, int64_t stride, int64_t n_rows,
+                          int64_t dim);
     /* out[i] = x[i] / sqrt(mean(x^2) + eps) * (w ? w[i] : 1); out may alias x. */
     void (*rmsnorm)(float *out, const float *x, const float *w, int64_t n, float eps);
     /* out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)); out may alias gate. */

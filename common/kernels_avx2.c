@@ -2,6 +2,7 @@
  * ms_kernels_for() after the CPU check. */
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "kernels_impl.h"
 
@@ -458,9 +459,41 @@ static void v8_softmax(float *x, int64_t n)
  * Scores take DOT_ROWS rows per pass: each query vector loaded serves them
  * all and their sums reduce together. The weighted sum keeps an
  * AXPY_VECS-vector slice of out in registers across all rows (two sets, even
- * and odd rows, so twice as many FMA chains run at once). */
+ * and odd rows, so twice as many FMA chains run at once). The rows are f32
+ * or f16 (type, a constant in each caller): f16 values widen exactly and
+ * then take the f32 path's arithmetic, so both give the same bits on the
+ * same values. */
 #define DOT_ROWS 4
 #define AXPY_VECS 4
+
+/* Element i of rows (f32 or f16). */
+FORCE_INLINE const void *kv_at(ms_type_t type, const void *rows, int64_t i)
+{
+    if (type == MS_TYPE_F16)
+        return (const uint16_t *)rows + i;
+    return (const float *)rows + i;
+}
+
+/* The 8 values at row as f32. */
+FORCE_INLINE __m256 kv_load(ms_type_t type, const void *row)
+{
+    return pl_load_w(type, row, 0);
+}
+
+/* The first min(rem, 8) values at row as f32, the other lanes 0; m =
+ * tail_mask(rem). Nothing past them is read: AVX2 has no masked 16-bit
+ * load, so a partial f16 vector goes through a zeroed buffer (+0, as
+ * maskload gives). */
+FORCE_INLINE __m256 kv_load_part(ms_type_t type, const void *row, int64_t rem, __m256i m)
+{
+    if (type != MS_TYPE_F16)
+        return _mm256_maskload_ps(row, m);
+    if (rem >= 8)
+        return kv_load(type, row);
+    uint16_t h[8] = { 0 };
+    memcpy(h, row, (size_t)rem * sizeof(h[0]));
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+}
 
 /* Lane r of the result = sum of a_r's lanes. */
 FORCE_INLINE __m128 hsum4x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
@@ -470,7 +503,8 @@ FORCE_INLINE __m128 hsum4x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
 }
 
 /* out[r] = q . (rows + r*stride)[0..dim) for r < nr <= DOT_ROWS. */
-FORCE_INLINE void dot_tile(const float *q, const float *rows, int64_t stride, int64_t dim, float *out, const int nr)
+FORCE_INLINE void dot_tile(ms_type_t type, const float *q, const void *rows, int64_t stride, int64_t dim,
+                           float *out, const int nr)
 {
     __m256 acc[DOT_ROWS][2];
 #pragma GCC unroll 4
@@ -481,8 +515,8 @@ FORCE_INLINE void dot_tile(const float *q, const float *rows, int64_t stride, in
         __m256 q0 = _mm256_loadu_ps(q + i), q1 = _mm256_loadu_ps(q + i + 8);
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            acc[r][0] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(rows + r * stride + i), acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(rows + r * stride + i + 8), acc[r][1]);
+            acc[r][0] = _mm256_fmadd_ps(q0, kv_load(type, kv_at(type, rows, r * stride + i)), acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(q1, kv_load(type, kv_at(type, rows, r * stride + i + 8)), acc[r][1]);
         }
     }
     for (; i < dim; i += 8) {
@@ -490,32 +524,49 @@ FORCE_INLINE void dot_tile(const float *q, const float *rows, int64_t stride, in
         __m256 qv = _mm256_maskload_ps(q + i, m);
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++)
-            acc[r][0] = _mm256_fmadd_ps(qv, _mm256_maskload_ps(rows + r * stride + i, m), acc[r][0]);
+            acc[r][0] =
+                _mm256_fmadd_ps(qv, kv_load_part(type, kv_at(type, rows, r * stride + i), dim - i, m), acc[r][0]);
     }
     __m128 s = hsum4x8(_mm256_add_ps(acc[0][0], acc[0][1]), _mm256_add_ps(acc[1][0], acc[1][1]),
                        _mm256_add_ps(acc[2][0], acc[2][1]), _mm256_add_ps(acc[3][0], acc[3][1]));
     _mm_maskstore_ps(out, _mm_cmpgt_epi32(_mm_set1_epi32(nr), _mm_setr_epi32(0, 1, 2, 3)), s);
 }
 
-static void v8_dot_rows(const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim, float *out)
+/* A row's score depends on its values alone, not on the tile it lands in
+ * (the tiles' rows never mix), so any blocking of the rows gives the same
+ * scores. */
+FORCE_INLINE void dot_rows(ms_type_t type, const float *q, const void *rows, int64_t stride, int64_t n_rows,
+                           int64_t dim, float *out)
 {
     int64_t j = 0;
     for (; j + DOT_ROWS <= n_rows; j += DOT_ROWS)
-        dot_tile(q, rows + j * stride, stride, dim, out + j, DOT_ROWS);
+        dot_tile(type, q, kv_at(type, rows, j * stride), stride, dim, out + j, DOT_ROWS);
     switch (n_rows - j) {
-    case 3: dot_tile(q, rows + j * stride, stride, dim, out + j, 3); break;
-    case 2: dot_tile(q, rows + j * stride, stride, dim, out + j, 2); break;
-    case 1: dot_tile(q, rows + j * stride, stride, dim, out + j, 1); break;
+    case 3: dot_tile(type, q, kv_at(type, rows, j * stride), stride, dim, out + j, 3); break;
+    case 2: dot_tile(type, q, kv_at(type, rows, j * stride), stride, dim, out + j, 2); break;
+    case 1: dot_tile(type, q, kv_at(type, rows, j * stride), stride, dim, out + j, 1); break;
     default: break;
     }
 }
 
+static void v8_dot_rows(const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim, float *out)
+{
+    dot_rows(MS_TYPE_F32, q, rows, stride, n_rows, dim, out);
+}
+
+static void v8_dot_rows_f16(const float *q, const uint16_t *rows, int64_t stride, int64_t n_rows, int64_t dim,
+                            float *out)
+{
+    dot_rows(MS_TYPE_F16, q, rows, stride, n_rows, dim, out);
+}
+
 /* out[0..width) += sum_j w[j] * (rows + j*stride)[0..width), in nv vectors
  * (width in (8 (nv - 1), 8 nv]): all but the last are whole. */
-FORCE_INLINE void axpy_slice(float *out, const float *w, const float *rows, int64_t stride, int64_t n_rows,
-                             int64_t width, const int nv)
+FORCE_INLINE void axpy_slice(ms_type_t type, float *out, const float *w, const void *rows, int64_t stride,
+                             int64_t n_rows, int64_t width, const int nv)
 {
-    const __m256i ml = tail_mask(width - 8 * (nv - 1));
+    const int64_t last = width - 8 * (nv - 1);
+    const __m256i ml = tail_mask(last);
     __m256 a[AXPY_VECS], b[AXPY_VECS];
 #pragma GCC unroll 4
     for (int v = 0; v < nv; v++) {
@@ -524,23 +575,23 @@ FORCE_INLINE void axpy_slice(float *out, const float *w, const float *rows, int6
     }
     int64_t j = 0;
     for (; j + 2 <= n_rows; j += 2) {
-        const float *r0 = rows + j * stride, *r1 = r0 + stride;
+        const void *r0 = kv_at(type, rows, j * stride), *r1 = kv_at(type, r0, stride);
         __m256 w0 = _mm256_set1_ps(w[j]), w1 = _mm256_set1_ps(w[j + 1]);
 #pragma GCC unroll 4
         for (int v = 0; v < nv - 1; v++) {
-            a[v] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(r0 + 8 * v), a[v]);
-            b[v] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(r1 + 8 * v), b[v]);
+            a[v] = _mm256_fmadd_ps(w0, kv_load(type, kv_at(type, r0, 8 * v)), a[v]);
+            b[v] = _mm256_fmadd_ps(w1, kv_load(type, kv_at(type, r1, 8 * v)), b[v]);
         }
-        a[nv - 1] = _mm256_fmadd_ps(w0, _mm256_maskload_ps(r0 + 8 * (nv - 1), ml), a[nv - 1]);
-        b[nv - 1] = _mm256_fmadd_ps(w1, _mm256_maskload_ps(r1 + 8 * (nv - 1), ml), b[nv - 1]);
+        a[nv - 1] = _mm256_fmadd_ps(w0, kv_load_part(type, kv_at(type, r0, 8 * (nv - 1)), last, ml), a[nv - 1]);
+        b[nv - 1] = _mm256_fmadd_ps(w1, kv_load_part(type, kv_at(type, r1, 8 * (nv - 1)), last, ml), b[nv - 1]);
     }
     if (j < n_rows) {
-        const float *r0 = rows + j * stride;
+        const void *r0 = kv_at(type, rows, j * stride);
         __m256 w0 = _mm256_set1_ps(w[j]);
 #pragma GCC unroll 4
         for (int v = 0; v < nv - 1; v++)
-            a[v] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(r0 + 8 * v), a[v]);
-        a[nv - 1] = _mm256_fmadd_ps(w0, _mm256_maskload_ps(r0 + 8 * (nv - 1), ml), a[nv - 1]);
+            a[v] = _mm256_fmadd_ps(w0, kv_load(type, kv_at(type, r0, 8 * v)), a[v]);
+        a[nv - 1] = _mm256_fmadd_ps(w0, kv_load_part(type, kv_at(type, r0, 8 * (nv - 1)), last, ml), a[nv - 1]);
     }
 #pragma GCC unroll 4
     for (int v = 0; v < nv - 1; v++)
@@ -548,17 +599,29 @@ FORCE_INLINE void axpy_slice(float *out, const float *w, const float *rows, int6
     _mm256_maskstore_ps(out + 8 * (nv - 1), ml, _mm256_add_ps(a[nv - 1], b[nv - 1]));
 }
 
-static void v8_axpy_rows(float *out, const float *w, const float *rows, int64_t stride, int64_t n_rows, int64_t dim)
+FORCE_INLINE void axpy_rows(ms_type_t type, float *out, const float *w, const void *rows, int64_t stride,
+                            int64_t n_rows, int64_t dim)
 {
     for (int64_t c = 0; c < dim; c += 8 * AXPY_VECS) {
         int64_t width = dim - c < 8 * AXPY_VECS ? dim - c : 8 * AXPY_VECS;
         switch ((width + 7) / 8) {
-        case 4: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 4); break;
-        case 3: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 3); break;
-        case 2: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 2); break;
-        default: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 1); break;
+        case 4: axpy_slice(type, out + c, w, kv_at(type, rows, c), stride, n_rows, width, 4); break;
+        case 3: axpy_slice(type, out + c, w, kv_at(type, rows, c), stride, n_rows, width, 3); break;
+        case 2: axpy_slice(type, out + c, w, kv_at(type, rows, c), stride, n_rows, width, 2); break;
+        default: axpy_slice(type, out + c, w, kv_at(type, rows, c), stride, n_rows, width, 1); break;
         }
     }
+}
+
+static void v8_axpy_rows(float *out, const float *w, const float *rows, int64_t stride, int64_t n_rows, int64_t dim)
+{
+    axpy_rows(MS_TYPE_F32, out, w, rows, stride, n_rows, dim);
+}
+
+static void v8_axpy_rows_f16(float *out, const float *w, const uint16_t *rows, int64_t stride, int64_t n_rows,
+                             int64_t dim)
+{
+    axpy_rows(MS_TYPE_F16, out, w, rows, stride, n_rows, dim);
 }
 
 const ms_kernels_t ms_kernels_avx2 = {
@@ -570,6 +633,8 @@ const ms_kernels_t ms_kernels_avx2 = {
     .axpy = v8_axpy,
     .dot_rows = v8_dot_rows,
     .axpy_rows = v8_axpy_rows,
+    .dot_rows_f16 = v8_dot_rows_f16,
+    .axpy_rows_f16 = v8_axpy_rows_f16,
     .rmsnorm = v8_rmsnorm,
     .swiglu = v8_swiglu,
     .softmax = v8_softmax,

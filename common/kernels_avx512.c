@@ -537,9 +537,33 @@ static void v16_softmax(float *x, int64_t n)
  * all and their sums reduce together. The weighted sum keeps an
  * AXPY_VECS-vector slice of out in registers across all rows (two sets, even
  * and odd rows, so twice as many FMA chains run at once); a head dim of 64 is
- * a single slice. */
+ * a single slice. The rows are f32 or f16 (type, a constant in each caller):
+ * f16 values widen exactly and then take the f32 path's arithmetic, so both
+ * give the same bits on the same values. */
 #define DOT_ROWS 4
 #define AXPY_VECS 4
+
+/* Element i of rows (f32 or f16). */
+FORCE_INLINE const void *kv_at(ms_type_t type, const void *rows, int64_t i)
+{
+    if (type == MS_TYPE_F16)
+        return (const uint16_t *)rows + i;
+    return (const float *)rows + i;
+}
+
+/* The 16 values at row as f32. */
+FORCE_INLINE __m512 kv_load(ms_type_t type, const void *row)
+{
+    if (type == MS_TYPE_F16)
+        return _mm512_cvtph_ps(_mm256_loadu_si256(row));
+    return _mm512_loadu_ps(row);
+}
+
+/* The values at row in the lanes of m as f32, the other lanes 0 (and not read). */
+FORCE_INLINE __m512 kv_load_mask(ms_type_t type, const void *row, __mmask16 m)
+{
+    return pl_load_w(type, row, 0, m);
+}
 
 /* Lane r of the result = sum of a_r's lanes. */
 FORCE_INLINE __m128 hsum4x16(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
@@ -554,7 +578,8 @@ FORCE_INLINE __m128 hsum4x16(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
 }
 
 /* out[r] = q . (rows + r*stride)[0..dim) for r < nr <= DOT_ROWS. */
-FORCE_INLINE void dot_tile(const float *q, const float *rows, int64_t stride, int64_t dim, float *out, const int nr)
+FORCE_INLINE void dot_tile(ms_type_t type, const float *q, const void *rows, int64_t stride, int64_t dim,
+                           float *out, const int nr)
 {
     __m512 acc[DOT_ROWS][2];
 #pragma GCC unroll 4
@@ -565,8 +590,8 @@ FORCE_INLINE void dot_tile(const float *q, const float *rows, int64_t stride, in
         __m512 q0 = _mm512_loadu_ps(q + i), q1 = _mm512_loadu_ps(q + i + 16);
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            acc[r][0] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(rows + r * stride + i), acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(rows + r * stride + i + 16), acc[r][1]);
+            acc[r][0] = _mm512_fmadd_ps(q0, kv_load(type, kv_at(type, rows, r * stride + i)), acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(q1, kv_load(type, kv_at(type, rows, r * stride + i + 16)), acc[r][1]);
         }
     }
     for (; i < dim; i += 16) {
@@ -574,30 +599,45 @@ FORCE_INLINE void dot_tile(const float *q, const float *rows, int64_t stride, in
         __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++)
-            acc[r][0] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, rows + r * stride + i), acc[r][0]);
+            acc[r][0] = _mm512_fmadd_ps(qv, kv_load_mask(type, kv_at(type, rows, r * stride + i), m), acc[r][0]);
     }
     __m128 s = hsum4x16(_mm512_add_ps(acc[0][0], acc[0][1]), _mm512_add_ps(acc[1][0], acc[1][1]),
                         _mm512_add_ps(acc[2][0], acc[2][1]), _mm512_add_ps(acc[3][0], acc[3][1]));
     _mm_mask_storeu_ps(out, (__mmask8)((1u << nr) - 1), s);
 }
 
-static void v16_dot_rows(const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim, float *out)
+/* A row's score depends on its values alone, not on the tile it lands in
+ * (the tiles' rows never mix), so any blocking of the rows gives the same
+ * scores. */
+FORCE_INLINE void dot_rows(ms_type_t type, const float *q, const void *rows, int64_t stride, int64_t n_rows,
+                           int64_t dim, float *out)
 {
     int64_t j = 0;
     for (; j + DOT_ROWS <= n_rows; j += DOT_ROWS)
-        dot_tile(q, rows + j * stride, stride, dim, out + j, DOT_ROWS);
+        dot_tile(type, q, kv_at(type, rows, j * stride), stride, dim, out + j, DOT_ROWS);
     switch (n_rows - j) {
-    case 3: dot_tile(q, rows + j * stride, stride, dim, out + j, 3); break;
-    case 2: dot_tile(q, rows + j * stride, stride, dim, out + j, 2); break;
-    case 1: dot_tile(q, rows + j * stride, stride, dim, out + j, 1); break;
+    case 3: dot_tile(type, q, kv_at(type, rows, j * stride), stride, dim, out + j, 3); break;
+    case 2: dot_tile(type, q, kv_at(type, rows, j * stride), stride, dim, out + j, 2); break;
+    case 1: dot_tile(type, q, kv_at(type, rows, j * stride), stride, dim, out + j, 1); break;
     default: break;
     }
 }
 
+static void v16_dot_rows(const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim, float *out)
+{
+    dot_rows(MS_TYPE_F32, q, rows, stride, n_rows, dim, out);
+}
+
+static void v16_dot_rows_f16(const float *q, const uint16_t *rows, int64_t stride, int64_t n_rows, int64_t dim,
+                             float *out)
+{
+    dot_rows(MS_TYPE_F16, q, rows, stride, n_rows, dim, out);
+}
+
 /* out[0..width) += sum_j w[j] * (rows + j*stride)[0..width), in nv vectors
  * (width in (16 (nv - 1), 16 nv]). */
-FORCE_INLINE void axpy_slice(float *out, const float *w, const float *rows, int64_t stride, int64_t n_rows,
-                             int64_t width, const int nv)
+FORCE_INLINE void axpy_slice(ms_type_t type, float *out, const float *w, const void *rows, int64_t stride,
+                             int64_t n_rows, int64_t width, const int nv)
 {
     __mmask16 m[AXPY_VECS];
     __m512 a[AXPY_VECS], b[AXPY_VECS];
@@ -609,36 +649,48 @@ FORCE_INLINE void axpy_slice(float *out, const float *w, const float *rows, int6
     }
     int64_t j = 0;
     for (; j + 2 <= n_rows; j += 2) {
-        const float *r0 = rows + j * stride, *r1 = r0 + stride;
+        const void *r0 = kv_at(type, rows, j * stride), *r1 = kv_at(type, r0, stride);
         __m512 w0 = _mm512_set1_ps(w[j]), w1 = _mm512_set1_ps(w[j + 1]);
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) {
-            a[v] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m[v], r0 + 16 * v), a[v]);
-            b[v] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m[v], r1 + 16 * v), b[v]);
+            a[v] = _mm512_fmadd_ps(w0, kv_load_mask(type, kv_at(type, r0, 16 * v), m[v]), a[v]);
+            b[v] = _mm512_fmadd_ps(w1, kv_load_mask(type, kv_at(type, r1, 16 * v), m[v]), b[v]);
         }
     }
     if (j < n_rows) {
         __m512 w0 = _mm512_set1_ps(w[j]);
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++)
-            a[v] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m[v], rows + j * stride + 16 * v), a[v]);
+            a[v] = _mm512_fmadd_ps(w0, kv_load_mask(type, kv_at(type, rows, j * stride + 16 * v), m[v]), a[v]);
     }
 #pragma GCC unroll 4
     for (int v = 0; v < nv; v++)
         _mm512_mask_storeu_ps(out + 16 * v, m[v], _mm512_add_ps(a[v], b[v]));
 }
 
-static void v16_axpy_rows(float *out, const float *w, const float *rows, int64_t stride, int64_t n_rows, int64_t dim)
+FORCE_INLINE void axpy_rows(ms_type_t type, float *out, const float *w, const void *rows, int64_t stride,
+                            int64_t n_rows, int64_t dim)
 {
     for (int64_t c = 0; c < dim; c += 16 * AXPY_VECS) {
         int64_t width = dim - c < 16 * AXPY_VECS ? dim - c : 16 * AXPY_VECS;
         switch ((width + 15) / 16) {
-        case 4: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 4); break;
-        case 3: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 3); break;
-        case 2: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 2); break;
-        default: axpy_slice(out + c, w, rows + c, stride, n_rows, width, 1); break;
+        case 4: axpy_slice(type, out + c, w, kv_at(type, rows, c), stride, n_rows, width, 4); break;
+        case 3: axpy_slice(type, out + c, w, kv_at(type, rows, c), stride, n_rows, width, 3); break;
+        case 2: axpy_slice(type, out + c, w, kv_at(type, rows, c), stride, n_rows, width, 2); break;
+        default: axpy_slice(type, out + c, w, kv_at(type, rows, c), stride, n_rows, width, 1); break;
         }
     }
+}
+
+static void v16_axpy_rows(float *out, const float *w, const float *rows, int64_t stride, int64_t n_rows, int64_t dim)
+{
+    axpy_rows(MS_TYPE_F32, out, w, rows, stride, n_rows, dim);
+}
+
+static void v16_axpy_rows_f16(float *out, const float *w, const uint16_t *rows, int64_t stride, int64_t n_rows,
+                              int64_t dim)
+{
+    axpy_rows(MS_TYPE_F16, out, w, rows, stride, n_rows, dim);
 }
 
 const ms_kernels_t ms_kernels_avx512 = {
@@ -650,6 +702,8 @@ const ms_kernels_t ms_kernels_avx512 = {
     .axpy = v16_axpy,
     .dot_rows = v16_dot_rows,
     .axpy_rows = v16_axpy_rows,
+    .dot_rows_f16 = v16_dot_rows_f16,
+    .axpy_rows_f16 = v16_axpy_rows_f16,
     .rmsnorm = v16_rmsnorm,
     .swiglu = v16_swiglu,
     .softmax = v16_softmax,

@@ -176,6 +176,24 @@ static void sc_axpy_rows(float *out, const float *w, const float *rows, int64_t 
         sc_axpy(out, w[j], rows + j * stride, dim);
 }
 
+/* The f16 rows: each half widened exactly (sc_weight), then the products
+ * and sums in sc_dot_f32's and sc_axpy's order, so that they give the f32
+ * kernels' bits on the widened rows. */
+static void sc_dot_rows_f16(const float *q, const uint16_t *rows, int64_t stride, int64_t n_rows, int64_t dim,
+                            float *out)
+{
+    for (int64_t j = 0; j < n_rows; j++)
+        out[j] = sc_dot_plain(MS_TYPE_F16, rows + j * stride, q, dim);
+}
+
+static void sc_axpy_rows_f16(float *out, const float *w, const uint16_t *rows, int64_t stride, int64_t n_rows,
+                             int64_t dim)
+{
+    for (int64_t j = 0; j < n_rows; j++)
+        for (int64_t i = 0; i < dim; i++)
+            out[i] += w[j] * sc_weight(MS_TYPE_F16, rows + j * stride, i);
+}
+
 static void sc_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
 {
     double ss = 0.0; /* double: the mean of squares of a long row must not drift */
@@ -218,6 +236,8 @@ const ms_kernels_t ms_kernels_scalar = {
     .axpy = sc_axpy,
     .dot_rows = sc_dot_rows,
     .axpy_rows = sc_axpy_rows,
+    .dot_rows_f16 = sc_dot_rows_f16,
+    .axpy_rows_f16 = sc_axpy_rows_f16,
     .rmsnorm = sc_rmsnorm,
     .swiglu = sc_swiglu,
     .softmax = sc_softmax,

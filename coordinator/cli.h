@@ -30,6 +30,11 @@ int coord_cmd_keygen(int argc, char **argv);
  * "moeshard CMD: OPTION expects ..." to stderr and return false. */
 bool coord_parse_i64(const char *cmd, const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *ret);
 bool coord_parse_f32(const char *cmd, const char *opt, const char *s, float lo, float hi, float *ret);
+/* --kv-type: "f16" or "f32" (ms_kv_type_parse); the same message on failure. */
+bool coord_parse_kv_type(const char *cmd, const char *s, ms_type_t *ret);
+/* The KV cache type unless --kv-type says otherwise: half floats, as
+ * llama.cpp keeps them (docs/architecture.md, KV cache). */
+#define COORD_KV_TYPE_DEFAULT MS_TYPE_F16
 
 /* Reads a whole file (at most max_bytes) into a NUL-terminated buffer the caller frees. */
 int coord_read_file(const char *path, uint64_t max_bytes, char **ret_buf, uint64_t *ret_len);

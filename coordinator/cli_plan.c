@@ -196,8 +196,9 @@ static int load_model(plan_t *pl)
     return 0;
 }
 
-/* Floats the forward pass caches per token and layer (coordinator/forward.c):
- * the latent and the rope key under latent attention, full K and V otherwise. */
+/* Values the forward pass caches per token and layer (coordinator/forward.c):
+ * the latent and the rope key under latent attention, full K and V otherwise;
+ * stated for the cache type run and serve keep by default (f16, 2 bytes). */
 static uint64_t kv_floats(const ms_hparams_t *hp)
 {
     if (hp->kv_lora_rank > 0)
@@ -226,10 +227,11 @@ static void print_model(const plan_t *pl)
     else
         printf("slice         %" PRIu64 " to %" PRIu64 " bytes per slice (gate+up+down of one expert), by layer;"
                " %zu slices\n", lo, hi, ms_shard_n_slices(pl->sh));
-    uint64_t kv = kv_floats(hp) * sizeof(float) * (uint64_t)hp->n_layer * PLAN_KV_TOKENS;
-    printf("coordinator   dense weights %s + KV cache %" PRIu64 " bytes (%s) per %d-token sequence (f32, %" PRIu64
-           " floats per token and layer) = %s for one sequence\n", human(pl->dense_bytes, h1), kv, human(kv, h2),
-           PLAN_KV_TOKENS, kv_floats(hp), human(pl->dense_bytes + kv, h3));
+    uint64_t kv = kv_floats(hp) * sizeof(uint16_t) * (uint64_t)hp->n_layer * PLAN_KV_TOKENS;
+    printf("coordinator   dense weights %s + KV cache %" PRIu64 " bytes (%s) per %d-token sequence (f16, %" PRIu64
+           " values per token and layer; twice that with --kv-type f32) = %s for one sequence\n",
+           human(pl->dense_bytes, h1), kv, human(kv, h2), PLAN_KV_TOKENS, kv_floats(hp),
+           human(pl->dense_bytes + kv, h3));
 }
 
 /* ---- placement ---- */

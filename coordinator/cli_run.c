@@ -46,6 +46,7 @@ typedef struct {
     const char *key, *host_keys;  /* CURVE to the hosts (docs/security.md) */
     bool plaintext;
     bool mmap;
+    ms_type_t kv_type;
 } run_opts_t;
 
 static void run_help(void)
@@ -71,6 +72,7 @@ static void run_help(void)
            "  -t, --threads T          worker threads (default: all %d cores)\n"
            "  -c, --ctx N              context length (default: prompt + n-predict, at most the model's)\n"
            "  -b, --batch N            prompt tokens per prefill step (default %d, at most %d)\n"
+           "      --kv-type f16|f32    what the KV cache holds (default f16: half the memory; f32: exact)\n"
            "      --no-special         treat special-token text in the prompt as plain text\n"
            "      --mmap               use the weights from the file's mapping (the page cache) instead of\n"
            "                           reading them into huge-page memory first: starts sooner, decodes\n"
@@ -93,7 +95,7 @@ static void run_help(void)
 }
 
 enum { OPT_TEMP = 1000, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REPPEN, OPT_REPN, OPT_NOSPECIAL, OPT_DUMP, OPT_HOSTS,
-       OPT_WIRE, OPT_DEADLINE, OPT_KEY, OPT_HOST_KEYS, OPT_PLAINTEXT, OPT_MMAP };
+       OPT_WIRE, OPT_DEADLINE, OPT_KEY, OPT_HOST_KEYS, OPT_PLAINTEXT, OPT_MMAP, OPT_KV_TYPE };
 
 static bool parse_wire(const char *s, ms_wire_dtype_t *ret);
 
@@ -134,6 +136,7 @@ static int parse_opts(int argc, char **argv, run_opts_t *o)
         { "deadline-ms", required_argument, 0, OPT_DEADLINE },
         { "key", required_argument, 0, OPT_KEY },     { "host-keys", required_argument, 0, OPT_HOST_KEYS },
         { "plaintext", no_argument, 0, OPT_PLAINTEXT }, { "mmap", no_argument, 0, OPT_MMAP },
+        { "kv-type", required_argument, 0, OPT_KV_TYPE },
         { 0, 0, 0, 0 },
     };
     int64_t v;
@@ -168,6 +171,7 @@ static int parse_opts(int argc, char **argv, run_opts_t *o)
         case OPT_HOST_KEYS: o->host_keys = optarg; break;
         case OPT_PLAINTEXT: o->plaintext = true; break;
         case OPT_MMAP: o->mmap = true; break;
+        case OPT_KV_TYPE: ok = coord_parse_kv_type(CMD, optarg, &o->kv_type); break;
         case 'v': ms_log_set_level(MS_LOG_DEBUG); break;
         case 'h': run_help(); return COORD_EXIT_OK;
         case ':': coord_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]); return COORD_EXIT_USAGE;
@@ -408,7 +412,7 @@ static int setup(run_t *r)
     rc = make_backend(r, n_batch);
     if (rc)
         return rc;
-    ms_forward_params_t fp = { .n_ctx = r->n_ctx, .n_seq_max = 1, .n_batch_max = n_batch };
+    ms_forward_params_t fp = { .n_ctx = r->n_ctx, .n_seq_max = 1, .n_batch_max = n_batch, .kv_type = r->o.kv_type };
     rc = ms_forward_new(r->model, &fp, r->pool, r->k, r->backend, &r->fwd, &err);
     if (rc) {
         ms_log_error("%s", err.msg);
@@ -602,7 +606,8 @@ static int run_security(run_t *r)
 
 int coord_cmd_run(int argc, char **argv)
 {
-    run_t r = { .o = { .n_predict = 128, .parse_special = true, .sp = ms_sampler_defaults() } };
+    run_t r = { .o = { .n_predict = 128, .parse_special = true, .sp = ms_sampler_defaults(),
+                       .kv_type = COORD_KV_TYPE_DEFAULT } };
     int status = parse_opts(argc, argv, &r.o);
     if (status >= 0)
         return status;
@@ -640,11 +645,12 @@ int coord_cmd_run(int argc, char **argv)
             format_net(&r, &snap0, &snap1, steps, net, sizeof(net));
         fprintf(stderr,
                 "moeshard: prefill %.1f tok/s (%zu tokens, %.3f s), decode %.1f tok/s (%d steps, %.3f s), "
-                "generated %d tokens, weights/token %.1f MB, peak-rss %.1f MB, kv-cache %.1f MB, "
+                "generated %d tokens, weights/token %.1f MB, peak-rss %.1f MB, kv-cache %.2f MB %s, "
                 "kernels %s, threads %d, seed %" PRIu64 "%s\n",
                 pf, r.n_prompt, t1 - t0, dc, steps, t2 - t1, gen,
                 (double)(r.model->bytes_per_token + net1.expert_bytes_per_token) / 1e6,
-                (double)ru.ru_maxrss * 1024.0 / 1e6, (double)ms_forward_kv_bytes(r.fwd) / 1e6, r.k->name,
+                (double)ru.ru_maxrss * 1024.0 / 1e6, (double)ms_forward_kv_bytes(r.fwd) / 1e6,
+                r.o.kv_type == MS_TYPE_F16 ? "f16" : "f32", r.k->name,
                 ms_pool_size(r.pool), r.o.sp.seed, net);
         if (r.o.hosts)
             ms_log_debug("network: %" PRIu64 " dispatches, %" PRIu64 " batches sent, %" PRIu64 " frames sent by copy,"

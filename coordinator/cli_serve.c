@@ -43,6 +43,8 @@ typedef struct {
     const char *http_api_key, *http_tls_cert, *http_tls_key;
     bool plaintext, http_insecure;
     bool mmap;
+    ms_type_t kv_type;
+    bool kv_type_set;
 } serve_opts_t;
 
 static void serve_help(void)
@@ -63,6 +65,7 @@ static void serve_help(void)
            "      --max-seqs N        requests decoding at once (default %d)\n"
            "  -c, --ctx N             positions per request: prompt + generated (default %d, at most the model's)\n"
            "  -b, --batch N           tokens per model step (default %d, at most %d)\n"
+           "      --kv-type f16|f32   what the KV cache holds (default f16: half the memory; f32: exact)\n"
            "      --queue N           requests waiting for a free sequence before new ones are refused (default %d)\n"
            "      --wire f32|bf16|f16 activations on the wire with --hosts (default f32: exact)\n"
            "      --deadline-ms N     with --hosts: wait at most N ms for a host's reply (default %d)\n"
@@ -94,7 +97,7 @@ static void serve_help(void)
 enum { OPT_HTTP = 1000, OPT_CONFIG, OPT_SEQS, OPT_QUEUE, OPT_WIRE, OPT_DEADLINE, OPT_NAME, OPT_REPLICAS,
        OPT_HEARTBEAT, OPT_RATE, OPT_JOIN_ALLOW, OPT_KEY, OPT_ALLOW, OPT_HOST_KEYS, OPT_PLAINTEXT, OPT_API_KEY,
        OPT_TLS_CERT, OPT_TLS_KEY,
-       OPT_INSECURE, OPT_MMAP };
+       OPT_INSECURE, OPT_MMAP, OPT_KV_TYPE };
 
 static const struct option longopts[] = {
     { "model", required_argument, 0, 'm' },   { "hosts", required_argument, 0, 'H' },
@@ -111,7 +114,7 @@ static const struct option longopts[] = {
     { "join-allow", required_argument, 0, OPT_JOIN_ALLOW },
     { "http-api-key", required_argument, 0, OPT_API_KEY }, { "http-tls-cert", required_argument, 0, OPT_TLS_CERT },
     { "http-tls-key", required_argument, 0, OPT_TLS_KEY }, { "http-insecure", no_argument, 0, OPT_INSECURE },
-    { "mmap", no_argument, 0, OPT_MMAP },
+    { "mmap", no_argument, 0, OPT_MMAP },     { "kv-type", required_argument, 0, OPT_KV_TYPE },
     { "help", no_argument, 0, 'h' },          { 0, 0, 0, 0 },
 };
 
@@ -161,6 +164,7 @@ static bool apply_opt(int c, const char *arg, serve_opts_t *o)
     case OPT_CONFIG: o->config = arg; return true;
     case OPT_NAME: o->name = arg; return true;
     case OPT_MMAP: return apply_flag("mmap", arg, &o->mmap);
+    case OPT_KV_TYPE: o->kv_type_set = true; return coord_parse_kv_type(CMD, arg ? arg : "", &o->kv_type);
     case 't': return coord_parse_i64(CMD, "--threads", arg, 1, MS_THREADS_MAX, &o->threads);
     case OPT_SEQS: return coord_parse_i64(CMD, "--max-seqs", arg, 1, MS_BATCH_TOKENS_MAX, &o->seqs);
     case 'c': return coord_parse_i64(CMD, "--ctx", arg, 1, MS_CONTEXT_MAX, &o->ctx);
@@ -463,6 +467,7 @@ static int make_sched(serve_t *d, int n_batch, ms_err_t *err)
         return -EINVAL;
     }
     ms_sched_params_t sp = { .n_seq_max = (int32_t)seqs, .n_ctx = ctx, .n_batch_max = n_batch,
+                             .kv_type = d->o.kv_type_set ? d->o.kv_type : COORD_KV_TYPE_DEFAULT,
                              .queue_max = (int32_t)(d->o.queue_set ? d->o.queue : SERVE_QUEUE_DEFAULT),
                              .pool = d->pool };
     return ms_sched_new(d->model, d->tok, d->backend, &sp, &d->sched, err);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "forward.h"
 #include "limits.h"
 #include "progress.h"
 #include "tokenizer.h"
@@ -47,6 +48,14 @@ bool coord_parse_f32(const char *cmd, const char *opt, const char *s, float lo, 
     }
     *ret = v;
     return true;
+}
+
+bool coord_parse_kv_type(const char *cmd, const char *s, ms_type_t *ret)
+{
+    if (ms_kv_type_parse(s, ret) == 0)
+        return true;
+    coord_usage_error(cmd, "--kv-type expects f16 or f32, got '%s'", s);
+    return false;
 }
 
 int coord_read_file(const char *path, uint64_t max_bytes, char **ret_buf, uint64_t *ret_len)

@@ -81,9 +81,10 @@ struct ms_forward {
     void *xq[3];   /* quantised activations, one per concurrent job */
     size_t xq_row_max;
     float *scores; /* [nth][n_ctx] attention scores per thread */
-    /* KV cache [seq][layer][pos][k_dim or v_dim] */
-    float *kc, *vc;        /* from ms_mem_alloc, sizes below */
+    /* KV cache (kv_head, kv_row for the layouts), values of p.kv_type */
+    void *kc, *vc;         /* from ms_mem_alloc, sizes below */
     size_t kc_bytes, vc_bytes;
+    size_t kv_esize;       /* bytes of one cached value: 4 (f32) or 2 (f16) */
     int32_t *seq_len;
     int32_t *len_scratch; /* seq_len as a batch being checked would leave it */
     ms_expert_ws_t *shws; /* shared-expert workspace */
@@ -140,8 +141,33 @@ static uint64_t kv_floats(const ms_model_t *m)
     return (uint64_t)hp->n_head_kv * (uint64_t)(hp->head_dim + hp->head_dim_v);
 }
 
+static size_t kv_esize(ms_type_t t)
+{
+    return t == MS_TYPE_F16 ? sizeof(uint16_t) : sizeof(float);
+}
+
+uint64_t ms_forward_kv_bytes_for(const ms_model_t *m, int32_t n_seq, int32_t n_ctx, ms_type_t kv_type)
+{
+    return (uint64_t)n_seq * (uint64_t)m->hp.n_layer * (uint64_t)n_ctx * kv_floats(m) * kv_esize(kv_type);
+}
+
+int ms_kv_type_parse(const char *s, ms_type_t *ret_type)
+{
+    if (strcmp(s, "f16") == 0)
+        *ret_type = MS_TYPE_F16;
+    else if (strcmp(s, "f32") == 0)
+        *ret_type = MS_TYPE_F32;
+    else
+        return -EINVAL;
+    return 0;
+}
+
 static int check_params(const ms_model_t *m, const ms_forward_params_t *p, ms_err_t *err)
 {
+    if (p->kv_type != MS_TYPE_F32 && p->kv_type != MS_TYPE_F16) {
+        ms_err_set(err, "KV cache type %d is neither f32 nor f16", (int)p->kv_type);
+        return -EINVAL;
+    }
     if (p->n_ctx < 1 || p->n_ctx > MS_CONTEXT_MAX) {
         ms_err_set(err, "context size %d is outside [1, %d]", p->n_ctx, MS_CONTEXT_MAX);
         return -EINVAL;
@@ -154,7 +180,7 @@ static int check_params(const ms_model_t *m, const ms_forward_params_t *p, ms_er
         ms_err_set(err, "batch size %d is outside [1, %d]", p->n_batch_max, MS_BATCH_TOKENS_MAX);
         return -EINVAL;
     }
-    uint64_t kv = (uint64_t)p->n_seq_max * (uint64_t)m->hp.n_layer * (uint64_t)p->n_ctx * kv_floats(m) * sizeof(float);
+    uint64_t kv = ms_forward_kv_bytes_for(m, p->n_seq_max, p->n_ctx, p->kv_type);
     if (kv > (64ull << 30)) {
         ms_err_set(err, "the KV cache for %d sequences of %d positions would need %.1f GiB; lower the context size",
                    p->n_seq_max, p->n_ctx, (double)kv / (1 << 30));
@@ -263,8 +289,9 @@ static int alloc_buffers(ms_forward_t *f)
     size_t per_seq = (size_t)hp->n_layer * (size_t)f->p.n_ctx;
     /* populated up front (common/mem.h): the cache can be gigabytes */
     /* latent attention caches one row of c_dim per token and no V */
-    f->kc_bytes = (size_t)f->p.n_seq_max * per_seq * (size_t)(f->c_dim ? f->c_dim : f->k_dim) * fl;
-    f->vc_bytes = f->c_dim ? 0 : (size_t)f->p.n_seq_max * per_seq * (size_t)f->v_dim * fl;
+    f->kv_esize = kv_esize(f->p.kv_type);
+    f->kc_bytes = (size_t)f->p.n_seq_max * per_seq * (size_t)(f->c_dim ? f->c_dim : f->k_dim) * f->kv_esize;
+    f->vc_bytes = f->c_dim ? 0 : (size_t)f->p.n_seq_max * per_seq * (size_t)f->v_dim * f->kv_esize;
     f->kc = ms_mem_alloc(f->kc_bytes);
     f->vc = ms_mem_alloc(f->vc_bytes);
     f->seq_len = zalloc((size_t)f->p.n_seq_max * sizeof(int32_t));
@@ -354,15 +381,14 @@ int32_t ms_forward_seq_len(const ms_forward_t *f, int32_t seq)
 
 uint64_t ms_forward_kv_bytes(const ms_forward_t *f)
 {
-    return (uint64_t)f->p.n_seq_max * (uint64_t)f->m->hp.n_layer * (uint64_t)f->p.n_ctx * kv_floats(f->m) *
-           sizeof(float);
+    return ms_forward_kv_bytes_for(f->m, f->p.n_seq_max, f->p.n_ctx, f->p.kv_type);
 }
 
-/* The latent cache (deepseek2): one row of `width` floats per position. */
-static float *kv_row(const ms_forward_t *f, float *cache, int64_t width, int32_t seq, int il, int32_t pos)
+/* The latent cache (deepseek2): one row of `width` values per position. */
+static void *kv_row(const ms_forward_t *f, void *cache, int64_t width, int32_t seq, int il, int32_t pos)
 {
     size_t idx = ((size_t)seq * (size_t)f->m->hp.n_layer + (size_t)il) * (size_t)f->p.n_ctx + (size_t)pos;
-    return cache + idx * (size_t)width;
+    return (char *)cache + idx * (size_t)width * f->kv_esize;
 }
 /* The K and V caches, head by head: [seq][layer][KV head][position][dim]. An
  * attention item goes through one KV head's rows, so they lie back to back:
@@ -370,12 +396,46 @@ static float *kv_row(const ms_forward_t *f, float *cache, int64_t width, int32_t
  * fall into a quarter of L1's sets, and a block of them did not stay in L1
  * while the item's heads went through it (the dot and weighted-sum kernels
  * ran at half speed on data already in cache). */
-static float *kv_head(const ms_forward_t *f, float *cache, int64_t dim, int32_t seq, int il, int head, int32_t pos)
+static void *kv_head(const ms_forward_t *f, void *cache, int64_t dim, int32_t seq, int il, int head, int32_t pos)
 {
     const ms_hparams_t *hp = &f->m->hp;
     size_t idx = (((size_t)seq * (size_t)hp->n_layer + (size_t)il) * (size_t)hp->n_head_kv + (size_t)head) *
                      (size_t)f->p.n_ctx + (size_t)pos;
-    return cache + idx * (size_t)dim;
+    return (char *)cache + idx * (size_t)dim * f->kv_esize;
+}
+
+/* n values into the cache at dst, as the cache's type holds them. The
+ * rounding to f16 is the scalar one on every ISA, so that the cache holds
+ * the same bits whatever kernels run. */
+static void kv_store(const ms_forward_t *f, void *dst, const float *x, int64_t n)
+{
+    if (f->p.kv_type == MS_TYPE_F16) {
+        uint16_t *h = dst;
+        for (int64_t i = 0; i < n; i++)
+            h[i] = ms_f32_to_f16(x[i]);
+    } else {
+        memcpy(dst, x, sizeof(float) * (size_t)n);
+    }
+}
+
+/* The attention kernels for the cache's type: scores of a query against
+ * n_rows cached rows, and their weighted sum. */
+static void kv_dot_rows(const ms_forward_t *f, const float *q, const void *rows, int64_t stride, int64_t n_rows,
+                        int64_t dim, float *out)
+{
+    if (f->p.kv_type == MS_TYPE_F16)
+        f->k->dot_rows_f16(q, rows, stride, n_rows, dim, out);
+    else
+        f->k->dot_rows(q, rows, stride, n_rows, dim, out);
+}
+
+static void kv_axpy_rows(const ms_forward_t *f, float *out, const float *w, const void *rows, int64_t stride,
+                         int64_t n_rows, int64_t dim)
+{
+    if (f->p.kv_type == MS_TYPE_F16)
+        f->k->axpy_rows_f16(out, w, rows, stride, n_rows, dim);
+    else
+        f->k->axpy_rows(out, w, rows, stride, n_rows, dim);
 }
 
 /* Checks ids, sequences and positions; a position may rewind a sequence but
@@ -481,21 +541,20 @@ static void qk_prepare(ms_forward_t *f, const ms_layer_t *L, int il, const ms_ba
         ms_rope_apply(q, hp->n_head, hp->head_dim, hp->n_rot, cs, sn, hp->rope_mode);
         ms_rope_apply(kr, hp->n_head_kv, hp->head_dim, hp->n_rot, cs, sn, hp->rope_mode);
         for (int h = 0; h < hp->n_head_kv; h++) {
-            memcpy(kv_head(f, f->kc, hp->head_dim, batch[t].seq, il, h, batch[t].pos), kr + h * hp->head_dim,
-                   sizeof(float) * (size_t)hp->head_dim);
-            memcpy(kv_head(f, f->vc, hp->head_dim_v, batch[t].seq, il, h, batch[t].pos),
-                   f->v + t * f->v_dim + h * hp->head_dim_v, sizeof(float) * (size_t)hp->head_dim_v);
+            kv_store(f, kv_head(f, f->kc, hp->head_dim, batch[t].seq, il, h, batch[t].pos), kr + h * hp->head_dim,
+                     hp->head_dim);
+            kv_store(f, kv_head(f, f->vc, hp->head_dim_v, batch[t].seq, il, h, batch[t].pos),
+                     f->v + t * f->v_dim + h * hp->head_dim_v, hp->head_dim_v);
         }
     }
 }
 
-/* Before rows [j0, j0 + nb) of a cache run of n_pos rows of dim floats are
+/* Before rows [j0, j0 + nb) of a cache run of n_pos rows of row bytes are
  * read: touches the pages MS_PAGE_AHEAD bytes on (all of them up to there
  * for the first block), so that their translations are under way before the
  * rows are (kernels.h, ms_touch_pages). */
-static void touch_rows_ahead(const float *base, int64_t dim, int j0, int nb, int n_pos)
+static void touch_rows_ahead(const void *base, size_t row, int j0, int nb, int n_pos)
 {
-    size_t row = (size_t)dim * sizeof(float);
     uintptr_t b = (uintptr_t)base, end = b + (size_t)n_pos * row;
     uintptr_t from = b + (size_t)j0 * row + MS_PAGE_AHEAD, to = from + (size_t)nb * row;
     ms_touch_pages((const void *)(j0 ? from : b), (const void *)(to < end ? to : end));
@@ -538,16 +597,17 @@ static void attn_worker(void *arg, int ith, int nth)
         int nh = g * group + group - h0 < c->per ? g * group + group - h0 : c->per;
         const ms_batch_tok_t *b = &c->batch[t];
         const float *q = f->q + t * f->q_dim + h0 * hp->head_dim;
-        const float *kbase = kv_head(f, f->kc, hp->head_dim, b->seq, c->il, g, 0);
-        const float *vbase = kv_head(f, f->vc, hp->head_dim_v, b->seq, c->il, g, 0);
+        const char *kbase = kv_head(f, f->kc, hp->head_dim, b->seq, c->il, g, 0);
+        const char *vbase = kv_head(f, f->vc, hp->head_dim_v, b->seq, c->il, g, 0);
+        size_t krow = (size_t)hp->head_dim * f->kv_esize, vrow = (size_t)hp->head_dim_v * f->kv_esize;
         float *out = f->att + t * f->o_dim + h0 * hp->head_dim_v;
         int n_pos = b->pos + 1;
         for (int j0 = 0; j0 < n_pos; j0 += ATTN_BLOCK_ROWS) {
             int nb = n_pos - j0 < ATTN_BLOCK_ROWS ? n_pos - j0 : ATTN_BLOCK_ROWS;
-            touch_rows_ahead(kbase, hp->head_dim, j0, nb, n_pos);
+            touch_rows_ahead(kbase, krow, j0, nb, n_pos);
             for (int i = 0; i < nh; i++)
-                k->dot_rows(q + i * hp->head_dim, kbase + (int64_t)j0 * hp->head_dim, hp->head_dim, nb,
-                            hp->head_dim, scores + i * n_ctx + j0);
+                kv_dot_rows(f, q + i * hp->head_dim, kbase + (size_t)j0 * krow, hp->head_dim, nb, hp->head_dim,
+                            scores + i * n_ctx + j0);
         }
         for (int i = 0; i < nh; i++) {
             float *si = scores + i * n_ctx;
@@ -558,10 +618,10 @@ static void attn_worker(void *arg, int ith, int nth)
         memset(out, 0, sizeof(float) * (size_t)(nh * hp->head_dim_v));
         for (int j0 = 0; j0 < n_pos; j0 += ATTN_BLOCK_ROWS) {
             int nb = n_pos - j0 < ATTN_BLOCK_ROWS ? n_pos - j0 : ATTN_BLOCK_ROWS;
-            touch_rows_ahead(vbase, hp->head_dim_v, j0, nb, n_pos);
+            touch_rows_ahead(vbase, vrow, j0, nb, n_pos);
             for (int i = 0; i < nh; i++)
-                k->axpy_rows(out + i * hp->head_dim_v, scores + i * n_ctx + j0,
-                             vbase + (int64_t)j0 * hp->head_dim_v, hp->head_dim_v, nb, hp->head_dim_v);
+                kv_axpy_rows(f, out + i * hp->head_dim_v, scores + i * n_ctx + j0, vbase + (size_t)j0 * vrow,
+                             hp->head_dim_v, nb, hp->head_dim_v);
         }
     }
 }
@@ -619,7 +679,7 @@ static void mla_project(ms_forward_t *f, const ms_layer_t *L, int il, const ms_b
         float *lat = f->lat + t * cd;
         f->k->rmsnorm(lat, lat, L->kv_a_norm, C, hp->eps);
         rope_apply(lat + C, cs, hp->n_rot);
-        memcpy(kv_row(f, f->kc, cd, batch[t].seq, il, batch[t].pos), lat, sizeof(float) * (size_t)cd);
+        kv_store(f, kv_row(f, f->kc, cd, batch[t].seq, il, batch[t].pos), lat, cd);
         for (int64_t h = 0; h < H; h++) {
             float *qh = f->q + t * f->q_dim + h * hd;
             rope_apply(qh + nope, cs, hp->n_rot);
@@ -726,13 +786,14 @@ static void mla_attn_worker(void *arg, int ith, int nth)
         int64_t h0 = (item % chunks) * c->per;
         int nh = H - h0 < c->per ? (int)(H - h0) : c->per;
         const ms_batch_tok_t *b = &c->batch[t];
-        const float *base = kv_row(f, f->kc, cd, b->seq, c->il, 0);
+        const char *base = kv_row(f, f->kc, cd, b->seq, c->il, 0);
+        size_t row = (size_t)cd * f->kv_esize;
         int n_pos = b->pos + 1;
         for (int j0 = 0; j0 < n_pos; j0 += MLA_BLOCK_ROWS) {
             int nb = n_pos - j0 < MLA_BLOCK_ROWS ? n_pos - j0 : MLA_BLOCK_ROWS;
-            touch_rows_ahead(base, cd, j0, nb, n_pos);
+            touch_rows_ahead(base, row, j0, nb, n_pos);
             for (int i = 0; i < nh; i++)
-                k->dot_rows(f->qabs + (t * H + h0 + i) * cd, base + (int64_t)j0 * cd, cd, nb, cd,
+                kv_dot_rows(f, f->qabs + (t * H + h0 + i) * cd, base + (size_t)j0 * row, cd, nb, cd,
                             scores + i * n_ctx + j0);
         }
         for (int i = 0; i < nh; i++) {
@@ -745,7 +806,7 @@ static void mla_attn_worker(void *arg, int ith, int nth)
         for (int j0 = 0; j0 < n_pos; j0 += MLA_BLOCK_ROWS) {
             int nb = n_pos - j0 < MLA_BLOCK_ROWS ? n_pos - j0 : MLA_BLOCK_ROWS;
             for (int i = 0; i < nh; i++)
-                k->axpy_rows(f->olat + ((h0 + i) * c->n + t) * C, scores + i * n_ctx + j0, base + (int64_t)j0 * cd,
+                kv_axpy_rows(f, f->olat + ((h0 + i) * c->n + t) * C, scores + i * n_ctx + j0, base + (size_t)j0 * row,
                              cd, nb, C);
         }
     }

@@ -17,6 +17,10 @@ typedef struct {
     int32_t n_ctx;       /* positions per sequence (KV cache length) */
     int32_t n_seq_max;   /* sequences held at once */
     int32_t n_batch_max; /* tokens per step, <= MS_BATCH_TOKENS_MAX */
+    /* What the KV cache holds: MS_TYPE_F32 (also 0, a zeroed struct's value)
+     * or MS_TYPE_F16 (half the memory and the bytes attention reads; each
+     * cached key and value rounded to the nearest half). */
+    ms_type_t kv_type;
 } ms_forward_params_t;
 
 /* One token of a step. */
@@ -48,5 +52,12 @@ int32_t ms_forward_seq_len(const ms_forward_t *f, int32_t seq);
 
 /* Bytes of the KV cache allocated. */
 uint64_t ms_forward_kv_bytes(const ms_forward_t *f);
+
+/* Bytes a cache of n_seq sequences of n_ctx positions of type kv_type
+ * (MS_TYPE_F32 or MS_TYPE_F16) takes for model m. */
+uint64_t ms_forward_kv_bytes_for(const ms_model_t *m, int32_t n_seq, int32_t n_ctx, ms_type_t kv_type);
+
+/* "f32" or "f16" to the cache type; -EINVAL for anything else. */
+int ms_kv_type_parse(const char *s, ms_type_t *ret_type);
 
 #endif

@@ -456,7 +456,8 @@ static int alloc_sched(ms_sched_t *s, ms_err_t *err)
     }
     s->pool = p->pool ? p->pool : s->own_pool;
     s->k = ms_kernels_best();
-    ms_forward_params_t fp = { .n_ctx = p->n_ctx, .n_seq_max = p->n_seq_max, .n_batch_max = p->n_batch_max };
+    ms_forward_params_t fp = { .n_ctx = p->n_ctx, .n_seq_max = p->n_seq_max, .n_batch_max = p->n_batch_max,
+                               .kv_type = p->kv_type };
     rc = ms_forward_new(s->m, &fp, s->pool, s->k, s->backend, &s->fwd, err);
     if (rc)
         return rc;

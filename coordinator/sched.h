@@ -25,6 +25,7 @@ typedef struct {
     int32_t n_seq_max;    /* concurrent sequences (KV cache slots) */
     int32_t n_ctx;        /* positions per sequence */
     int32_t n_batch_max;  /* tokens per step */
+    ms_type_t kv_type;    /* what the KV cache holds: MS_TYPE_F32 (0) or MS_TYPE_F16 */
     int32_t queue_max;    /* requests waiting for a slot before submit refuses (-EBUSY) */
     int n_threads;        /* threads of the scheduler's own pool (when pool is NULL) */
     ms_pool_t *pool;      /* borrowed: the pool the backend also uses; NULL: the scheduler starts its own */

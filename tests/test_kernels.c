@@ -740,6 +740,186 @@ static void test_rows_hand(void)
     }
 }
 
+/* ---- the same over f16 rows (an f16 KV cache) ---------------------------
+ * Each table's f16 kernels must give, bit for bit, what its f32 kernels give
+ * on the widened rows, and a row's score must not depend on the other rows
+ * of the call (callers split the rows into blocks). */
+
+/* Every tail length of 8- and 16-wide vectors around the tile and slice
+ * sizes, and every row count up to two tiles of four. */
+static const int64_t rows16_dim[] = { 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 100, 128, 130 };
+static const int64_t rows16_n[] = { 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 64, 200 };
+
+#define F16_NAN 0x7e00
+
+/* A random half: mostly in (-1, 1), one in eight scaled by 2^-24..2^15 so
+ * subnormals, zeros and large values occur too. */
+static uint16_t rnd_f16(void)
+{
+    float v = rnd_f(-1, 1);
+    if (rnd_u32() % 8 == 0)
+        v = ldexpf(v, (int)(rnd_u32() % 40) - 24);
+    return ms_f32_to_f16(v);
+}
+
+/* n rows of dim random halves at stride, NaN around them (as rows_fill), and
+ * wide = the same rows widened to f32, NaN around them. */
+static void rows_fill_f16(uint16_t *h, float *wide, int64_t stride, int64_t n, int64_t dim)
+{
+    for (int64_t i = 0; i < ROWS_N_MAX * ROWS_STRIDE_MAX; i++) {
+        h[i] = F16_NAN;
+        wide[i] = NAN;
+    }
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < dim; i++) {
+            h[j * stride + i] = rnd_f16();
+            wide[j * stride + i] = ms_f16_to_f32(h[j * stride + i]);
+        }
+}
+
+/* dot_rows_case's bounds on the widened values, then the bits against
+ * dot_rows on them and against each row scored alone. */
+static void dot_rows_f16_case(int64_t dim, int64_t n, int64_t stride)
+{
+    static uint16_t h[ROWS_N_MAX * ROWS_STRIDE_MAX];
+    static float q[ROWS_DIM_MAX + 1], wide[ROWS_N_MAX * ROWS_STRIDE_MAX], out[ROWS_N_MAX + 1], o32[ROWS_N_MAX],
+        sc[ROWS_N_MAX];
+    double ref[ROWS_N_MAX], mag[ROWS_N_MAX];
+    for (int64_t i = 0; i < dim; i++)
+        q[i] = rnd_f(-1, 1);
+    q[dim] = NAN;
+    rows_fill_f16(h, wide, stride, n, dim);
+    for (int64_t j = 0; j < n; j++) {
+        ref[j] = mag[j] = 0;
+        for (int64_t i = 0; i < dim; i++) {
+            ref[j] += (double)q[i] * wide[j * stride + i];
+            mag[j] += fabs((double)q[i] * wide[j * stride + i]);
+        }
+    }
+    for (int ti = 0; ti < n_tables; ti++) {
+        const ms_kernels_t *k = tables[ti];
+        out[n] = 42.0f;
+        k->dot_rows_f16(q, h, stride, n, dim, out);
+        CU_ASSERT_EQUAL(out[n], 42.0f);
+        if (ti == 0)
+            memcpy(sc, out, sizeof(float) * (size_t)n);
+        for (int64_t j = 0; j < n; j++) {
+            double tol = (double)dim * FLT_EPSILON * mag[j];
+            bool ok = fabs(out[j] - ref[j]) <= tol && fabs(out[j] - sc[j]) <= 2 * tol;
+            if (!ok)
+                fprintf(stderr, "%s dot_rows_f16 dim %lld n %lld stride %lld row %lld: %g vs %g\n", k->name,
+                        (long long)dim, (long long)n, (long long)stride, (long long)j, out[j], ref[j]);
+            CU_ASSERT(ok);
+        }
+        k->dot_rows(q, wide, stride, n, dim, o32);
+        int differ = memcmp(out, o32, sizeof(float) * (size_t)n) != 0, alone = 0;
+        for (int64_t j = 0; j < n; j++) {
+            float one;
+            k->dot_rows_f16(q, h + j * stride, stride, 1, dim, &one);
+            alone += memcmp(&one, &out[j], sizeof(one)) != 0;
+        }
+        if (differ || alone)
+            fprintf(stderr, "%s dot_rows_f16 dim %lld n %lld stride %lld: %s%d rows differ scored alone\n", k->name,
+                    (long long)dim, (long long)n, (long long)stride, differ ? "differs from dot_rows; " : "", alone);
+        CU_ASSERT(!differ);
+        CU_ASSERT_EQUAL(alone, 0);
+    }
+}
+
+static void test_dot_rows_f16(void)
+{
+    CU_ASSERT_STRING_EQUAL_FATAL(tables[0]->name, "scalar");
+    for (size_t d = 0; d < COUNT(rows16_dim); d++)
+        for (size_t r = 0; r < COUNT(rows16_n); r++)
+            for (int s = 0; s < 3; s++)
+                dot_rows_f16_case(rows16_dim[d], rows16_n[r], rows_stride(rows16_dim[d], s));
+}
+
+/* axpy_rows_case's bounds on the widened values, then the bits against
+ * axpy_rows on them. */
+static void axpy_rows_f16_case(int64_t dim, int64_t n, int64_t stride)
+{
+    static uint16_t h[ROWS_N_MAX * ROWS_STRIDE_MAX];
+    static float w[ROWS_N_MAX + 1], wide[ROWS_N_MAX * ROWS_STRIDE_MAX], y0[ROWS_DIM_MAX], out[ROWS_DIM_MAX + 1],
+        o32[ROWS_DIM_MAX], sc[ROWS_DIM_MAX];
+    double ref[ROWS_DIM_MAX], mag[ROWS_DIM_MAX];
+    for (int64_t j = 0; j < n; j++)
+        w[j] = rnd_f(-1, 1);
+    w[n] = NAN;
+    rows_fill_f16(h, wide, stride, n, dim);
+    for (int64_t i = 0; i < dim; i++) {
+        y0[i] = rnd_f(-1, 1);
+        ref[i] = y0[i];
+        mag[i] = fabs(y0[i]);
+        for (int64_t j = 0; j < n; j++) {
+            ref[i] += (double)w[j] * wide[j * stride + i];
+            mag[i] += fabs((double)w[j] * wide[j * stride + i]);
+        }
+    }
+    for (int ti = 0; ti < n_tables; ti++) {
+        const ms_kernels_t *k = tables[ti];
+        memcpy(out, y0, sizeof(float) * (size_t)dim);
+        out[dim] = 42.0f;
+        k->axpy_rows_f16(out, w, h, stride, n, dim);
+        CU_ASSERT_EQUAL(out[dim], 42.0f);
+        if (ti == 0)
+            memcpy(sc, out, sizeof(float) * (size_t)dim);
+        if (n == 0)
+            CU_ASSERT(memcmp(out, y0, sizeof(float) * (size_t)dim) == 0);
+        for (int64_t i = 0; i < dim; i++) {
+            double tol = (double)(n + 1) * FLT_EPSILON * mag[i];
+            bool ok = fabs(out[i] - ref[i]) <= tol && fabs(out[i] - sc[i]) <= 2 * tol;
+            if (!ok)
+                fprintf(stderr, "%s axpy_rows_f16 dim %lld n %lld stride %lld col %lld: %g vs %g\n", k->name,
+                        (long long)dim, (long long)n, (long long)stride, (long long)i, out[i], ref[i]);
+            CU_ASSERT(ok);
+        }
+        memcpy(o32, y0, sizeof(float) * (size_t)dim);
+        k->axpy_rows(o32, w, wide, stride, n, dim);
+        int differ = memcmp(out, o32, sizeof(float) * (size_t)dim) != 0;
+        if (differ)
+            fprintf(stderr, "%s axpy_rows_f16 dim %lld n %lld stride %lld: differs from axpy_rows\n", k->name,
+                    (long long)dim, (long long)n, (long long)stride);
+        CU_ASSERT(!differ);
+    }
+}
+
+static void test_axpy_rows_f16(void)
+{
+    CU_ASSERT_STRING_EQUAL_FATAL(tables[0]->name, "scalar");
+    for (size_t d = 0; d < COUNT(rows16_dim); d++)
+        for (size_t r = 0; r < COUNT(rows16_n); r++)
+            for (int s = 0; s < 3; s++)
+                axpy_rows_f16_case(rows16_dim[d], rows16_n[r], rows_stride(rows16_dim[d], s));
+}
+
+/* test_rows_hand's rows as halves, and a fourth, (2^-24, 2^-14, 4095/12288)
+ * (0x0001 the smallest subnormal, 0x0400 the smallest normal, 0x3555): q
+ * scores it 2^-24 + 2^-13 + (1 - 2^-12) = 1 - 2^-13 + 2^-24; weight 1024
+ * adds (2^-14, 1/16, 341.25) to out. Every partial sum is exact, so any
+ * order gives these values. The rows sit in a buffer that ends where the
+ * last row does, for the address sanitizer to catch a read past it. */
+static void test_rows_f16_hand(void)
+{
+    const float q[3] = { 1, 2, 3 }, w[4] = { 0.5f, 2, -1, 1024 };
+    const uint16_t rows[4][4] = { { 0x3c00, 0, 0, F16_NAN },
+                                  { 0, 0x3c00, 0x3c00, F16_NAN },
+                                  { 0xbc00, 0x3c00, 0xbc00, F16_NAN },
+                                  { 0x0001, 0x0400, 0x3555, F16_NAN } };
+    uint16_t *h = malloc(sizeof(uint16_t) * (3 * 4 + 3));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(h);
+    memcpy(h, rows, sizeof(uint16_t) * (3 * 4 + 3));
+    for (int ti = 0; ti < n_tables; ti++) {
+        float s[4], o[3] = { 10, 20, 30 };
+        tables[ti]->dot_rows_f16(q, h, 4, 4, 3, s);
+        CU_ASSERT(s[0] == 1.0f && s[1] == 5.0f && s[2] == -2.0f);
+        CU_ASSERT_EQUAL(s[3], 1.0f - ldexpf(1, -13) + ldexpf(1, -24));
+        tables[ti]->axpy_rows_f16(o, w, h, 4, 4, 3);
+        CU_ASSERT(o[0] == 11.5f + ldexpf(1, -14) && o[1] == 21.0625f && o[2] == 374.25f);
+    }
+    free(h);
+}
+
 static void test_rmsnorm(void)
 {
     enum { N = 4096 + 5 };
@@ -960,6 +1140,9 @@ static int ms_test_register(void)
         !CU_add_test(s, "dot_rows against double", test_dot_rows) ||
         !CU_add_test(s, "axpy_rows against double", test_axpy_rows) ||
         !CU_add_test(s, "dot_rows and axpy_rows hand values", test_rows_hand) ||
+        !CU_add_test(s, "dot_rows_f16 against double and dot_rows", test_dot_rows_f16) ||
+        !CU_add_test(s, "axpy_rows_f16 against double and axpy_rows", test_axpy_rows_f16) ||
+        !CU_add_test(s, "dot_rows_f16 and axpy_rows_f16 hand values", test_rows_f16_hand) ||
         !CU_add_test(s, "rmsnorm", test_rmsnorm) ||
         !CU_add_test(s, "swiglu", test_swiglu) ||
         !CU_add_test(s, "softmax", test_softmax) ||

@@ -82,7 +82,7 @@ if kv.get(arch + ".attention.kv_lora_rank"):
     floats = kv[arch + ".attention.kv_lora_rank"] + kv[arch + ".rope.dimension_count"]
 else:
     floats = kv[arch + ".attention.head_count_kv"] * (kv[arch + ".attention.key_length"] + kv[arch + ".attention.value_length"])
-assert int(need(r"KV cache (\d+) bytes \([^)]*\) per 4096", "kv").group(1)) == floats * 4 * L * 4096
+assert int(need(r"KV cache (\d+) bytes \([^)]*\) per 4096", "kv").group(1)) == floats * 2 * L * 4096  # f16
 usable = int(gib * 2**30) // 100 * (100 - reserve)
 assert int(need(r"(\d+) bytes \([^)]*\) usable", "usable").group(1)) == usable
 # equal slices: the greedy placement deals copies round robin, so loads differ by one slice at most
@@ -171,7 +171,7 @@ dense = int(re.search(r"dense (\d+) bytes", text).group(1))
 total_gb = (dense + expert) / 1e9
 assert abs(total_gb - 377) / 377 < 0.03, total_gb      # DeepSeek-V3 at 4.5 bits per weight: ~377 GB
 assert "layers 3-60: experts 0-248/8" in text           # host 0: every 8th expert of every MoE layer
-assert re.search(r"KV cache %d bytes" % (61 * 4096 * 576 * 4), text)
+assert re.search(r"KV cache %d bytes" % (61 * 4096 * 576 * 2), text)
 print("DeepSeek-V3 Q4_K: experts %.1f GiB, model %.1f GB" % (expert / 2**30, total_gb))
 PYEOF
 plan "$tmp/v3r2" "$tmp/dsv3.gguf" --hosts 8 --host-memory 64 --replicas 2

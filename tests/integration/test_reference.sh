@@ -69,6 +69,13 @@ done
 # 16 rows at a time
 check deepseek2 f32 --tol 1e-3 --prompt-tokens 150 --gen 50 -- --variant v3
 
+# The checks above run the engine's default f16 KV cache, the reference rounding each
+# key and value (and latent) to the nearest half the same way; with --kv-type f32 the
+# cache holds them exactly: one plain, one with biases over 200 positions, one latent.
+check llama f32 --tol 1e-3 --kv-type f32
+check qwen2moe f32 --tol 1e-3 --kv-type f32 --prompt-tokens 150 --gen 50
+check deepseek2 f32 --tol 1e-3 --kv-type f32 -- --variant v3
+
 # Q8_0: the engine quantises activations to 8 bits per 32-value block before each
 # Q8_0 matmul (as llama.cpp does); the reference does not. Measured with the
 # reference's own emulation of that rounding on genmodel's tiny models (24 models,

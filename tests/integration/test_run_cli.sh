@@ -17,6 +17,8 @@ set +e
 [ $rc -eq 2 ] && grep -q "unknown option '--bogus'" "$tmp/err" || fail "unknown option: rc $rc: $(cat "$tmp/err")"
 "$BIN/moeshard" run --model "$M" --prompt hi --temp abc 2>"$tmp/err" >/dev/null; rc=$?
 [ $rc -eq 2 ] && grep -q -- "--temp expects" "$tmp/err" || fail "bad --temp: rc $rc: $(cat "$tmp/err")"
+"$BIN/moeshard" run --model "$M" --prompt hi --kv-type bf16 2>"$tmp/err" >/dev/null; rc=$?
+[ $rc -eq 2 ] && grep -q -- "--kv-type expects f16 or f32, got 'bf16'" "$tmp/err" || fail "bad --kv-type: rc $rc: $(cat "$tmp/err")"
 "$BIN/moeshard" run --model "$M" 2>"$tmp/err" >/dev/null; rc=$?
 [ $rc -eq 2 ] && grep -q -- "--prompt" "$tmp/err" || fail "missing prompt: rc $rc: $(cat "$tmp/err")"
 "$BIN/moeshard" run --model "$tmp/missing.gguf" --prompt hi 2>"$tmp/err" >/dev/null; rc=$?
@@ -45,6 +47,25 @@ cmp -s "$tmp/a.txt" "$tmp/a2.txt" || fail "greedy output differs between two run
 run --temp 0 --threads 2 --mmap --dump-logits "$tmp/m.npy" >"$tmp/m.txt" 2>/dev/null || fail "run --mmap failed"
 cmp -s "$tmp/a.txt" "$tmp/m.txt" && cmp -s "$tmp/a.npy" "$tmp/m.npy" || fail "--mmap changed the output or the logits"
 "$BIN/moeshard" run --help | grep -q -- "--mmap" || fail "run --help does not show --mmap"
+
+# the KV cache in f32 takes twice the bytes of the default f16 one, and gives logits
+# within the halves' rounding of the f16 cache's (test_reference checks both exactly)
+run --temp 0 --threads 2 --kv-type f32 --dump-logits "$tmp/f.npy" >/dev/null 2>"$tmp/f.err" || fail "run --kv-type f32 failed"
+grep -q 'kv-cache [0-9.]* MB f16,' "$tmp/a.err" || fail "the default summary does not name an f16 cache: $(cat "$tmp/a.err")"
+run -n 1 --ctx 512 >/dev/null 2>"$tmp/k16.err" && run -n 1 --ctx 512 --kv-type f32 >/dev/null 2>"$tmp/k32.err" ||
+    fail "run --ctx 512 failed: $(cat "$tmp/k16.err" "$tmp/k32.err")"
+kv16=$(sed -n 's/.*kv-cache \([0-9.]*\) MB f16,.*/\1/p' "$tmp/k16.err")
+kv32=$(sed -n 's/.*kv-cache \([0-9.]*\) MB f32,.*/\1/p' "$tmp/k32.err")
+awk -v a="$kv16" -v b="$kv32" 'BEGIN { exit !(a > 0 && (b / a > 1.98) && (b / a < 2.02)) }' ||
+    fail "kv-cache: f16 $kv16 MB, f32 $kv32 MB (want twice)"
+n_kv=$("$BIN/moeshard" tokenize --model "$M" "$prompt" | wc -w)
+"$PY" - "$tmp" "$n_kv" <<'PYEOF' || fail "f16 and f32 KV caches differ beyond the halves' rounding"
+import sys, numpy as np
+d, n = sys.argv[1], int(sys.argv[2])  # the prompt's rows: the same tokens on both sides
+a, f = np.load(f"{d}/a.npy")[:n], np.load(f"{d}/f.npy")[:n]
+delta = np.max(np.abs(a - f))
+assert 0 < delta < 0.02 * np.max(np.abs(f)), (delta, np.max(np.abs(f)))
+PYEOF
 
 # one thread, and one token per prefill step, give the same logits
 run --temp 0 --threads 1 --dump-logits "$tmp/b.npy" >"$tmp/b.txt" 2>/dev/null

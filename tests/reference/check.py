@@ -2,7 +2,7 @@
 greedy generation on both sides, logits compared row by row and greedy tokens compared.
 
   /usr/bin/python3 tests/reference/check.py --bin BUILD/bin --model M.gguf \
-      [--prompt-tokens 32] [--gen 32] [--tol 1e-3] [--no-token-match]
+      [--prompt-tokens 32] [--gen 32] [--tol 1e-3] [--no-token-match] [--kv-type f16|f32]
 
 Exit 0 when the engine matches, 1 on any mismatch or error, 2 on bad arguments.
 """
@@ -43,6 +43,9 @@ def parse_args(argv):
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--tol", type=float, default=1e-3, help="max |logit difference| per row")
+    ap.add_argument("--kv-type", choices=("f16", "f32"), default="f16",
+                    help="the engine's KV cache type (its --kv-type; default f16 as the engine's); "
+                         "the reference rounds keys and values the same way")
     ap.add_argument("--rtol", type=float, default=0.0,
                     help="add RTOL * max|reference logit| of the row to the per-row bound")
     ap.add_argument("--median-rtol", type=float, default=None,
@@ -122,9 +125,9 @@ def find_prompt(moeshard, model_path, n_tokens, vocab):
     raise CheckError("the whole text gives only %d ids, fewer than %d" % (len(ids_of(len(TEXT))), n_tokens))
 
 
-def run_engine(moeshard, model_path, text, n_gen, out_path):
+def run_engine(moeshard, model_path, text, n_gen, out_path, kv_type):
     run_cmd([moeshard, "run", "--model", model_path, "--prompt", text, "-n", str(n_gen),
-             "--temp", "0", "--threads", "2", "--dump-logits", out_path], RUN_TIMEOUT_S)
+             "--temp", "0", "--threads", "2", "--kv-type", kv_type, "--dump-logits", out_path], RUN_TIMEOUT_S)
     try:
         a = np.load(out_path, allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -256,11 +259,12 @@ def main(argv):
         return 1
     tmp = tempfile.mkdtemp(prefix="ms-check-", dir=os.environ.get("TMPDIR") or "/tmp")
     try:
-        m = ref.load(args.model)
+        m = ref.load(args.model, kv_f16=args.kv_type == "f16")
         eos = m.file.get("tokenizer.ggml.eos_token_id")
         text, prompt = find_prompt(moeshard, args.model, args.prompt_tokens, m.vocab)
         print("%s (%s): prompt %r -> %d ids" % (m.name, m.hp.arch, text, len(prompt)))
-        dump = run_engine(moeshard, args.model, text, args.gen, os.path.join(tmp, "logits.npy"))
+        dump = run_engine(moeshard, args.model, text, args.gen, os.path.join(tmp, "logits.npy"), args.kv_type)
+        print("  KV cache %s" % args.kv_type)
         n_gen = check_dump(dump, len(prompt), args.gen, m.vocab, eos)
         if n_gen < args.gen:
             print("  engine stopped at end-of-sequence after %d tokens" % n_gen)

@@ -145,9 +145,13 @@ def _as_float(key, v):
 
 
 class Model:
-    """Hyperparameters plus every weight dequantised to float64, shape-checked."""
+    """Hyperparameters plus every weight dequantised to float64, shape-checked.
+    kv_f16: every key and value (the latent and rope key under latent attention)
+    is rounded to the nearest IEEE half before attention uses it, as the engine's
+    f16 KV cache holds it."""
 
-    def __init__(self, path):
+    def __init__(self, path, kv_f16=False):
+        self.kv_f16 = kv_f16
         self.file = GGUFFile(path)
         self.hp = Hparams(self.file)
         self.name = self.file.get("general.name", path)
@@ -295,8 +299,14 @@ class Model:
         return w
 
 
-def load(path):
-    return Model(path)
+def load(path, kv_f16=False):
+    return Model(path, kv_f16)
+
+
+def _cache_round(model, x):
+    """x as the engine's KV cache holds it: rounded to the nearest half (f16 cache),
+    else unchanged."""
+    return x.astype(np.float16).astype(np.float64) if model.kv_f16 else x
 
 
 # --- building blocks (all float64) ---------------------------------------------------
@@ -452,7 +462,8 @@ def _attention(ctx, L, h, pos):
         q = rmsnorm(q, L["q_norm"], hp.eps)                  # per head
         k = rmsnorm(k, L["k_norm"], hp.eps)
     q = rope(q, pos, hp.n_rot, hp.freq_base, hp.neox)
-    k = rope(k, pos, hp.n_rot, hp.freq_base, hp.neox)
+    k = _cache_round(ctx.model, rope(k, pos, hp.n_rot, hp.freq_base, hp.neox))
+    v = _cache_round(ctx.model, v)
     att = causal_attention(q, k, v, 1.0 / math.sqrt(hp.hd_k))
     return ctx.mm(att, L["wo"], p + "attn_output.weight")
 
@@ -522,11 +533,11 @@ def _attention_mla(ctx, L, h, pos):
         q = ctx.mm(h, L["wq"], p + "attn_q.weight")
     q = q.reshape(n, H, hp.hd_k)
     kv_a = ctx.mm(h, L["wkv_a"], p + "attn_kv_a_mqa.weight")                   # [n, C + n_rot]
-    c = rmsnorm(kv_a[:, :C], L["kv_a_norm"], hp.eps)
+    c = _cache_round(ctx.model, rmsnorm(kv_a[:, :C], L["kv_a_norm"], hp.eps))
     kv = ctx.mm(c, L["wkv_b"], L["kv_b_name"]).reshape(n, H, nope + hv)
     inv_freq = _yarn_inv_freq(hp)
     q_pe = _rope_deepseek(q[..., nope:], pos, inv_freq)
-    k_pe = _rope_deepseek(kv_a[:, None, C:], pos, inv_freq)                     # one head, shared
+    k_pe = _cache_round(ctx.model, _rope_deepseek(kv_a[:, None, C:], pos, inv_freq))  # one head, shared
     qf = np.concatenate([q[..., :nope], q_pe], axis=-1)                          # [n, H, hd_k]
     kf = np.concatenate([kv[..., :nope], np.broadcast_to(k_pe, (n, H, hp.n_rot))], axis=-1)
     att = causal_attention(qf, kf, kv[..., nope:], hp.softmax_scale)

@@ -62,6 +62,9 @@ set +e
 echo "threads = zero" >"$tmp/bad.conf"
 "$BIN/moeshard" serve --config "$tmp/bad.conf" 2>"$tmp/conf.err"; [ $? -eq 2 ] || fail "bad config value"
 grep -q -- "--threads expects" "$tmp/conf.err" || fail "bad config message: $(cat "$tmp/conf.err")"
+echo "kv-type = f8" >"$tmp/bad.conf"
+"$BIN/moeshard" serve --config "$tmp/bad.conf" 2>"$tmp/conf.err"; [ $? -eq 2 ] || fail "bad kv-type in the config"
+grep -q -- "--kv-type expects f16 or f32, got 'f8'" "$tmp/conf.err" || fail "bad kv-type message: $(cat "$tmp/conf.err")"
 # a coordinator that is not there: a clear error within the timeout
 timeout 10 "$BIN/moeshard" generate --plaintext --server "tcp://127.0.0.1:${ports[1]}" --timeout-ms 500 "$PROMPT" \
     >/dev/null 2>"$tmp/lost.err"; rc=$?

@@ -44,6 +44,8 @@ typedef struct {
     int64_t ldy;
 } ms_mm_t;
 
+#define MS_ROWS_HEADS_MAX 8 /* query heads one dot_rows_heads / axpy_rows_heads call takes */
+
 typedef struct {
     const char *name; /* "scalar", "avx2", "avx512" */
     /* dst[0..n) = values of a row of n elements (n a multiple of the block size). */
@@ -69,6 +71,20 @@ typedef struct {
                          float *out);
     void (*axpy_rows_f16)(float *out, const float *w, const uint16_t *rows, int64_t stride, int64_t n_rows,
                           int64_t dim);
+    /* Several query heads against the same cached rows, each row read from
+     * memory once for all of them (attention's heads of one KV group): rows
+     * of row_type (MS_TYPE_F32 or MS_TYPE_F16, any other aborts: a caller's
+     * bug; stride in values), nh in [1, MS_ROWS_HEADS_MAX].
+     * dot_rows_heads: out[h*ldo + j] = dot(q + h*ldq, rows + j*stride) for
+     *   j < n_rows, each score bit for bit what dot_rows (dot_rows_f16) gives
+     *   for that head.
+     * axpy_rows_heads: out[h*ldo + i] += sum_j w[h*ldw + j] * rows[j*stride + i]
+     *   for h < nh, i < dim (summed in its own order: within rounding of
+     *   axpy_rows per head). */
+    void (*dot_rows_heads)(ms_type_t row_type, const float *q, int64_t ldq, int nh, const void *rows, int64_t stride,
+                           int64_t n_rows, int64_t dim, float *out, int64_t ldo);
+    void (*axpy_rows_heads)(ms_type_t row_type, float *out, int64_t ldo, const float *w, int64_t ldw, int nh,
+                            const void *rows, int64_t stride, int64_t n_rows, int64_t dim);
     /* out[i] = x[i] / sqrt(mean(x^2) + eps) * (w ? w[i] : 1); out may alias x. */
     void (*rmsnorm)(float *out, const float *x, const float *w, int64_t n, float eps);
     /* out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)); out may alias gate. */

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "kernels_impl.h"
+#include "ms_assert.h"
 
 #define FORCE_INLINE static inline __attribute__((always_inline))
 
@@ -624,6 +625,284 @@ static void v8_axpy_rows_f16(float *out, const float *w, const uint16_t *rows, i
     axpy_rows(MS_TYPE_F16, out, w, rows, stride, n_rows, dim);
 }
 
+/* ---- several query heads over the same cached rows -----------------------
+ * A KV group's heads read the same rows: a tile here loads (and widens) each
+ * row vector once for all its heads. Scores take two rows x up to HD_HEADS
+ * heads at a time through the dim (8 accumulators, 4 row vectors, each
+ * query vector loaded once for both rows: 8 loads per 8 FMAs, where one row
+ * x four heads needs 10), and HD_ROWS rows (two such pairs) per reduction.
+ * More heads take more passes over the same rows, still in L1.
+ * Per (row, head) the arithmetic is dot_tile's exactly: the same two
+ * accumulators over the 16-value steps, the same 8-value tail, their sum
+ * reduced as hsum4x8 reduces it, hence dot_rows' bits. The weighted sum
+ * keeps a slice of up to HA_HEADS heads' outputs in registers across all
+ * rows. */
+#define HD_ROWS 4
+#define HD_HEADS 2
+#define HA_HEADS 4
+
+/* Heads the next pass takes when left remain and a pass takes at most max:
+ * the passes share them evenly (7 = 4 + 3, 6 = 3 + 3), so no pass runs with
+ * one head's few accumulator chains. */
+static inline int heads_next(int left, int max)
+{
+    int passes = (left + max - 1) / max;
+    return (left + passes - 1) / passes;
+}
+
+/* v, kept in a register: GCC otherwise folds a vector's load into every
+ * FMA that uses it, loading it once per use. */
+FORCE_INLINE __m256 in_reg(__m256 v)
+{
+    __asm__("" : "+x"(v));
+    return v;
+}
+
+/* The steps of hsum4x8's reduction of one vector (adjacent pairs, pairs of
+ * pairs, the two halves), each on two registers of vectors side by side.
+ * Some additions take their operands the other way round: the same sums,
+ * bit for bit (only which payload survives two NaN operands could differ).
+ * fold_pairs: in each 128-bit lane (x0 + x1, y0 + y1, x2 + x3, y2 + y3). */
+FORCE_INLINE __m256 fold_pairs(__m256 x, __m256 y)
+{
+    __m256 sw = _mm256_permute_ps(_mm256_blend_ps(y, x, 0xaa), _MM_SHUFFLE(2, 3, 0, 1));
+    return _mm256_add_ps(_mm256_blend_ps(x, y, 0xaa), sw);
+}
+
+/* In each 128-bit lane (x0 + x2, x1 + x3, y0 + y2, y1 + y3). */
+FORCE_INLINE __m256 fold_quads(__m256 x, __m256 y)
+{
+    __m256 sw = _mm256_permute_ps(_mm256_blend_ps(y, x, 0xcc), _MM_SHUFFLE(1, 0, 3, 2));
+    return _mm256_add_ps(_mm256_blend_ps(x, y, 0xcc), sw);
+}
+
+/* (x's 128-bit lanes added, y's added). */
+FORCE_INLINE __m256 fold_lanes(__m256 x, __m256 y)
+{
+    return _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31));
+}
+
+/* s[h*2 + r] = the sum of dot_tile's two accumulators for q + h*ldq against
+ * rows + r*stride, for r < nr <= 2, h < nh <= HD_HEADS. */
+FORCE_INLINE void dot_heads_pair(ms_type_t type, const float *q, int64_t ldq, const void *rows, int64_t stride,
+                                 int64_t dim, __m256 *s, const int nr, const int nh)
+{
+    __m256 acc[HD_HEADS][2][2];
+#pragma GCC unroll 2
+    for (int h = 0; h < nh; h++)
+#pragma GCC unroll 2
+        for (int r = 0; r < nr; r++)
+            acc[h][r][0] = acc[h][r][1] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= dim; i += 16) {
+        __m256 x[2][2];
+#pragma GCC unroll 2
+        for (int r = 0; r < nr; r++) {
+            x[r][0] = in_reg(kv_load(type, kv_at(type, rows, r * stride + i)));
+            x[r][1] = in_reg(kv_load(type, kv_at(type, rows, r * stride + i + 8)));
+        }
+#pragma GCC unroll 2
+        for (int h = 0; h < nh; h++) {
+            __m256 q0 = in_reg(_mm256_loadu_ps(q + h * ldq + i)), q1 = in_reg(_mm256_loadu_ps(q + h * ldq + i + 8));
+#pragma GCC unroll 2
+            for (int r = 0; r < nr; r++) {
+                acc[h][r][0] = _mm256_fmadd_ps(q0, x[r][0], acc[h][r][0]);
+                acc[h][r][1] = _mm256_fmadd_ps(q1, x[r][1], acc[h][r][1]);
+            }
+        }
+    }
+    for (; i < dim; i += 8) {
+        __m256i m = tail_mask(dim - i);
+        __m256 x[2];
+#pragma GCC unroll 2
+        for (int r = 0; r < nr; r++)
+            x[r] = kv_load_part(type, kv_at(type, rows, r * stride + i), dim - i, m);
+#pragma GCC unroll 2
+        for (int h = 0; h < nh; h++) {
+            __m256 qv = _mm256_maskload_ps(q + h * ldq + i, m);
+#pragma GCC unroll 2
+            for (int r = 0; r < nr; r++)
+                acc[h][r][0] = _mm256_fmadd_ps(qv, x[r], acc[h][r][0]);
+        }
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < nh; h++)
+#pragma GCC unroll 2
+        for (int r = 0; r < nr; r++)
+            s[h * 2 + r] = _mm256_add_ps(acc[h][r][0], acc[h][r][1]);
+}
+
+/* out[h*ldo + r] = (q + h*ldq) . (rows + r*stride)[0..dim) for r < nr <= HD_ROWS,
+ * h < nh <= HD_HEADS: row pairs p = 0, 1, each folded to one register per
+ * head before the next pair's accumulators need theirs. */
+FORCE_INLINE void dot_heads_tile(ms_type_t type, const float *q, int64_t ldq, const void *rows, int64_t stride,
+                                 int64_t dim, float *out, int64_t ldo, const int nr, const int nh)
+{
+    __m256 u0[2], u1[2];
+#pragma GCC unroll 2
+    for (int p = 0; p < 2; p++) {
+        __m256 s[2 * HD_HEADS];
+#pragma GCC unroll 4
+        for (int k = 0; k < 2 * HD_HEADS; k++)
+            s[k] = _mm256_setzero_ps();
+        int np = nr - 2 * p < 2 ? nr - 2 * p : 2;
+        if (np == 2)
+            dot_heads_pair(type, q, ldq, kv_at(type, rows, 2 * p * stride), stride, dim, s, 2, nh);
+        else if (np == 1)
+            dot_heads_pair(type, q, ldq, kv_at(type, rows, 2 * p * stride), stride, dim, s, 1, nh);
+        /* u0[p]: head 0's rows 2p and 2p+1 summed down to pairs of lanes
+         * (in each 128-bit lane); u1[p] head 1's */
+        u0[p] = fold_pairs(s[0], s[1]);
+        u1[p] = fold_pairs(s[2], s[3]);
+    }
+    /* 128-bit lane h: head h's rows 0..3 */
+    __m256 v = fold_lanes(fold_quads(u0[0], u0[1]), fold_quads(u1[0], u1[1]));
+    const __m128i m = _mm_cmpgt_epi32(_mm_set1_epi32(nr), _mm_setr_epi32(0, 1, 2, 3));
+#pragma GCC unroll 2
+    for (int h = 0; h < nh; h++) {
+        __m128 vh = h == 0 ? _mm256_castps256_ps128(v) : _mm256_extractf128_ps(v, 1);
+        if (nr == 4)
+            _mm_storeu_ps(out + h * ldo, vh);
+        else
+            _mm_maskstore_ps(out + h * ldo, m, vh);
+    }
+}
+
+/* dot_heads_tile over all the rows, nh heads. */
+FORCE_INLINE void dot_heads_pass(ms_type_t type, const float *q, int64_t ldq, const void *rows, int64_t stride,
+                                 int64_t n_rows, int64_t dim, float *out, int64_t ldo, const int nh)
+{
+    int64_t j = 0;
+    for (; j + HD_ROWS <= n_rows; j += HD_ROWS)
+        dot_heads_tile(type, q, ldq, kv_at(type, rows, j * stride), stride, dim, out + j, ldo, HD_ROWS, nh);
+    const void *rj = kv_at(type, rows, j * stride);
+    switch (n_rows - j) {
+    case 3: dot_heads_tile(type, q, ldq, rj, stride, dim, out + j, ldo, 3, nh); break;
+    case 2: dot_heads_tile(type, q, ldq, rj, stride, dim, out + j, ldo, 2, nh); break;
+    case 1: dot_heads_tile(type, q, ldq, rj, stride, dim, out + j, ldo, 1, nh); break;
+    default: break;
+    }
+}
+
+/* A pass per HD_HEADS heads; a call's rows (the callers' blocks are sized
+ * for L1) stay in L1 between passes. A lone head is dot_rows' (four rows
+ * per query load; the same bits either way). */
+FORCE_INLINE void dot_rows_heads(ms_type_t type, const float *q, int64_t ldq, int nh, const void *rows,
+                                 int64_t stride, int64_t n_rows, int64_t dim, float *out, int64_t ldo)
+{
+    for (int h = 0, hn; h < nh; h += hn) {
+        hn = heads_next(nh - h, HD_HEADS);
+        const float *qh = q + h * ldq;
+        float *oh = out + h * ldo;
+        if (hn == 2)
+            dot_heads_pass(type, qh, ldq, rows, stride, n_rows, dim, oh, ldo, 2);
+        else
+            dot_rows(type, qh, rows, stride, n_rows, dim, oh);
+    }
+}
+
+static void v8_dot_rows_heads(ms_type_t row_type, const float *q, int64_t ldq, int nh, const void *rows,
+                              int64_t stride, int64_t n_rows, int64_t dim, float *out, int64_t ldo)
+{
+    MS_ASSERT(row_type == MS_TYPE_F32 || row_type == MS_TYPE_F16);
+    if (row_type == MS_TYPE_F16)
+        dot_rows_heads(MS_TYPE_F16, q, ldq, nh, rows, stride, n_rows, dim, out, ldo);
+    else
+        dot_rows_heads(MS_TYPE_F32, q, ldq, nh, rows, stride, n_rows, dim, out, ldo);
+}
+
+/* out[h*ldo + 0..width) += sum_j w[h*ldw + j] * (rows + j*stride)[0..width)
+ * for h < nh <= HA_HEADS, in nv vectors (width in (8 (nv - 1), 8 nv]): all
+ * but the last are whole. Each out value gains its products one fused
+ * multiply-add at a time in row order (the scalar kernel's order), where
+ * axpy_rows sums even and odd rows apart: the (head, vector) chains are
+ * already enough. */
+FORCE_INLINE void axpy_heads_tile(ms_type_t type, float *out, int64_t ldo, const float *w, int64_t ldw,
+                                  const void *rows, int64_t stride, int64_t n_rows, int64_t width, const int nv,
+                                  const int nh)
+{
+    const int64_t last = width - 8 * (nv - 1);
+    const __m256i ml = tail_mask(last);
+    __m256 acc[HA_HEADS][AXPY_VECS];
+#pragma GCC unroll 4
+    for (int h = 0; h < nh; h++) {
+#pragma GCC unroll 4
+        for (int v = 0; v < nv - 1; v++)
+            acc[h][v] = _mm256_loadu_ps(out + h * ldo + 8 * v);
+        acc[h][nv - 1] = _mm256_maskload_ps(out + h * ldo + 8 * (nv - 1), ml);
+    }
+    for (int64_t j = 0; j < n_rows; j++) {
+        const void *rj = kv_at(type, rows, j * stride);
+        __m256 x[AXPY_VECS];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv - 1; v++)
+            x[v] = kv_load(type, kv_at(type, rj, 8 * v));
+        x[nv - 1] = kv_load_part(type, kv_at(type, rj, 8 * (nv - 1)), last, ml);
+#pragma GCC unroll 4
+        for (int h = 0; h < nh; h++) {
+            __m256 wh = _mm256_broadcast_ss(w + h * ldw + j);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++)
+                acc[h][v] = _mm256_fmadd_ps(wh, x[v], acc[h][v]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int h = 0; h < nh; h++) {
+#pragma GCC unroll 4
+        for (int v = 0; v < nv - 1; v++)
+            _mm256_storeu_ps(out + h * ldo + 8 * v, acc[h][v]);
+        _mm256_maskstore_ps(out + h * ldo + 8 * (nv - 1), ml, acc[h][nv - 1]);
+    }
+}
+
+/* axpy_heads_tile over the whole dim for 2 <= nh <= 4 heads, in slices of
+ * 4 vectors for 2 heads and 3 for more: 8 to 12 accumulator chains (FMA
+ * latency 4, two a cycle), with the row vectors and a weight at most the 16
+ * registers (4 heads x 3 vectors took 10-15 % less time than x 2). */
+FORCE_INLINE void axpy_heads_pass(ms_type_t type, float *out, int64_t ldo, const float *w, int64_t ldw,
+                                  const void *rows, int64_t stride, int64_t n_rows, int64_t dim, const int nh)
+{
+    const int vmax = nh == 2 ? 4 : 3;
+    for (int64_t c = 0; c < dim; c += 8 * vmax) {
+        int64_t width = dim - c < 8 * vmax ? dim - c : 8 * vmax;
+        const void *rc = kv_at(type, rows, c);
+        switch ((width + 7) / 8) {
+        case 4: axpy_heads_tile(type, out + c, ldo, w, ldw, rc, stride, n_rows, width, 4, nh); break;
+        case 3: axpy_heads_tile(type, out + c, ldo, w, ldw, rc, stride, n_rows, width, 3, nh); break;
+        case 2: axpy_heads_tile(type, out + c, ldo, w, ldw, rc, stride, n_rows, width, 2, nh); break;
+        default: axpy_heads_tile(type, out + c, ldo, w, ldw, rc, stride, n_rows, width, 1, nh); break;
+        }
+    }
+}
+
+/* A pass per HA_HEADS heads; a lone head is axpy_rows' (its even and odd
+ * rows apart keep 8 chains going). */
+FORCE_INLINE void axpy_rows_heads(ms_type_t type, float *out, int64_t ldo, const float *w, int64_t ldw, int nh,
+                                  const void *rows, int64_t stride, int64_t n_rows, int64_t dim)
+{
+    for (int h = 0, hn; h < nh; h += hn) {
+        hn = heads_next(nh - h, HA_HEADS);
+        float *oh = out + h * ldo;
+        const float *wh = w + h * ldw;
+        switch (hn) {
+        case 4: axpy_heads_pass(type, oh, ldo, wh, ldw, rows, stride, n_rows, dim, 4); break;
+        case 3: axpy_heads_pass(type, oh, ldo, wh, ldw, rows, stride, n_rows, dim, 3); break;
+        case 2: axpy_heads_pass(type, oh, ldo, wh, ldw, rows, stride, n_rows, dim, 2); break;
+        default: axpy_rows(type, oh, wh, rows, stride, n_rows, dim); break;
+        }
+    }
+}
+
+static void v8_axpy_rows_heads(ms_type_t row_type, float *out, int64_t ldo, const float *w, int64_t ldw, int nh,
+                               const void *rows, int64_t stride, int64_t n_rows, int64_t dim)
+{
+    MS_ASSERT(row_type == MS_TYPE_F32 || row_type == MS_TYPE_F16);
+    if (row_type == MS_TYPE_F16)
+        axpy_rows_heads(MS_TYPE_F16, out, ldo, w, ldw, nh, rows, stride, n_rows, dim);
+    else
+        axpy_rows_heads(MS_TYPE_F32, out, ldo, w, ldw, nh, rows, stride, n_rows, dim);
+}
+
 const ms_kernels_t ms_kernels_avx2 = {
     .name = "avx2",
     .dequant_row = v8_dequant_row,
@@ -635,6 +914,8 @@ const ms_kernels_t ms_kernels_avx2 = {
     .axpy_rows = v8_axpy_rows,
     .dot_rows_f16 = v8_dot_rows_f16,
     .axpy_rows_f16 = v8_axpy_rows_f16,
+    .dot_rows_heads = v8_dot_rows_heads,
+    .axpy_rows_heads = v8_axpy_rows_heads,
     .rmsnorm = v8_rmsnorm,
     .swiglu = v8_swiglu,
     .softmax = v8_softmax,

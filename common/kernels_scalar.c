@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "kernels_impl.h"
+#include "ms_assert.h"
 
 /* Weight element c of a row of a plain (non-block) type. */
 static inline float sc_weight(ms_type_t type, const void *row, int64_t c)
@@ -194,6 +195,32 @@ static void sc_axpy_rows_f16(float *out, const float *w, const uint16_t *rows, i
             out[i] += w[j] * sc_weight(MS_TYPE_F16, rows + j * stride, i);
 }
 
+/* Several heads over the same rows: each head by the kernels above, so
+ * every score is dot_rows' (dot_rows_f16's) bits by construction. */
+static void sc_dot_rows_heads(ms_type_t row_type, const float *q, int64_t ldq, int nh, const void *rows,
+                              int64_t stride, int64_t n_rows, int64_t dim, float *out, int64_t ldo)
+{
+    MS_ASSERT(row_type == MS_TYPE_F32 || row_type == MS_TYPE_F16);
+    for (int h = 0; h < nh; h++) {
+        if (row_type == MS_TYPE_F16)
+            sc_dot_rows_f16(q + h * ldq, rows, stride, n_rows, dim, out + h * ldo);
+        else
+            sc_dot_rows(q + h * ldq, rows, stride, n_rows, dim, out + h * ldo);
+    }
+}
+
+static void sc_axpy_rows_heads(ms_type_t row_type, float *out, int64_t ldo, const float *w, int64_t ldw, int nh,
+                               const void *rows, int64_t stride, int64_t n_rows, int64_t dim)
+{
+    MS_ASSERT(row_type == MS_TYPE_F32 || row_type == MS_TYPE_F16);
+    for (int h = 0; h < nh; h++) {
+        if (row_type == MS_TYPE_F16)
+            sc_axpy_rows_f16(out + h * ldo, w + h * ldw, rows, stride, n_rows, dim);
+        else
+            sc_axpy_rows(out + h * ldo, w + h * ldw, rows, stride, n_rows, dim);
+    }
+}
+
 static void sc_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
 {
     double ss = 0.0; /* double: the mean of squares of a long row must not drift */
@@ -238,6 +265,8 @@ const ms_kernels_t ms_kernels_scalar = {
     .axpy_rows = sc_axpy_rows,
     .dot_rows_f16 = sc_dot_rows_f16,
     .axpy_rows_f16 = sc_axpy_rows_f16,
+    .dot_rows_heads = sc_dot_rows_heads,
+    .axpy_rows_heads = sc_axpy_rows_heads,
     .rmsnorm = sc_rmsnorm,
     .swiglu = sc_swiglu,
     .softmax = sc_softmax,

@@ -20,6 +20,7 @@
  * once for all of them instead of once per head (at a long context one head's
  * keys and values no longer fit in L2). */
 #define ATTN_HEADS_MAX 8
+_Static_assert(ATTN_HEADS_MAX <= MS_ROWS_HEADS_MAX, "an attention item's heads go to the kernels in one call");
 /* Cached rows the item's heads go through together while they sit in L1; a
  * multiple of every dot_rows kernel's row tile, so that each score is the
  * same whatever the blocking. */
@@ -418,25 +419,6 @@ static void kv_store(const ms_forward_t *f, void *dst, const float *x, int64_t n
     }
 }
 
-/* The attention kernels for the cache's type: scores of a query against
- * n_rows cached rows, and their weighted sum. */
-static void kv_dot_rows(const ms_forward_t *f, const float *q, const void *rows, int64_t stride, int64_t n_rows,
-                        int64_t dim, float *out)
-{
-    if (f->p.kv_type == MS_TYPE_F16)
-        f->k->dot_rows_f16(q, rows, stride, n_rows, dim, out);
-    else
-        f->k->dot_rows(q, rows, stride, n_rows, dim, out);
-}
-
-static void kv_axpy_rows(const ms_forward_t *f, float *out, const float *w, const void *rows, int64_t stride,
-                         int64_t n_rows, int64_t dim)
-{
-    if (f->p.kv_type == MS_TYPE_F16)
-        f->k->axpy_rows_f16(out, w, rows, stride, n_rows, dim);
-    else
-        f->k->axpy_rows(out, w, rows, stride, n_rows, dim);
-}
 
 /* Checks ids, sequences and positions; a position may rewind a sequence but
  * not skip ahead. The sequence lengths change only when the whole batch is valid. */
@@ -605,9 +587,8 @@ static void attn_worker(void *arg, int ith, int nth)
         for (int j0 = 0; j0 < n_pos; j0 += ATTN_BLOCK_ROWS) {
             int nb = n_pos - j0 < ATTN_BLOCK_ROWS ? n_pos - j0 : ATTN_BLOCK_ROWS;
             touch_rows_ahead(kbase, krow, j0, nb, n_pos);
-            for (int i = 0; i < nh; i++)
-                kv_dot_rows(f, q + i * hp->head_dim, kbase + (size_t)j0 * krow, hp->head_dim, nb, hp->head_dim,
-                            scores + i * n_ctx + j0);
+            k->dot_rows_heads(f->p.kv_type, q, hp->head_dim, nh, kbase + (size_t)j0 * krow, hp->head_dim, nb,
+                              hp->head_dim, scores + j0, (int64_t)n_ctx);
         }
         for (int i = 0; i < nh; i++) {
             float *si = scores + i * n_ctx;
@@ -619,9 +600,8 @@ static void attn_worker(void *arg, int ith, int nth)
         for (int j0 = 0; j0 < n_pos; j0 += ATTN_BLOCK_ROWS) {
             int nb = n_pos - j0 < ATTN_BLOCK_ROWS ? n_pos - j0 : ATTN_BLOCK_ROWS;
             touch_rows_ahead(vbase, vrow, j0, nb, n_pos);
-            for (int i = 0; i < nh; i++)
-                kv_axpy_rows(f, out + i * hp->head_dim_v, scores + i * n_ctx + j0, vbase + (size_t)j0 * vrow,
-                             hp->head_dim_v, nb, hp->head_dim_v);
+            k->axpy_rows_heads(f->p.kv_type, out, hp->head_dim_v, scores + j0, (int64_t)n_ctx, nh,
+                               vbase + (size_t)j0 * vrow, hp->head_dim_v, nb, hp->head_dim_v);
         }
     }
 }
@@ -792,9 +772,8 @@ static void mla_attn_worker(void *arg, int ith, int nth)
         for (int j0 = 0; j0 < n_pos; j0 += MLA_BLOCK_ROWS) {
             int nb = n_pos - j0 < MLA_BLOCK_ROWS ? n_pos - j0 : MLA_BLOCK_ROWS;
             touch_rows_ahead(base, row, j0, nb, n_pos);
-            for (int i = 0; i < nh; i++)
-                kv_dot_rows(f, f->qabs + (t * H + h0 + i) * cd, base + (size_t)j0 * row, cd, nb, cd,
-                            scores + i * n_ctx + j0);
+            k->dot_rows_heads(f->p.kv_type, f->qabs + (t * H + h0) * cd, cd, nh, base + (size_t)j0 * row, cd, nb, cd,
+                              scores + j0, (int64_t)n_ctx);
         }
         for (int i = 0; i < nh; i++) {
             float *si = scores + i * n_ctx;
@@ -805,9 +784,8 @@ static void mla_attn_worker(void *arg, int ith, int nth)
         }
         for (int j0 = 0; j0 < n_pos; j0 += MLA_BLOCK_ROWS) {
             int nb = n_pos - j0 < MLA_BLOCK_ROWS ? n_pos - j0 : MLA_BLOCK_ROWS;
-            for (int i = 0; i < nh; i++)
-                kv_axpy_rows(f, f->olat + ((h0 + i) * c->n + t) * C, scores + i * n_ctx + j0, base + (size_t)j0 * row,
-                             cd, nb, C);
+            k->axpy_rows_heads(f->p.kv_type, f->olat + (h0 * c->n + t) * C, c->n * C, scores + j0, (int64_t)n_ctx, nh,
+                               base + (size_t)j0 * row, cd, nb, C);
         }
     }
 }

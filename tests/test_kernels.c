@@ -920,6 +920,201 @@ static void test_rows_f16_hand(void)
     free(h);
 }
 
+/* ---- several heads over the same rows -----------------------------------
+ * dot_rows_heads must give each head what the same table's dot_rows
+ * (dot_rows_f16) gives it, bit for bit; axpy_rows_heads each head's weighted
+ * sum within rounding. Neither may touch out outside its heads' entries:
+ * q, w and the rows hold NaN in their gaps (a read there poisons a result),
+ * out a sentinel in its gaps (a write there changes it). Every head count,
+ * head dims around the 8- and 16-wide vectors and the slices, a latent
+ * row's 576, and row counts around the row tiles. */
+static const int64_t heads_dim[] = { 1, 7, 16, 17, 33, 64, 65, 128, 130, 576 };
+static const int64_t heads_n[] = { 0, 1, 2, 3, 5, 9, 64 };
+enum { HEADS_DIM_MAX = 576, HEADS_N_MAX = 64, HEADS_PAD = 3 };
+_Static_assert(HEADS_N_MAX * (HEADS_DIM_MAX + HEADS_PAD) <= ROWS_N_MAX * ROWS_STRIDE_MAX,
+               "the rows_fill buffers hold the heads tests' rows");
+#define HEADS_SENTINEL (-12345.5f)
+
+/* One shape's data for all MS_ROWS_HEADS_MAX heads: n rows of dim values of
+ * type at stride (h the halves, f the f32 values or the halves widened),
+ * q [heads][ldq], w [heads][ldw] and y0 [heads][ldo_y] (axpy's out before
+ * the call), gaps NaN in q and w and HEADS_SENTINEL in y0; dot's out is
+ * [heads][ldo_s]. */
+typedef struct {
+    ms_type_t type;
+    int64_t dim, n, stride, ldq, ldw, ldo_s, ldo_y;
+    uint16_t h[ROWS_N_MAX * ROWS_STRIDE_MAX];
+    float f[ROWS_N_MAX * ROWS_STRIDE_MAX];
+    float q[MS_ROWS_HEADS_MAX * (HEADS_DIM_MAX + HEADS_PAD)];
+    float w[MS_ROWS_HEADS_MAX * (HEADS_N_MAX + HEADS_PAD)];
+    float y0[MS_ROWS_HEADS_MAX * (HEADS_DIM_MAX + HEADS_PAD)];
+} heads_case_t;
+
+static heads_case_t hc; /* large: static, not on the stack */
+
+static void heads_case_fill(heads_case_t *c, ms_type_t type, int64_t dim, int64_t n, int64_t stride)
+{
+    *c = (heads_case_t){ .type = type, .dim = dim, .n = n, .stride = stride, .ldq = dim + HEADS_PAD,
+                         .ldw = n + 2, .ldo_s = n + 2, .ldo_y = dim + HEADS_PAD };
+    if (type == MS_TYPE_F16)
+        rows_fill_f16(c->h, c->f, stride, n, dim);
+    else
+        rows_fill(c->f, stride, n, dim);
+    for (int64_t i = 0; i < MS_ROWS_HEADS_MAX * c->ldq; i++)
+        c->q[i] = i % c->ldq < dim ? rnd_f(-1, 1) : NAN;
+    for (int64_t i = 0; i < MS_ROWS_HEADS_MAX * c->ldw; i++)
+        c->w[i] = i % c->ldw < n ? rnd_f(-1, 1) : NAN;
+    for (int64_t i = 0; i < MS_ROWS_HEADS_MAX * c->ldo_y; i++)
+        c->y0[i] = i % c->ldo_y < dim ? rnd_f(-1, 1) : HEADS_SENTINEL;
+}
+
+static const void *heads_rows(const heads_case_t *c)
+{
+    return c->type == MS_TYPE_F16 ? (const void *)c->h : (const void *)c->f;
+}
+
+/* Entries of out [MS_ROWS_HEADS_MAX][ld] outside heads [0, nh) x [0, len)
+ * that differ from before. */
+static int heads_gaps_changed(const float *out, const float *before, int64_t ld, int nh, int64_t len)
+{
+    int changed = 0;
+    for (int64_t i = 0; i < MS_ROWS_HEADS_MAX * ld; i++)
+        if ((i / ld >= nh || i % ld >= len) && memcmp(&out[i], &before[i], sizeof(float)) != 0)
+            changed++;
+    return changed;
+}
+
+static void dot_heads_case(const ms_kernels_t *k, const heads_case_t *c, int nh)
+{
+    static float out[MS_ROWS_HEADS_MAX * (HEADS_N_MAX + 2)], before[MS_ROWS_HEADS_MAX * (HEADS_N_MAX + 2)],
+        one[HEADS_N_MAX];
+    for (int64_t i = 0; i < MS_ROWS_HEADS_MAX * c->ldo_s; i++)
+        out[i] = before[i] = HEADS_SENTINEL;
+    k->dot_rows_heads(c->type, c->q, c->ldq, nh, heads_rows(c), c->stride, c->n, c->dim, out, c->ldo_s);
+    int differ = 0, changed = heads_gaps_changed(out, before, c->ldo_s, nh, c->n);
+    for (int h = 0; h < nh; h++) {
+        if (c->type == MS_TYPE_F16)
+            k->dot_rows_f16(c->q + h * c->ldq, c->h, c->stride, c->n, c->dim, one);
+        else
+            k->dot_rows(c->q + h * c->ldq, c->f, c->stride, c->n, c->dim, one);
+        differ += memcmp(out + h * c->ldo_s, one, sizeof(float) * (size_t)c->n) != 0;
+    }
+    if (differ || changed)
+        fprintf(stderr, "%s dot_rows_heads %s nh %d dim %lld n %lld stride %lld: %d heads differ, %d gaps written\n",
+                k->name, ms_type_traits(c->type)->name, nh, (long long)c->dim, (long long)c->n, (long long)c->stride,
+                differ, changed);
+    CU_ASSERT_EQUAL(differ, 0);
+    CU_ASSERT_EQUAL(changed, 0);
+}
+
+/* axpy_rows_case's bound against double for every head, and twice it
+ * against the same table's axpy_rows on that head alone (two orders). */
+static void axpy_heads_case(const ms_kernels_t *k, const heads_case_t *c, int nh)
+{
+    static float out[MS_ROWS_HEADS_MAX * (HEADS_DIM_MAX + HEADS_PAD)], one[HEADS_DIM_MAX];
+    int64_t ld = c->ldo_y, dim = c->dim;
+    memcpy(out, c->y0, sizeof(float) * (size_t)(MS_ROWS_HEADS_MAX * ld));
+    k->axpy_rows_heads(c->type, out, ld, c->w, c->ldw, nh, heads_rows(c), c->stride, c->n, dim);
+    int bad = 0, changed = heads_gaps_changed(out, c->y0, ld, nh, dim);
+    for (int h = 0; h < nh; h++) {
+        const float *w = c->w + h * c->ldw, *y0 = c->y0 + h * ld, *o = out + h * ld;
+        memcpy(one, y0, sizeof(float) * (size_t)dim);
+        if (c->type == MS_TYPE_F16)
+            k->axpy_rows_f16(one, w, c->h, c->stride, c->n, dim);
+        else
+            k->axpy_rows(one, w, c->f, c->stride, c->n, dim);
+        if (c->n == 0)
+            bad += memcmp(o, y0, sizeof(float) * (size_t)dim) != 0;
+        for (int64_t i = 0; i < dim; i++) {
+            double ref = y0[i], mag = fabs(y0[i]);
+            for (int64_t j = 0; j < c->n; j++) {
+                ref += (double)w[j] * c->f[j * c->stride + i];
+                mag += fabs((double)w[j] * c->f[j * c->stride + i]);
+            }
+            double tol = (double)(c->n + 1) * FLT_EPSILON * mag;
+            bad += !(fabs(o[i] - ref) <= tol && fabs(o[i] - one[i]) <= 2 * tol);
+        }
+    }
+    if (bad || changed)
+        fprintf(stderr, "%s axpy_rows_heads %s nh %d dim %lld n %lld stride %lld: %d values off, %d gaps written\n",
+                k->name, ms_type_traits(c->type)->name, nh, (long long)dim, (long long)c->n, (long long)c->stride, bad,
+                changed);
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_EQUAL(changed, 0);
+}
+
+/* Copy of the first len values of src in an array of exactly that many. */
+static void *heads_dup(const void *src, size_t len, size_t size)
+{
+    void *p = malloc(len * size);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    memcpy(p, src, len * size);
+    return p;
+}
+
+/* Both kernels on copies of the case's arrays that end where the values the
+ * kernels may touch do (q, w and out at (nh - 1) * ld + their length, the
+ * rows at (n - 1) * stride + dim), for the address sanitizer to catch an
+ * access past them (make asan); the results are the bits of the same calls
+ * on the case's own arrays. */
+static void bounds_heads_case(const ms_kernels_t *k, const heads_case_t *c, int nh)
+{
+    static float ref_s[MS_ROWS_HEADS_MAX * (HEADS_N_MAX + 2)], ref_y[MS_ROWS_HEADS_MAX * (HEADS_DIM_MAX + HEADS_PAD)];
+    int64_t n = c->n, dim = c->dim;
+    if (n == 0)
+        return;
+    size_t n_s = (size_t)((nh - 1) * c->ldo_s + n), n_y = (size_t)((nh - 1) * c->ldo_y + dim);
+    size_t esize = c->type == MS_TYPE_F16 ? sizeof(uint16_t) : sizeof(float);
+    float *q = heads_dup(c->q, (size_t)((nh - 1) * c->ldq + dim), sizeof(float));
+    float *w = heads_dup(c->w, (size_t)((nh - 1) * c->ldw + n), sizeof(float));
+    void *rows = heads_dup(heads_rows(c), (size_t)((n - 1) * c->stride + dim), esize);
+    float *s = heads_dup(c->y0, n_s, sizeof(float)), *y = heads_dup(c->y0, n_y, sizeof(float));
+    memcpy(ref_s, c->y0, sizeof(float) * n_s);
+    memcpy(ref_y, c->y0, sizeof(float) * n_y);
+    k->dot_rows_heads(c->type, q, c->ldq, nh, rows, c->stride, n, dim, s, c->ldo_s);
+    k->dot_rows_heads(c->type, c->q, c->ldq, nh, heads_rows(c), c->stride, n, dim, ref_s, c->ldo_s);
+    k->axpy_rows_heads(c->type, y, c->ldo_y, w, c->ldw, nh, rows, c->stride, n, dim);
+    k->axpy_rows_heads(c->type, ref_y, c->ldo_y, c->w, c->ldw, nh, heads_rows(c), c->stride, n, dim);
+    CU_ASSERT(memcmp(s, ref_s, sizeof(float) * n_s) == 0);
+    CU_ASSERT(memcmp(y, ref_y, sizeof(float) * n_y) == 0);
+    free(q);
+    free(w);
+    free(rows);
+    free(s);
+    free(y);
+}
+
+/* Each shape (f32 and f16 rows, packed and wider strides) with every table
+ * and every head count. */
+static void heads_shapes(void (*run)(const ms_kernels_t *, const heads_case_t *, int))
+{
+    const ms_type_t types[] = { MS_TYPE_F32, MS_TYPE_F16 };
+    for (size_t t = 0; t < COUNT(types); t++)
+        for (size_t d = 0; d < COUNT(heads_dim); d++)
+            for (size_t r = 0; r < COUNT(heads_n); r++)
+                for (int s = 0; s < 2; s++) {
+                    heads_case_fill(&hc, types[t], heads_dim[d], heads_n[r], rows_stride(heads_dim[d], s));
+                    for (int ti = 0; ti < n_tables; ti++)
+                        for (int nh = 1; nh <= MS_ROWS_HEADS_MAX; nh++)
+                            run(tables[ti], &hc, nh);
+                }
+}
+
+static void test_dot_rows_heads(void)
+{
+    heads_shapes(dot_heads_case);
+}
+
+static void test_axpy_rows_heads(void)
+{
+    heads_shapes(axpy_heads_case);
+}
+
+static void test_rows_heads_bounds(void)
+{
+    heads_shapes(bounds_heads_case);
+}
+
 static void test_rmsnorm(void)
 {
     enum { N = 4096 + 5 };
@@ -1143,6 +1338,9 @@ static int ms_test_register(void)
         !CU_add_test(s, "dot_rows_f16 against double and dot_rows", test_dot_rows_f16) ||
         !CU_add_test(s, "axpy_rows_f16 against double and axpy_rows", test_axpy_rows_f16) ||
         !CU_add_test(s, "dot_rows_f16 and axpy_rows_f16 hand values", test_rows_f16_hand) ||
+        !CU_add_test(s, "dot_rows_heads: each head dot_rows' bits", test_dot_rows_heads) ||
+        !CU_add_test(s, "axpy_rows_heads against double and axpy_rows", test_axpy_rows_heads) ||
+        !CU_add_test(s, "dot_rows_heads and axpy_rows_heads inside their arrays", test_rows_heads_bounds) ||
         !CU_add_test(s, "rmsnorm", test_rmsnorm) ||
         !CU_add_test(s, "swiglu", test_swiglu) ||
         !CU_add_test(s, "softmax", test_softmax) ||

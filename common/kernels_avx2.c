@@ -641,15 +641,6 @@ static void v8_axpy_rows_f16(float *out, const float *w, const uint16_t *rows, i
 #define HD_HEADS 2
 #define HA_HEADS 4
 
-/* Heads the next pass takes when left remain and a pass takes at most max:
- * the passes share them evenly (7 = 4 + 3, 6 = 3 + 3), so no pass runs with
- * one head's few accumulator chains. */
-static inline int heads_next(int left, int max)
-{
-    int passes = (left + max - 1) / max;
-    return (left + passes - 1) / passes;
-}
-
 /* v, kept in a register: GCC otherwise folds a vector's load into every
  * FMA that uses it, loading it once per use. */
 FORCE_INLINE __m256 in_reg(__m256 v)
@@ -791,7 +782,7 @@ FORCE_INLINE void dot_rows_heads(ms_type_t type, const float *q, int64_t ldq, in
                                  int64_t stride, int64_t n_rows, int64_t dim, float *out, int64_t ldo)
 {
     for (int h = 0, hn; h < nh; h += hn) {
-        hn = heads_next(nh - h, HD_HEADS);
+        hn = ms_kern_heads_next(nh - h, HD_HEADS);
         const float *qh = q + h * ldq;
         float *oh = out + h * ldo;
         if (hn == 2)
@@ -881,7 +872,7 @@ FORCE_INLINE void axpy_rows_heads(ms_type_t type, float *out, int64_t ldo, const
                                   const void *rows, int64_t stride, int64_t n_rows, int64_t dim)
 {
     for (int h = 0, hn; h < nh; h += hn) {
-        hn = heads_next(nh - h, HA_HEADS);
+        hn = ms_kern_heads_next(nh - h, HA_HEADS);
         float *oh = out + h * ldo;
         const float *wh = w + h * ldw;
         switch (hn) {

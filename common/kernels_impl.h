@@ -31,6 +31,16 @@ static inline float ms_kern_q8_inv_scale(float amax, uint16_t *ret_d)
     return d != 0.0f ? 1.0f / d : 0.0f;
 }
 
+/* Query heads the next pass of a multi-head attention kernel takes when
+ * left remain and a pass takes at most max: the passes share them evenly
+ * (7 = 4 + 3, 6 = 3 + 3), so no pass runs with one head's few accumulator
+ * chains. */
+static inline int ms_kern_heads_next(int left, int max)
+{
+    int passes = (left + max - 1) / max;
+    return (left + passes - 1) / passes;
+}
+
 /* One-token products stream every weight row once from memory. The hardware
  * prefetchers alone keep too few lines in flight for that: the kernel's many
  * instructions per cache line fill the reorder window long before its loads

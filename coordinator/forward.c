@@ -419,7 +419,6 @@ static void kv_store(const ms_forward_t *f, void *dst, const float *x, int64_t n
     }
 }
 
-
 /* Checks ids, sequences and positions; a position may rewind a sequence but
  * not skip ahead. The sequence lengths change only when the whole batch is valid. */
 static int check_batch(ms_forward_t *f, const ms_batch_tok_t *batch, int n, ms_err_t *err)

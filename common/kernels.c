@@ -92,8 +92,10 @@ static long long mm_units(const ms_mm_t *mm)
     return mm->n_out > 0 ? (mm->n_out + MS_MM_GRAIN_ROWS - 1) / MS_MM_GRAIN_ROWS : 0;
 }
 
-/* Grains [u0, u1) of the concatenated jobs, across job boundaries. */
-static void mm_run_units(const mm_multi_ctx_t *c, long long u0, long long u1)
+/* Grains [u0, u1) of the concatenated jobs, across job boundaries. *at is
+ * where the calling thread's last rows ended: a one-token job's rows that do
+ * not go on from there start a new stream (ms_kern_stream_start). */
+static void mm_run_units(const mm_multi_ctx_t *c, long long u0, long long u1, const char **at)
 {
     long long base = 0;
     for (int j = 0; j < c->n_jobs && base < u1; j++) {
@@ -104,7 +106,13 @@ static void mm_run_units(const mm_multi_ctx_t *c, long long u0, long long u1)
         if (lo < hi) {
             int64_t r0 = (lo - base) * MS_MM_GRAIN_ROWS;
             int64_t r1 = (hi - base) * MS_MM_GRAIN_ROWS;
-            c->k->matmul(mm, r0, r1 < mm->n_out ? r1 : mm->n_out);
+            r1 = r1 < mm->n_out ? r1 : mm->n_out;
+            size_t row = (size_t)ms_type_row_bytes(mm->type, (uint64_t)mm->n_in);
+            const char *from = (const char *)mm->w + (size_t)r0 * row;
+            if (mm->n_tok == 1 && from != *at)
+                ms_kern_stream_start(from, (const char *)mm->w + (size_t)mm->n_out * row);
+            c->k->matmul(mm, r0, r1);
+            *at = (const char *)mm->w + (size_t)r1 * row;
         }
         base += n;
     }
@@ -142,15 +150,16 @@ static void mm_multi_thread(void *arg, int ith, int nth)
 {
     const mm_multi_ctx_t *c = arg;
     long long u0, u1;
+    const char *at = NULL;
     if (!c->ranges) {
-        mm_run_units(c, 0, c->units);
+        mm_run_units(c, 0, c->units, &at);
         return;
     }
     while (mm_claim(&c->ranges[ith], MM_OWN_GRAINS, false, &u0, &u1))
-        mm_run_units(c, u0, u1);
+        mm_run_units(c, u0, u1, &at);
     for (int v = (ith + 1) % nth; v != ith; v = (v + 1) % nth)
         while (mm_claim(&c->ranges[v], MM_STEAL_GRAINS, true, &u0, &u1))
-            mm_run_units(c, u0, u1);
+            mm_run_units(c, u0, u1, &at);
 }
 
 /* Below this much work (weight bytes x tokens) a product runs on the caller:

@@ -66,4 +66,23 @@ static inline void ms_kern_stream_ahead(const void *from, size_t len, const void
     ms_touch_pages((const void *)p, (const void *)(e < (uintptr_t)end ? e : (uintptr_t)end));
 }
 
+/* Where a thread's stream through a matrix starts rather than goes on (its
+ * first rows of a product, the first rows of the next job, rows it steals),
+ * nothing is under way for the first MS_PAGE_AHEAD bytes: the kernels ask
+ * only for what lies that far past the row they start. Without this, the
+ * rows found their pages one after another (a 70 KB share's first claim took
+ * twice the time of the next ones). So the pages of the first MS_PAGE_AHEAD
+ * bytes are touched at once and their first MS_KERN_STREAM_AHEAD bytes of
+ * lines asked for, up to the matrix's end. */
+static inline void ms_kern_stream_start(const void *from, const void *end)
+{
+    uintptr_t p = (uintptr_t)from, e = (uintptr_t)end;
+    uintptr_t pages = p + MS_PAGE_AHEAD < e ? p + MS_PAGE_AHEAD : e;
+    uintptr_t lines = p + MS_KERN_STREAM_AHEAD < e ? p + MS_KERN_STREAM_AHEAD : e;
+    __builtin_prefetch(from, 0, 3);
+    ms_touch_pages(from, (const void *)pages);
+    for (p = (p | 63) + 1; p < lines; p += 64)
+        __builtin_prefetch((const void *)p, 0, 0);
+}
+
 #endif

@@ -9,7 +9,7 @@
 #
 # Environment: BUILD (default build), MS_BENCH_DIR (default /var/tmp/moeshard-bench,
 # outside the repository: the model is ~1.8 GB), MS_BENCH_THREADS (default: all cores),
-# MS_BENCH_RUNS (generation runs per configuration, default 3).
+# MS_BENCH_RUNS (generation runs per configuration, default 5).
 set -euo pipefail
 
 BUILD=${BUILD:-build}
@@ -19,7 +19,7 @@ THREADS=${MS_BENCH_THREADS:-$(nproc)}
 N_PROMPT=128
 N_DECODE=64
 LOAD_RUNS=3
-RUNS=${MS_BENCH_RUNS:-3} # generation runs per configuration; the fastest decode is reported
+RUNS=${MS_BENCH_RUNS:-5} # generation runs per configuration; the fastest decode is reported
 DROP_CACHES=/proc/sys/vm/drop_caches
 RSS_SLACK_MB=67.108864 # 64 MiB in MB (1e6 bytes): code, tokenizer, scratch buffers
 MODEL="$MS_BENCH_DIR/bench-mixtral-q8_0.gguf"

@@ -79,7 +79,7 @@ static inline void ms_kern_stream_start(const void *from, const void *end)
     uintptr_t p = (uintptr_t)from, e = (uintptr_t)end;
     uintptr_t pages = p + MS_PAGE_AHEAD < e ? p + MS_PAGE_AHEAD : e;
     uintptr_t lines = p + MS_KERN_STREAM_AHEAD < e ? p + MS_KERN_STREAM_AHEAD : e;
-    __builtin_prefetch(from, 0, 3);
+    __builtin_prefetch(from, 0, 3); /* the page holding from: ms_touch_pages takes those starting after it */
     ms_touch_pages(from, (const void *)pages);
     for (p = (p | 63) + 1; p < lines; p += 64)
         __builtin_prefetch((const void *)p, 0, 0);

@@ -38,7 +38,8 @@ FORCE_INLINE __m512i q8_load2(const ms_block_q8_0_t *b)
 
 FORCE_INLINE __m512 q8_scale2(const ms_block_q8_0_t *b)
 {
-    return _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(_cvtsh_ss(b[0].d)), _mm512_set1_ps(_cvtsh_ss(b[1].d)));
+    __m256i h = _mm256_mask_blend_epi16(0xff00, _mm256_set1_epi16((short)b[0].d), _mm256_set1_epi16((short)b[1].d));
+    return _mm512_cvtph_ps(h);
 }
 
 /* A lone last block: upper half zero quants and zero scale. */

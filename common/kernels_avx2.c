@@ -29,6 +29,12 @@ FORCE_INLINE float hsum8(__m256 v)
  * w's sign applied. |w| <= 128 and |x| <= 127 keep each pair sum within
  * int16 (2 * 128 * 127 = 32512), so maddubs never saturates. */
 
+/* A block's scale in all 8 lanes: the half broadcast, then converted once. */
+FORCE_INLINE __m256 q8_scale(const ms_block_q8_0_t *b)
+{
+    return _mm256_cvtph_ps(_mm_set1_epi16((short)b->d));
+}
+
 FORCE_INLINE void q8_tile(const ms_block_q8_0_t *const *wr, const ms_block_q8_0_t *const *xt, int64_t nb,
                           float *y, int64_t ldy, const int nr, const int nt)
 {
@@ -46,12 +52,12 @@ FORCE_INLINE void q8_tile(const ms_block_q8_0_t *const *wr, const ms_block_q8_0_
         for (int i = 0; i < nr; i++) {
             w[i] = _mm256_loadu_si256((const __m256i *)wr[i][b].qs);
             aw[i] = _mm256_sign_epi8(w[i], w[i]);
-            dw[i] = _mm256_set1_ps(_cvtsh_ss(wr[i][b].d));
+            dw[i] = q8_scale(&wr[i][b]);
         }
 #pragma GCC unroll 4
         for (int j = 0; j < nt; j++) {
             __m256i x = _mm256_loadu_si256((const __m256i *)xt[j][b].qs);
-            __m256 dx = _mm256_set1_ps(_cvtsh_ss(xt[j][b].d));
+            __m256 dx = q8_scale(&xt[j][b]);
 #pragma GCC unroll 4
             for (int i = 0; i < nr; i++) {
                 __m256i p16 = _mm256_maddubs_epi16(aw[i], _mm256_sign_epi8(x, w[i]));

@@ -233,7 +233,7 @@ static void v8_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
 static void v8_dequant_q8_0(const ms_block_q8_0_t *b, float *dst, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++) {
-        __m256 d = _mm256_set1_ps(_cvtsh_ss(b[i].d));
+        __m256 d = q8_scale(&b[i]);
         for (int k = 0; k < MS_QK8_0; k += 8) {
             __m128i q = _mm_loadl_epi64((const __m128i *)(b[i].qs + k));
             __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));

@@ -140,6 +140,35 @@ run_membw() {
     MEMBW_1=$(max2 "$m1" "${MEMBW_1:-}")
     MEMBW_N=$(max2 "$mn" "${MEMBW_N:-}")
     MEMBW_N_MEDIAN=$(max2 "$mm" "${MEMBW_N_MEDIAN:-}")
+    run_cpu_speed "$when"
+}
+
+# The CPUs this process may run on, one id per line ("0-3,6" -> 0 1 2 3 6).
+allowed_cpus() {
+    sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status | tr ',' '\n' |
+        awk -F- '{ for (c = $1; c <= ($2 == "" ? $1 : $2); c++) print c }'
+}
+
+# run_cpu_speed WHEN: the one-token decode kernel on weights that stay in L1
+# (mmbench --in-cache), on each CPU in turn: what the cores compute at the
+# time, which memory's bandwidth does not show. A shared machine's cores slow
+# down in spells with the neighbours' load; the products, which compute as
+# well as read, then stream below membw's rate (docs/performance.md).
+run_cpu_speed() {
+    local when=$1 c g list=""
+    for c in $(allowed_cpus); do
+        taskset -c "$c" "$BIN/mmbench" --in-cache --threads 1 --passes 20 >"$WORK/cpu.out" 2>&1 ||
+            { cat "$WORK/cpu.out" >&2; die "mmbench --in-cache on CPU $c failed"; }
+        g=$(sed -n 's/^mmbench_gbps=//p' "$WORK/cpu.out")
+        [ -n "$g" ] || die "mmbench --in-cache printed no rate: $(cat "$WORK/cpu.out")"
+        list="$list${list:+ }$g"
+    done
+    [ -n "$list" ] || die "no CPU found in /proc/self/status (Cpus_allowed_list)"
+    if [ "$when" = before ]; then
+        CPU_SPEED_BEFORE=$list
+    else
+        CPU_SPEED_AFTER=$list
+    fi
 }
 
 # The decode products alone, as a step issues them on the bench model (d =
@@ -636,6 +665,8 @@ membw_${THREADS}t_gbps=$MEMBW_N
 membw_${THREADS}t_median_gbps=$MEMBW_N_MEDIAN
 membw_${THREADS}t_before_gbps=$MEMBW_N_BEFORE
 membw_${THREADS}t_after_gbps=$MEMBW_N_AFTER
+kernel_in_cache_gbps_before="$CPU_SPEED_BEFORE"
+kernel_in_cache_gbps_after="$CPU_SPEED_AFTER"
 roofline_gbps=$roof_gbps
 roofline_median_gbps=$roof_median
 load_runs=$LOAD_RUNS
@@ -712,6 +743,7 @@ cluster_text_matches_embedded=$C_SAME
 
 Summary ($DATE, $CPU, $THREADS threads):
   memory read bandwidth   $MEMBW_1 GB/s on 1 thread, $MEMBW_N GB/s on $THREADS threads (best pass; median pass $MEMBW_N_MEDIAN GB/s) ($MEMBW_ISA loads, each 4 KiB page touched ahead as the decode kernels do; the faster of the measurements before and after the decode runs: $MEMBW_N_BEFORE and $MEMBW_N_AFTER GB/s)
+  CPU speed               the decode kernel on weights in L1 (one thread on each CPU): $CPU_SPEED_BEFORE GB/s before the decode runs, $CPU_SPEED_AFTER GB/s after
   load (median of $LOAD_RUNS)      $LOAD_LB GB/s ($LOAD_PCT% of dd iflag=direct bs=4M: $LOAD_DD GB/s), $LOAD_SHA GB/s with SHA-256 ($LOAD_SHA_PCT%); cache dropped: $LOAD_COLD, O_DIRECT: $LOAD_DIRECT
   expertd load            $LOAD_EXPERTD GB/s reading ($LOAD_EXPERTD_PCT% of dd), $LOAD_EXPERTD_ALL GB/s with allocating its memory; every expert, cold cache
   prefill                 $PREFILL tok/s over a $PROMPT_TOKENS-token prompt (best of $RUNS runs: $PREFILLS)

@@ -9,10 +9,17 @@
  * weights spread across a buffer far larger than the caches, visited in a
  * scattered order, and prints the weight bytes per second; with --rows 0 one
  * product covers the whole buffer (the long-stream limit). bench/bench.sh
- * runs it for the bench model's shapes (docs/performance.md). */
+ * runs it for the bench model's shapes (docs/performance.md).
+ *
+ * With --in-cache the weights are a few rows that stay in the core's L1
+ * data cache, gone over many times a pass: the rate is then what the kernel
+ * computes, not what memory delivers, and shows how fast the CPU itself runs
+ * at the moment (a shared machine's cores slow down with the neighbours'
+ * load, and the products with them). */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +36,8 @@
 #define MMB_MIB_MAX      (64 << 10)
 #define MMB_WARM_PASSES  2
 #define MMB_SPIN_US      200 /* as the forward pass sets it for a step */
+#define MMB_CACHE_BYTES  (32 << 10) /* inside L1: 48 KiB on Zen 4/5, 32-48 KiB on recent Intel */
+#define MMB_CACHE_REPEAT 4096       /* times a pass goes over those bytes (~130 MB) */
 
 typedef struct {
     int64_t rows;     /* per job; 0: one job over the whole buffer */
@@ -37,12 +46,14 @@ typedef struct {
     int64_t mib;
     int passes;
     int threads;
+    bool in_cache;
 } mmb_opts_t;
 
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: mmbench [--rows R] [--jobs J] [--n-in N] [--size-mib M] [--passes P] [--threads T]\n\n"
+            "usage: mmbench [--rows R] [--jobs J] [--n-in N] [--size-mib M] [--passes P] [--threads T]\n"
+            "       mmbench --in-cache [--n-in N] [--passes P] [--threads T]\n\n"
             "Times one-token Q8_0 matrix products (ms_matmul_multi) of J jobs of R rows of N\n"
             "values each, over M MiB of weights visited in a scattered order, and prints the\n"
             "weight bytes streamed per second (1e9 bytes/s): the best and the mean of P passes.\n\n"
@@ -52,8 +63,11 @@ static void usage(FILE *out)
             "  --size-mib M   weight buffer, 16..%d MiB (default 256)\n"
             "  --passes P     timed passes over the buffer, 1..%d (default 10)\n"
             "  --threads T    pool threads (default: all %d cores)\n"
+            "  --in-cache     one product over the rows that fit in %d KiB, %d times a pass: the\n"
+            "                 weights stay in L1, so the rate is the kernel's compute speed\n"
             "  -h, --help     this help\n",
-            MMB_JOBS_MAX, MS_QK8_0 * 256, MMB_MIB_MAX, MMB_PASSES_MAX, ms_pool_default_threads());
+            MMB_JOBS_MAX, MS_QK8_0 * 256, MMB_MIB_MAX, MMB_PASSES_MAX, ms_pool_default_threads(),
+            MMB_CACHE_BYTES >> 10, MMB_CACHE_REPEAT);
 }
 
 static int parse_int(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *ret)
@@ -75,11 +89,13 @@ static int parse_args(int argc, char **argv, mmb_opts_t *o)
         { "rows", required_argument, 0, 'r' },     { "jobs", required_argument, 0, 'j' },
         { "n-in", required_argument, 0, 'n' },     { "size-mib", required_argument, 0, 'm' },
         { "passes", required_argument, 0, 'p' },   { "threads", required_argument, 0, 't' },
-        { "help", no_argument, 0, 'h' },           { 0, 0, 0, 0 },
+        { "in-cache", no_argument, 0, 'c' },       { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
     };
     *o = (mmb_opts_t){ .rows = 1024, .jobs = 1, .n_in = 1024, .mib = 256, .passes = 10,
                        .threads = ms_pool_default_threads() };
     int64_t v;
+    bool shape = false; /* --rows, --jobs or --size-mib given */
     opterr = 0;
     for (;;) {
         int c = getopt_long(argc, argv, ":h", longopts, NULL);
@@ -87,12 +103,13 @@ static int parse_args(int argc, char **argv, mmb_opts_t *o)
             break;
         int rc = 0;
         switch (c) {
-        case 'r': rc = parse_int("--rows", optarg, 0, 1 << 24, &o->rows); break;
-        case 'j': rc = parse_int("--jobs", optarg, 1, MMB_JOBS_MAX, &v); o->jobs = (int)v; break;
+        case 'r': rc = parse_int("--rows", optarg, 0, 1 << 24, &o->rows); shape = true; break;
+        case 'j': rc = parse_int("--jobs", optarg, 1, MMB_JOBS_MAX, &v); o->jobs = (int)v; shape = true; break;
         case 'n': rc = parse_int("--n-in", optarg, MS_QK8_0, MS_QK8_0 * 256, &o->n_in); break;
-        case 'm': rc = parse_int("--size-mib", optarg, 16, MMB_MIB_MAX, &o->mib); break;
+        case 'm': rc = parse_int("--size-mib", optarg, 16, MMB_MIB_MAX, &o->mib); shape = true; break;
         case 'p': rc = parse_int("--passes", optarg, 1, MMB_PASSES_MAX, &v); o->passes = (int)v; break;
         case 't': rc = parse_int("--threads", optarg, 1, MS_THREADS_MAX, &v); o->threads = (int)v; break;
+        case 'c': o->in_cache = true; break;
         case 'h': usage(stdout); return 1;
         case ':': fprintf(stderr, "mmbench: option '%s' needs a value (see --help)\n", argv[optind - 1]); return -1;
         default: fprintf(stderr, "mmbench: unknown option '%s' (see --help)\n", argv[optind - 1]); return -1;
@@ -107,6 +124,18 @@ static int parse_args(int argc, char **argv, mmb_opts_t *o)
     if (o->n_in % MS_QK8_0) {
         fprintf(stderr, "mmbench: --n-in must be a multiple of %d (Q8_0 blocks)\n", MS_QK8_0);
         return -1;
+    }
+    if (o->in_cache && shape) {
+        fprintf(stderr, "mmbench: --in-cache sets the weights itself; leave out --rows, --jobs and --size-mib\n");
+        return -1;
+    }
+    if (o->in_cache) {
+        o->rows = 0;
+        if ((int64_t)ms_type_row_bytes(MS_TYPE_Q8_0, (uint64_t)o->n_in) > MMB_CACHE_BYTES) {
+            fprintf(stderr, "mmbench: with --in-cache a row of --n-in %" PRId64 " must fit in %d KiB\n", o->n_in,
+                    MMB_CACHE_BYTES >> 10);
+            return -1;
+        }
     }
     return 0;
 }
@@ -139,7 +168,9 @@ int main(int argc, char **argv)
     if (rc)
         return rc > 0 ? 0 : 2;
     uint64_t row_bytes = ms_type_row_bytes(MS_TYPE_Q8_0, (uint64_t)o.n_in);
-    int64_t total_rows = (int64_t)(((uint64_t)o.mib << 20) / row_bytes);
+    uint64_t buf_bytes = o.in_cache ? MMB_CACHE_BYTES : (uint64_t)o.mib << 20;
+    int repeat = o.in_cache ? MMB_CACHE_REPEAT : 1;
+    int64_t total_rows = (int64_t)(buf_bytes / row_bytes);
     int64_t per_product = o.rows ? o.rows * o.jobs : total_rows;
     if (per_product > total_rows) {
         fprintf(stderr, "mmbench: %d jobs of %" PRId64 " rows need more than --size-mib %" PRId64 "\n", o.jobs,
@@ -181,8 +212,8 @@ int main(int argc, char **argv)
     double best = 0, sum = 0;
     for (int pass = 0; pass < MMB_WARM_PASSES + o.passes; pass++) {
         double t0 = now_s();
-        for (int64_t i = 0; i < n_products; i++) {
-            int64_t p = (i * stride) % n_products;
+        for (int64_t i = 0; i < n_products * repeat; i++) {
+            int64_t p = (i % n_products * stride) % n_products;
             for (int j = 0; j < n_jobs; j++) {
                 int64_t r0 = p * per_product + (int64_t)j * (o.rows ? o.rows : per_product);
                 jobs[j] = (ms_mm_t){ .type = MS_TYPE_Q8_0, .w = w + (uint64_t)r0 * row_bytes,
@@ -191,12 +222,13 @@ int main(int argc, char **argv)
             }
             ms_matmul_multi(pool, k, jobs, n_jobs);
         }
-        double gbps = (double)used_rows * (double)row_bytes / (now_s() - t0) / 1e9;
+        double gbps = (double)repeat * (double)used_rows * (double)row_bytes / (now_s() - t0) / 1e9;
         if (pass >= MMB_WARM_PASSES) {
             sum += gbps;
             best = gbps > best ? gbps : best;
         }
     }
+    printf("mmbench_in_cache=%d\n", o.in_cache);
     printf("mmbench_rows=%" PRId64 "\nmmbench_jobs=%d\nmmbench_n_in=%" PRId64 "\nmmbench_threads=%d\n"
            "mmbench_products=%" PRId64 "\nmmbench_gbps=%.2f\nmmbench_mean_gbps=%.2f\n",
            o.rows ? o.rows : per_product, n_jobs, o.n_in, o.threads, n_products, best, sum / o.passes);

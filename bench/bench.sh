@@ -149,15 +149,16 @@ allowed_cpus() {
         awk -F- '{ for (c = $1; c <= ($2 == "" ? $1 : $2); c++) print c }'
 }
 
-# run_cpu_speed WHEN: the one-token decode kernel on weights that stay in L1
-# (mmbench --in-cache), on each CPU in turn: what the cores compute at the
-# time, which memory's bandwidth does not show. A shared machine's cores slow
+# run_cpu_speed WHEN: the one-token row kernel on weights that stay in L1
+# (mmbench --in-cache --layout rows: the kernel --mmap decodes with, the
+# figure comparable with runs before the 16-row layout), on each CPU in turn:
+# what the cores compute at the time, which memory's bandwidth does not show. A shared machine's cores slow
 # down in spells with the neighbours' load; the products, which compute as
 # well as read, then stream below membw's rate (docs/performance.md).
 run_cpu_speed() {
     local when=$1 c g list=""
     for c in $(allowed_cpus); do
-        taskset -c "$c" "$BIN/mmbench" --in-cache --threads 1 --passes 20 >"$WORK/cpu.out" 2>&1 ||
+        taskset -c "$c" "$BIN/mmbench" --in-cache --layout rows --threads 1 --passes 20 >"$WORK/cpu.out" 2>&1 ||
             { cat "$WORK/cpu.out" >&2; die "mmbench --in-cache on CPU $c failed"; }
         g=$(sed -n 's/^mmbench_gbps=//p' "$WORK/cpu.out")
         [ -n "$g" ] || die "mmbench --in-cache printed no rate: $(cat "$WORK/cpu.out")"
@@ -743,7 +744,7 @@ cluster_text_matches_embedded=$C_SAME
 
 Summary ($DATE, $CPU, $THREADS threads):
   memory read bandwidth   $MEMBW_1 GB/s on 1 thread, $MEMBW_N GB/s on $THREADS threads (best pass; median pass $MEMBW_N_MEDIAN GB/s) ($MEMBW_ISA loads, each 4 KiB page touched ahead as the decode kernels do; the faster of the measurements before and after the decode runs: $MEMBW_N_BEFORE and $MEMBW_N_AFTER GB/s)
-  CPU speed               the decode kernel on weights in L1 (one thread on each CPU): $CPU_SPEED_BEFORE GB/s before the decode runs, $CPU_SPEED_AFTER GB/s after
+  CPU speed               the row kernel on weights in L1 (one thread on each CPU): $CPU_SPEED_BEFORE GB/s before the decode runs, $CPU_SPEED_AFTER GB/s after
   load (median of $LOAD_RUNS)      $LOAD_LB GB/s ($LOAD_PCT% of dd iflag=direct bs=4M: $LOAD_DD GB/s), $LOAD_SHA GB/s with SHA-256 ($LOAD_SHA_PCT%); cache dropped: $LOAD_COLD, O_DIRECT: $LOAD_DIRECT
   expertd load            $LOAD_EXPERTD GB/s reading ($LOAD_EXPERTD_PCT% of dd), $LOAD_EXPERTD_ALL GB/s with allocating its memory; every expert, cold cache
   prefill                 $PREFILL tok/s over a $PROMPT_TOKENS-token prompt (best of $RUNS runs: $PREFILLS)

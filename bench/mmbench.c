@@ -46,6 +46,7 @@ typedef struct {
     int64_t mib;
     int passes;
     int threads;
+    bool rows_layout; /* --layout rows: the file's row-by-row Q8_0 (--mmap); else 16 rows at a time */
     bool in_cache;
 } mmb_opts_t;
 
@@ -53,7 +54,8 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: mmbench [--rows R] [--jobs J] [--n-in N] [--size-mib M] [--passes P] [--threads T]\n"
-            "       mmbench --in-cache [--n-in N] [--passes P] [--threads T]\n\n"
+            "               [--layout r16|rows]\n"
+            "       mmbench --in-cache [--n-in N] [--passes P] [--threads T] [--layout r16|rows]\n\n"
             "Times one-token Q8_0 matrix products (ms_matmul_multi) of J jobs of R rows of N\n"
             "values each, over M MiB of weights visited in a scattered order, and prints the\n"
             "weight bytes streamed per second (1e9 bytes/s): the best and the mean of P passes.\n\n"
@@ -63,8 +65,12 @@ static void usage(FILE *out)
             "  --size-mib M   weight buffer, 16..%d MiB (default 256)\n"
             "  --passes P     timed passes over the buffer, 1..%d (default 10)\n"
             "  --threads T    pool threads (default: all %d cores)\n"
-            "  --in-cache     one product over the rows that fit in %d KiB, %d times a pass: the\n"
-            "                 weights stay in L1, so the rate is the kernel's compute speed\n"
+            "  --layout L     r16: the weights laid out 16 rows at a time, as moeshard\n"
+            "                 holds Q8_0 matrices it read into memory (default); rows: the\n"
+            "                 file's row-by-row layout, as with --mmap\n"
+            "  --in-cache     one product over the rows that fit in %d KiB (with --layout r16,\n"
+            "                 whole groups of 16 rows), %d times a pass: the weights stay in L1,\n"
+            "                 so the rate is the kernel's compute speed\n"
             "  -h, --help     this help\n",
             MMB_JOBS_MAX, MS_QK8_0 * 256, MMB_MIB_MAX, MMB_PASSES_MAX, ms_pool_default_threads(),
             MMB_CACHE_BYTES >> 10, MMB_CACHE_REPEAT);
@@ -89,7 +95,8 @@ static int parse_args(int argc, char **argv, mmb_opts_t *o)
         { "rows", required_argument, 0, 'r' },     { "jobs", required_argument, 0, 'j' },
         { "n-in", required_argument, 0, 'n' },     { "size-mib", required_argument, 0, 'm' },
         { "passes", required_argument, 0, 'p' },   { "threads", required_argument, 0, 't' },
-        { "in-cache", no_argument, 0, 'c' },       { "help", no_argument, 0, 'h' },
+        { "layout", required_argument, 0, 'l' },   { "in-cache", no_argument, 0, 'c' },
+        { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
     *o = (mmb_opts_t){ .rows = 1024, .jobs = 1, .n_in = 1024, .mib = 256, .passes = 10,
@@ -109,6 +116,13 @@ static int parse_args(int argc, char **argv, mmb_opts_t *o)
         case 'm': rc = parse_int("--size-mib", optarg, 16, MMB_MIB_MAX, &o->mib); shape = true; break;
         case 'p': rc = parse_int("--passes", optarg, 1, MMB_PASSES_MAX, &v); o->passes = (int)v; break;
         case 't': rc = parse_int("--threads", optarg, 1, MS_THREADS_MAX, &v); o->threads = (int)v; break;
+        case 'l':
+            if (strcmp(optarg, "r16") && strcmp(optarg, "rows")) {
+                fprintf(stderr, "mmbench: --layout expects r16 or rows, not '%s'\n", optarg);
+                return -1;
+            }
+            o->rows_layout = strcmp(optarg, "rows") == 0;
+            break;
         case 'c': o->in_cache = true; break;
         case 'h': usage(stdout); return 1;
         case ':': fprintf(stderr, "mmbench: option '%s' needs a value (see --help)\n", argv[optind - 1]); return -1;
@@ -130,10 +144,13 @@ static int parse_args(int argc, char **argv, mmb_opts_t *o)
         return -1;
     }
     if (o->in_cache) {
+        /* the rows layout takes whole rows, the r16 layout whole groups of 16 */
+        int group = o->rows_layout ? 1 : MS_Q8_R16_ROWS;
         o->rows = 0;
-        if ((int64_t)ms_type_row_bytes(MS_TYPE_Q8_0, (uint64_t)o->n_in) > MMB_CACHE_BYTES) {
-            fprintf(stderr, "mmbench: with --in-cache a row of --n-in %" PRId64 " must fit in %d KiB\n", o->n_in,
-                    MMB_CACHE_BYTES >> 10);
+        if ((int64_t)ms_type_row_bytes(MS_TYPE_Q8_0, (uint64_t)o->n_in) * group > MMB_CACHE_BYTES) {
+            fprintf(stderr, "mmbench: with --in-cache %d row%s of --n-in %" PRId64 " must fit in %d KiB%s\n", group,
+                    group > 1 ? "s" : "", o->n_in, MMB_CACHE_BYTES >> 10,
+                    group > 1 ? " (or --layout rows)" : "");
             return -1;
         }
     }
@@ -171,6 +188,8 @@ int main(int argc, char **argv)
     uint64_t buf_bytes = o.in_cache ? MMB_CACHE_BYTES : (uint64_t)o.mib << 20;
     int repeat = o.in_cache ? MMB_CACHE_REPEAT : 1;
     int64_t total_rows = (int64_t)(buf_bytes / row_bytes);
+    if (!o.rows_layout)
+        total_rows -= total_rows % MS_Q8_R16_ROWS; /* whole groups of 16 rows */
     int64_t per_product = o.rows ? o.rows * o.jobs : total_rows;
     if (per_product > total_rows) {
         fprintf(stderr, "mmbench: %d jobs of %" PRId64 " rows need more than --size-mib %" PRId64 "\n", o.jobs,
@@ -188,6 +207,16 @@ int main(int argc, char **argv)
         return 1;
     }
     fill_q8(w, used_rows, o.n_in);
+    bool r16 = !o.rows_layout;
+    if (r16 && (per_product % MS_Q8_R16_ROWS || (o.rows && o.rows % MS_Q8_R16_ROWS))) {
+        fprintf(stderr, "mmbench: --layout r16 needs rows per job in multiples of %d (or --layout rows)\n",
+                MS_Q8_R16_ROWS);
+        return 2;
+    }
+    if (r16 && !ms_q8_r16_pack(w, used_rows / MS_Q8_R16_ROWS, MS_Q8_R16_ROWS, o.n_in)) {
+        fprintf(stderr, "mmbench: out of memory laying out the weights\n");
+        return 1;
+    }
     const ms_kernels_t *k = ms_kernels_best();
     for (int64_t i = 0; i < o.n_in; i++)
         x[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
@@ -218,7 +247,7 @@ int main(int argc, char **argv)
                 int64_t r0 = p * per_product + (int64_t)j * (o.rows ? o.rows : per_product);
                 jobs[j] = (ms_mm_t){ .type = MS_TYPE_Q8_0, .w = w + (uint64_t)r0 * row_bytes,
                                      .n_out = o.rows ? o.rows : per_product, .n_in = o.n_in, .x = x,
-                                     .ldx = o.n_in, .xq = xq, .n_tok = 1, .y = y + r0, .ldy = 1 };
+                                     .ldx = o.n_in, .xq = xq, .n_tok = 1, .y = y + r0, .ldy = 1, .w_r16 = r16 };
             }
             ms_matmul_multi(pool, k, jobs, n_jobs);
         }
@@ -229,9 +258,9 @@ int main(int argc, char **argv)
         }
     }
     printf("mmbench_in_cache=%d\n", o.in_cache);
-    printf("mmbench_rows=%" PRId64 "\nmmbench_jobs=%d\nmmbench_n_in=%" PRId64 "\nmmbench_threads=%d\n"
+    printf("mmbench_rows=%" PRId64 "\nmmbench_jobs=%d\nmmbench_n_in=%" PRId64 "\nmmbench_threads=%d\nmmbench_layout=%s\n"
            "mmbench_products=%" PRId64 "\nmmbench_gbps=%.2f\nmmbench_mean_gbps=%.2f\n",
-           o.rows ? o.rows : per_product, n_jobs, o.n_in, o.threads, n_products, best, sum / o.passes);
+           o.rows ? o.rows : per_product, n_jobs, o.n_in, o.threads, r16 ? "r16" : "rows", n_products, best, sum / o.passes);
     ms_pool_destroy(&pool);
     ms_mem_free(w, (size_t)((uint64_t)used_rows * row_bytes));
     free(x);

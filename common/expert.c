@@ -148,7 +148,7 @@ static int add_jobs(const ms_expert_ws_t *ws, const ms_weight_t *w, const float 
             .type = w->type, .w = ms_weight_mat(w, e), .n_out = n_out, .n_in = n_in,
             .x = x + r0 * n_in, .ldx = n_in,
             .xq = xq ? (const char *)xq + (size_t)r0 * xq_row : NULL,
-            .n_tok = ws->count[e], .y = y + r0 * n_out, .ldy = n_out,
+            .n_tok = ws->count[e], .y = y + r0 * n_out, .ldy = n_out, .w_r16 = w->r16,
         };
     }
     return n;

@@ -72,6 +72,42 @@ size_t ms_act_row_bytes(ms_type_t type, int64_t n_in)
     return 0;
 }
 
+bool ms_q8_r16_fits(int64_t n_out, int64_t n_in)
+{
+    return n_out > 0 && n_out % MS_Q8_R16_ROWS == 0 && n_in > 0 && n_in % MS_QK8_0 == 0;
+}
+
+bool ms_q8_r16_pack(void *w, int64_t n_mat, int64_t n_out, int64_t n_in)
+{
+    if (n_mat <= 0 || !ms_q8_r16_fits(n_out, n_in))
+        return false;
+    int64_t nb = n_in / MS_QK8_0;
+    size_t group = (size_t)nb * MS_Q8_R16_BLOCK_BYTES;
+    ms_block_q8_0_t *rows = malloc(group);
+    if (!rows)
+        return false;
+    uint8_t *g = w, *end = g + (size_t)n_mat * (size_t)(n_out / MS_Q8_R16_ROWS) * group;
+    for (; g < end; g += group) {
+        memcpy(rows, g, group);
+        for (int64_t b = 0; b < nb; b++) {
+            size_t so, qo;
+            ms_q8_r16_at(nb, b, &so, &qo);
+            for (int i = 0; i < MS_Q8_R16_ROWS; i++) {
+                const ms_block_q8_0_t *blk = &rows[(int64_t)i * nb + b];
+                memcpy(g + so + 2 * i, &blk->d, 2);
+                for (int k = 0; k < MS_QK8_0 / 4; k++) {
+                    uint32_t v;
+                    memcpy(&v, blk->qs + 4 * k, 4);
+                    v ^= 0x80808080u; /* each quant q as q + 128 */
+                    memcpy(g + qo + 64 * k + 4 * i, &v, 4);
+                }
+            }
+        }
+    }
+    free(rows);
+    return true;
+}
+
 /* Each thread owns a contiguous range of grains, packed as (back << 32 | front)
  * so that its owner (taking from the front) and a thief (taking from the
  * back) claim grains with one compare-and-swap each. */

@@ -25,9 +25,51 @@ typedef enum {
     MS_ROPE_COUNT
 } ms_rope_mode_t;
 
+/* Q8_0 matrices in memory may be laid out 16 rows at a time instead of row
+ * by row (ms_q8_r16_pack, at load time). A block of 16 rows is
+ *   16 f16 scales, row i's at [2i] (32 bytes), and
+ *   8 chunks of 64 bytes: chunk g holds row i's quants 4g..4g+3 at [4i],
+ *   each quant stored as q + 128 (unsigned),
+ * so one 64-byte load feeds one vpdpbusd for 16 rows and a block's 16
+ * scales convert in one instruction. A group of 16 rows keeps its blocks
+ * in pairs, the two blocks' scales first and then their quants (1088 bytes,
+ * 17 whole cache lines: every load of quants is aligned); an odd last block
+ * is scales then quants (ms_q8_r16_at). A group takes the bytes its 16
+ * rows took (16 x 34 per block), so rows [r0, r1) at whole groups still
+ * sit at w + r0 * row bytes. A packed matrix starts on a 64-byte boundary
+ * (each tensor read into memory does): the AVX-512 one-token loop loads the
+ * quants of an even number of blocks aligned.
+ *
+ * The kernels of this layout (ms_mm_t.w_r16), on every ISA, compute a row as
+ *   acc = 0; for each block b in order:
+ *       acc = fma((float)(integer dot of the quants), f16(w.d) * f16(x.d), acc)
+ * (one rounding per multiply, one per fma), so a packed matrix's products
+ * have the same bits whatever the ISA, the number of tokens in the call or
+ * the rows' grouping. Matrices in the file's row-by-row layout (--mmap,
+ * any matrix not packed) go through the row kernels, each ISA with its own
+ * order; a packed and an unpacked copy of the same matrix agree only within
+ * rounding. */
+#define MS_Q8_R16_ROWS 16
+#define MS_Q8_R16_BLOCK_BYTES (MS_Q8_R16_ROWS * 34)
+
+/* Block b (of nb) of a 16-row group: offsets of its scales and of its first
+ * chunk of quants from the group's start. */
+static inline void ms_q8_r16_at(int64_t nb, int64_t b, size_t *scales, size_t *quants)
+{
+    size_t pair = (size_t)(b / 2) * 2 * MS_Q8_R16_BLOCK_BYTES;
+    if (b % 2 == 0 && b == nb - 1) {
+        *scales = pair;
+        *quants = pair + 32;
+    } else {
+        *scales = pair + 32 * (size_t)(b % 2);
+        *quants = pair + 64 + 512 * (size_t)(b % 2);
+    }
+}
+
 /* One matrix product job: y[t*ldy + r] = sum_c W[r][c] * x[t][c]
  * for r in [0, n_out), t in [0, n_tok).
  *   W  [n_out][n_in] of type; row r starts at w + r * ms_type_row_bytes(type, n_in)
+ *      (for r a multiple of 16 when w_r16)
  *   x  [n_tok][n_in] f32, row t at x + t * ldx
  *   xq the same rows quantised by ms_act_quantize for type, or NULL when
  *      ms_act_row_bytes(type, n_in) == 0 (the kernel then reads x)
@@ -42,7 +84,16 @@ typedef struct {
     int64_t n_tok;
     float *y;
     int64_t ldy;
+    bool w_r16; /* Q8_0 only: w is laid out 16 rows at a time (above) */
 } ms_mm_t;
+
+/* Whether a Q8_0 matrix of n_out rows of n_in values can be laid out 16
+ * rows at a time: whole groups of rows and whole blocks. */
+bool ms_q8_r16_fits(int64_t n_out, int64_t n_in);
+/* Rewrites n_mat Q8_0 matrices of n_out x n_in, back to back at w, from
+ * the file's row-by-row layout to the 16-row one, in place; false (w
+ * unchanged) when they do not fit or memory for one group is not there. */
+bool ms_q8_r16_pack(void *w, int64_t n_mat, int64_t n_out, int64_t n_in);
 
 #define MS_ROWS_HEADS_MAX 8 /* query heads one dot_rows_heads / axpy_rows_heads call takes */
 

@@ -115,6 +115,125 @@ static void q8_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
     }
 }
 
+/* ---- Q8_0 x Q8_0, 16 rows at a time (w_r16) ------------------------------
+ * Matrices laid out 16 rows at a time at load time (kernels.h), one row a
+ * lane as in the AVX-512 kernels, in two halves of 8 rows: chunk g of a
+ * block holds each row's quants 4g..4g+3 (stored q + 128), multiplied by
+ * the token's 4 quants 4g..4g+3 broadcast, with maddubs as above. The
+ * integer sums are exact and the float steps are those kernels.h gives for
+ * these kernels, so the bits are the scalar and AVX-512 kernels' on the
+ * same packed matrix. */
+#define Q8R16_NT 4
+#define Q8R16_XB 512 /* blocks of per-block activation scales on the stack at a time */
+
+/* One half (8 rows) of a block: chunk k's 32 bytes at c + 64 k, into nt
+ * tokens' accumulators. */
+FORCE_INLINE void q8r16_half(__m256 *acc, const uint8_t *c, __m256 dw, const ms_block_q8_0_t *const *xt,
+                             const float *const *xd, int64_t b, int64_t bx, const int nt)
+{
+    const __m256i ones = _mm256_set1_epi16(1), bias = _mm256_set1_epi8((char)0x80);
+    __m256i s[Q8R16_NT];
+#pragma GCC unroll 4
+    for (int j = 0; j < nt; j++)
+        s[j] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++) {
+        __m256i w = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(c + 64 * k)), bias);
+        __m256i aw = _mm256_abs_epi8(w);
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++) {
+            int32_t v;
+            memcpy(&v, xt[j][b].qs + 4 * k, 4);
+            __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(v), w));
+            s[j] = _mm256_add_epi32(s[j], _mm256_madd_epi16(p, ones));
+        }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < nt; j++)
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[j]), _mm256_mul_ps(dw, _mm256_set1_ps(xd[j][bx])), acc[j]);
+}
+
+/* Tokens [t, t + nt) x rows [r0, r1) over blocks [b0, b1), the sums
+ * carried in y when b0 > 0. */
+FORCE_INLINE void q8r16_pass(const ms_mm_t *mm, int64_t r0, int64_t r1, int64_t t, int64_t b0, int64_t b1,
+                             const ms_block_q8_0_t *const *xt, const float *const *xd, const int nt)
+{
+    int64_t nb = mm->n_in / MS_QK8_0;
+    size_t row = (size_t)nb * sizeof(ms_block_q8_0_t);
+    const bool stream = mm->n_tok == 1;
+    const char *w_end = (const char *)mm->w + (size_t)mm->n_out * row;
+    for (int64_t g = r0 / MS_Q8_R16_ROWS * MS_Q8_R16_ROWS; g < r1; g += MS_Q8_R16_ROWS) {
+        const char *gp = (const char *)mm->w + (size_t)g * row;
+        for (int h = 0; h < 2; h++) {
+            int64_t base = g + 8 * h;
+            if (base >= r1 || base + 8 <= r0)
+                continue;
+            __m256 acc[Q8R16_NT];
+            float out[Q8R16_NT][8];
+#pragma GCC unroll 4
+            for (int j = 0; j < nt; j++) {
+                if (b0) /* lanes outside [r0, r1) are computed and not stored */
+                    for (int i = 0; i < 8; i++)
+                        out[j][i] = base + i >= r0 && base + i < r1 ? mm->y[(t + j) * mm->ldy + base + i] : 0.0f;
+                acc[j] = b0 ? _mm256_loadu_ps(out[j]) : _mm256_setzero_ps();
+            }
+            for (int64_t b = b0; b < b1; b++) {
+                if (stream && h == 0)
+                    ms_kern_stream_ahead(gp + (size_t)b * MS_Q8_R16_BLOCK_BYTES, MS_Q8_R16_BLOCK_BYTES, w_end);
+                size_t so, qo;
+                ms_q8_r16_at(nb, b, &so, &qo);
+                __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gp + so + 16 * h)));
+                q8r16_half(acc, (const uint8_t *)gp + qo + 32 * h, dw, xt, xd, b, b - b0, nt);
+            }
+#pragma GCC unroll 4
+            for (int j = 0; j < nt; j++) {
+                _mm256_storeu_ps(out[j], acc[j]);
+                for (int i = 0; i < 8; i++)
+                    if (base + i >= r0 && base + i < r1)
+                        mm->y[(t + j) * mm->ldy + base + i] = out[j][i];
+            }
+        }
+    }
+}
+
+typedef void (*q8r16_pass_fn)(const ms_mm_t *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              const ms_block_q8_0_t *const *, const float *const *);
+
+#define Q8R16_PASS(NT)                                                                                        \
+    static void q8r16_pass_##NT(const ms_mm_t *mm, int64_t r0, int64_t r1, int64_t t, int64_t b0, int64_t b1, \
+                                const ms_block_q8_0_t *const *xt, const float *const *xd)                     \
+    {                                                                                                         \
+        q8r16_pass(mm, r0, r1, t, b0, b1, xt, xd, NT);                                                        \
+    }
+Q8R16_PASS(1) Q8R16_PASS(2) Q8R16_PASS(3) Q8R16_PASS(4)
+
+static const q8r16_pass_fn q8r16_passes[Q8R16_NT] = { q8r16_pass_1, q8r16_pass_2, q8r16_pass_3, q8r16_pass_4 };
+
+/* Token tiles outer, rows inner: a thread's rows of one call stay in L2
+ * while the token tiles go over them. */
+static void q8r16_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
+{
+    int64_t nb = mm->n_in / MS_QK8_0;
+    size_t xrow = (size_t)nb * sizeof(ms_block_q8_0_t);
+    float xdb[Q8R16_NT][Q8R16_XB];
+    const ms_block_q8_0_t *xt[Q8R16_NT];
+    const float *xd[Q8R16_NT];
+    for (int64_t t = 0; t < mm->n_tok; t += Q8R16_NT) {
+        int nt = mm->n_tok - t < Q8R16_NT ? (int)(mm->n_tok - t) : Q8R16_NT;
+        for (int j = 0; j < nt; j++) {
+            xt[j] = (const void *)((const char *)mm->xq + (size_t)(t + j) * xrow);
+            xd[j] = xdb[j];
+        }
+        for (int64_t b0 = 0; b0 < nb; b0 += Q8R16_XB) {
+            int64_t b1 = nb - b0 < Q8R16_XB ? nb : b0 + Q8R16_XB;
+            for (int j = 0; j < nt; j++)
+                for (int64_t b = b0; b < b1; b++)
+                    xdb[j][b - b0] = _cvtsh_ss(xt[j][b].d);
+            q8r16_passes[nt - 1](mm, r0, r1, t, b0, b1, xt, xd);
+        }
+    }
+}
+
 /* ---- F32 / F16 / BF16 weights x f32 activations ------------------------ */
 
 FORCE_INLINE __m256 pl_load_w(ms_type_t type, const void *row, int64_t c)
@@ -220,6 +339,8 @@ static void v8_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
 {
     if (!ms_kern_job_ok(mm))
         ms_kern_fill_nan(mm, r0, r1);
+    else if (mm->type == MS_TYPE_Q8_0 && mm->w_r16)
+        q8r16_matmul(mm, r0, r1);
     else if (mm->type == MS_TYPE_Q8_0)
         q8_matmul(mm, r0, r1);
     else if (ms_kq_handles(mm->type))

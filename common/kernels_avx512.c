@@ -2,6 +2,7 @@
  * only through ms_kernels_for() after the CPU check. */
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "kernels_impl.h"
 #include "ms_assert.h"
@@ -224,6 +225,192 @@ static void q8_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
     }
 }
 
+/* ---- Q8_0 x Q8_0, 16 rows at a time (w_r16) ------------------------------
+ * Matrices laid out 16 rows at a time at load time (kernels.h): one row a
+ * lane. A block of 16 rows is eight 64-byte vectors of weights, chunk g
+ * holding each row's quants 4g..4g+3, and vpdpbusd multiplies each by the
+ * token's 4 quants 4g..4g+3 broadcast, adding row i's 4 products into lane
+ * i. The weights are stored unsigned (q + 128), so each lane gains 128 x
+ * the sum of the token's block, which starts the sum negated. The blocks
+ * are added in the order kernels.h gives for these kernels, so the bits are
+ * the scalar and AVX2 kernels' on the same packed matrix. */
+
+/* Tokens a pass over a group's blocks takes: each weight vector loaded
+ * serves Q8R16_NT tokens. */
+#define Q8R16_NT 4
+/* Blocks of the activations' per-block numbers kept on the stack at a time
+ * (n_in up to 16384 in one pass; longer rows go in passes, the sums carried
+ * through y). */
+#define Q8R16_XB 512
+/* How far ahead the one-token loop asks for a pair of blocks' 17 lines:
+ * 6 KiB, into every cache level (prefetch locality 3, as for the page it
+ * touches MS_PAGE_AHEAD on). The row kernels ask non-temporally 12 KiB ahead
+ * (MS_KERN_STREAM_AHEAD); for this loop the nearer, all-levels prefetch
+ * measured best. */
+#define Q8R16_LINES_AHEAD (6 * 1024)
+
+typedef struct {
+    float d;      /* the block's scale */
+    int32_t corr; /* 128 x the sum of its quants */
+} q8r16_xb_t;
+
+FORCE_INLINE __m512i q8r16_bcst4(const int8_t *q)
+{
+    int32_t v;
+    memcpy(&v, q, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* One block of 16 rows (w: 8 chunks, unsigned; dw: the 16 scales) into the
+ * accumulators of nt tokens. */
+FORCE_INLINE void q8r16_blk(__m512 *acc, const __m512i *w, __m512 dw, const ms_block_q8_0_t *const *xt,
+                            const q8r16_xb_t *const *xc, int64_t b, int64_t bx, const int nt)
+{
+#pragma GCC unroll 4
+    for (int j = 0; j < nt; j++) {
+        const int8_t *q = xt[j][b].qs;
+        __m512i s0 = _mm512_set1_epi32(-xc[j][bx].corr), s1 = _mm512_setzero_si512();
+        s0 = _mm512_dpbusd_epi32(s0, w[0], q8r16_bcst4(q + 0));
+        s1 = _mm512_dpbusd_epi32(s1, w[1], q8r16_bcst4(q + 4));
+        s0 = _mm512_dpbusd_epi32(s0, w[2], q8r16_bcst4(q + 8));
+        s1 = _mm512_dpbusd_epi32(s1, w[3], q8r16_bcst4(q + 12));
+        s0 = _mm512_dpbusd_epi32(s0, w[4], q8r16_bcst4(q + 16));
+        s1 = _mm512_dpbusd_epi32(s1, w[5], q8r16_bcst4(q + 20));
+        s0 = _mm512_dpbusd_epi32(s0, w[6], q8r16_bcst4(q + 24));
+        s1 = _mm512_dpbusd_epi32(s1, w[7], q8r16_bcst4(q + 28));
+        __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(xc[j][bx].d));
+        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), d, acc[j]);
+    }
+}
+
+/* Block b of nb of a group: its 8 chunks of quants and its 16 scales. */
+FORCE_INLINE void q8r16_load(const uint8_t *g, int64_t nb, int64_t b, __m512i *w, __m512 *dw)
+{
+    size_t so, qo;
+    ms_q8_r16_at(nb, b, &so, &qo);
+    *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + so)));
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++)
+        w[k] = _mm512_loadu_si512(g + qo + 64 * k);
+}
+
+/* Tokens [t, t + nt) x rows [r0, r1) over blocks [b0, b1), the sums
+ * carried in y when b0 > 0. xi: for one token, its quants 4 bytes a lane
+ * per block (8 int32), blocks [b0, b1). */
+FORCE_INLINE void q8r16_pass(const ms_mm_t *mm, int64_t r0, int64_t r1, int64_t t, int64_t b0, int64_t b1,
+                             const ms_block_q8_0_t *const *xt, const q8r16_xb_t *const *xc, const int32_t *xi,
+                             const int nt)
+{
+    int64_t nb = mm->n_in / MS_QK8_0;
+    size_t row = (size_t)nb * sizeof(ms_block_q8_0_t);
+    /* one token: the weights stream once from memory, asked for ahead of a
+     * cursor going through the group's bytes as fast as the blocks do */
+    const bool stream = mm->n_tok == 1;
+    const char *w_end = (const char *)mm->w + (size_t)mm->n_out * row;
+    for (int64_t g = r0 / MS_Q8_R16_ROWS * MS_Q8_R16_ROWS; g < r1; g += MS_Q8_R16_ROWS) {
+        int64_t lo = g > r0 ? g : r0, hi = g + MS_Q8_R16_ROWS < r1 ? g + MS_Q8_R16_ROWS : r1;
+        __mmask16 m = (__mmask16)(((1u << (hi - g)) - 1) & ~((1u << (lo - g)) - 1));
+        const char *gp = (const char *)mm->w + (size_t)g * row;
+        __m512 acc[Q8R16_NT];
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++)
+            acc[j] = b0 ? _mm512_maskz_loadu_ps(m, mm->y + (t + j) * mm->ldy + g) : _mm512_setzero_ps();
+        __m512i w[8];
+        __m512 dw;
+        if (nt == 1 && xi && nb % 2 == 0 && b0 == 0 && b1 == nb) {
+            /* one token, whole pairs of blocks in one pass: block by block
+             * straight from the pair's lines (17, 64-byte aligned) */
+            __m512 a = acc[0];
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *pp = (const uint8_t *)gp + (size_t)(b / 2) * 2 * MS_Q8_R16_BLOCK_BYTES;
+                const uint8_t *qb = pp + 64 + 512 * (b % 2);
+                if (stream) {
+                    const uint8_t *f = pp + Q8R16_LINES_AHEAD;
+                    if (b % 2 == 0 && (const char *)f + 2 * MS_Q8_R16_BLOCK_BYTES <= w_end)
+                        for (int o = 0; o < 2 * MS_Q8_R16_BLOCK_BYTES; o += 64)
+                            __builtin_prefetch(f + o, 0, 3);
+                    uintptr_t pg = ((uintptr_t)qb + MS_PAGE_AHEAD + 4095) & ~(uintptr_t)4095;
+                    if (pg < (uintptr_t)qb + MS_PAGE_AHEAD + MS_Q8_R16_BLOCK_BYTES && pg < (uintptr_t)w_end)
+                        __builtin_prefetch((const void *)pg, 0, 3);
+                }
+                const int32_t *x0 = xi + b * 8;
+                __m512i s0 = _mm512_set1_epi32(-xc[0][b].corr), s1 = _mm512_setzero_si512();
+#pragma GCC unroll 8
+                for (int k = 0; k < 8; k += 2) {
+                    s0 = _mm512_dpbusd_epi32(s0, _mm512_load_si512(qb + 64 * k), _mm512_set1_epi32(x0[k]));
+                    s1 = _mm512_dpbusd_epi32(s1, _mm512_load_si512(qb + 64 + 64 * k), _mm512_set1_epi32(x0[k + 1]));
+                }
+                __m512 d = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pp + 32 * (b % 2)))),
+                                         _mm512_set1_ps(xc[0][b].d));
+                a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), d, a);
+            }
+            acc[0] = a;
+        } else {
+            for (int64_t b = b0; b < b1; b++) {
+                /* the pair's 17 lines asked for at its first block */
+                if (stream && (b % 2 == 0 || b == b0))
+                    ms_kern_stream_ahead(gp + (size_t)(b / 2) * 2 * MS_Q8_R16_BLOCK_BYTES, 2 * MS_Q8_R16_BLOCK_BYTES,
+                                         w_end);
+                q8r16_load((const uint8_t *)gp, nb, b, w, &dw);
+                q8r16_blk(acc, w, dw, xt, xc, b, b - b0, nt);
+            }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < nt; j++)
+            _mm512_mask_storeu_ps(mm->y + (t + j) * mm->ldy + g, m, acc[j]);
+    }
+}
+
+typedef void (*q8r16_pass_fn)(const ms_mm_t *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              const ms_block_q8_0_t *const *, const q8r16_xb_t *const *, const int32_t *);
+
+#define Q8R16_PASS(NT)                                                                                          \
+    static void q8r16_pass_##NT(const ms_mm_t *mm, int64_t r0, int64_t r1, int64_t t, int64_t b0, int64_t b1,   \
+                                const ms_block_q8_0_t *const *xt, const q8r16_xb_t *const *xc, const int32_t *xi) \
+    {                                                                                                           \
+        q8r16_pass(mm, r0, r1, t, b0, b1, xt, xc, xi, NT);                                                      \
+    }
+Q8R16_PASS(1) Q8R16_PASS(2) Q8R16_PASS(3) Q8R16_PASS(4)
+
+static const q8r16_pass_fn q8r16_passes[Q8R16_NT] = { q8r16_pass_1, q8r16_pass_2, q8r16_pass_3, q8r16_pass_4 };
+
+/* Token tiles outer, blocks in passes of Q8R16_XB, rows inner: a thread's
+ * rows of one call (a few grains) stay in L2 while the token tiles go over
+ * them; one token streams each weight once. */
+static void q8r16_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
+{
+    int64_t nb = mm->n_in / MS_QK8_0;
+    size_t xrow = (size_t)nb * sizeof(ms_block_q8_0_t);
+    q8r16_xb_t xcb[Q8R16_NT][Q8R16_XB];
+    _Alignas(64) int32_t xib[Q8R16_XB * 8];
+    const ms_block_q8_0_t *xt[Q8R16_NT];
+    const q8r16_xb_t *xc[Q8R16_NT];
+    for (int64_t t = 0; t < mm->n_tok; t += Q8R16_NT) {
+        int nt = mm->n_tok - t < Q8R16_NT ? (int)(mm->n_tok - t) : Q8R16_NT;
+        for (int j = 0; j < nt; j++) {
+            xt[j] = (const void *)((const char *)mm->xq + (size_t)(t + j) * xrow);
+            xc[j] = xcb[j];
+        }
+        for (int64_t b0 = 0; b0 < nb; b0 += Q8R16_XB) {
+            int64_t b1 = nb - b0 < Q8R16_XB ? nb : b0 + Q8R16_XB;
+            for (int j = 0; j < nt; j++)
+                for (int64_t b = b0; b < b1; b++) {
+                    __m256i q = _mm256_loadu_si256((const __m256i *)xt[j][b].qs);
+                    __m512i s = _mm512_cvtepi8_epi16(q);
+                    xcb[j][b - b0].corr = 128 * _mm512_reduce_add_epi32(_mm512_madd_epi16(s, _mm512_set1_epi16(1)));
+                    xcb[j][b - b0].d = _cvtsh_ss(xt[j][b].d);
+                }
+            const int32_t *xi = NULL;
+            if (nt == 1) {
+                for (int64_t b = b0; b < b1; b++)
+                    memcpy(xib + (b - b0) * 8, xt[0][b].qs, 32);
+                xi = xib;
+            }
+            q8r16_passes[nt - 1](mm, r0, r1, t, b0, b1, xt, xc, xi);
+        }
+    }
+}
+
 /* ---- F32 / F16 / BF16 weights x f32 activations ------------------------ */
 
 /* 16 weights from element c as f32; lanes outside m read as 0. */
@@ -324,6 +511,8 @@ static void v16_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
 {
     if (!ms_kern_job_ok(mm))
         ms_kern_fill_nan(mm, r0, r1);
+    else if (mm->type == MS_TYPE_Q8_0 && mm->w_r16)
+        q8r16_matmul(mm, r0, r1);
     else if (mm->type == MS_TYPE_Q8_0)
         q8_matmul(mm, r0, r1);
     else if (ms_kq_handles(mm->type))

@@ -119,6 +119,28 @@ static float sc_dot_q8_0(const ms_block_q8_0_t *w, const ms_block_q8_0_t *x, int
     return sum;
 }
 
+/* Row r of a Q8_0 matrix laid out 16 rows at a time (kernels.h), in the
+ * order the AVX2 and AVX-512 kernels of that layout add it: one fma per
+ * block, so their bits. */
+static float sc_dot_q8_r16(const ms_mm_t *mm, int64_t r, const ms_block_q8_0_t *x)
+{
+    int64_t nb = mm->n_in / MS_QK8_0;
+    const uint8_t *g = (const uint8_t *)mm->w + (size_t)(r / MS_Q8_R16_ROWS) * (size_t)nb * MS_Q8_R16_BLOCK_BYTES;
+    int i = (int)(r % MS_Q8_R16_ROWS);
+    float sum = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        size_t so, qo;
+        ms_q8_r16_at(nb, b, &so, &qo);
+        uint16_t d;
+        memcpy(&d, g + so + 2 * i, 2);
+        int32_t isum = 0;
+        for (int k = 0; k < MS_QK8_0; k++)
+            isum += ((int32_t)g[qo + (k / 4) * 64 + 4 * i + k % 4] - 128) * (int32_t)x[b].qs[k];
+        sum = fmaf((float)isum, ms_f16_to_f32(d) * ms_f16_to_f32(x[b].d), sum);
+    }
+    return sum;
+}
+
 static float sc_dot_plain(ms_type_t type, const void *w, const float *x, int64_t n)
 {
     float sum = 0.0f;
@@ -140,7 +162,9 @@ static void sc_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
             const char *w = (const char *)mm->w + (size_t)r * wrow;
             float v;
             const void *xq = mm->xq ? (const char *)mm->xq + (size_t)t * xrow : NULL;
-            if (mm->type == MS_TYPE_Q8_0)
+            if (mm->type == MS_TYPE_Q8_0 && mm->w_r16)
+                v = sc_dot_q8_r16(mm, r, xq);
+            else if (mm->type == MS_TYPE_Q8_0)
                 v = sc_dot_q8_0((const void *)w, xq, mm->n_in / MS_QK8_0);
             else if (ms_kq_handles(mm->type))
                 v = ms_kq_dot(mm->type, w, xq, mm->n_in);

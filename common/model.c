@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
+#include "kernels.h"
 #include "limits.h"
 #include "log.h"
 #include "mem.h"
@@ -711,7 +713,8 @@ static uint64_t weight_span(const ms_gguf_tensor_t *t)
  * file's 4 KiB page-cache pages each 4 KiB costs a TLB miss and stops the
  * hardware prefetcher (docs/performance.md). O_DIRECT where the file system
  * allows it, so the model is not also held in the page cache. */
-static int read_weights(ms_gguf_t *g, const ms_model_open_params_t *p, ms_err_t *err)
+static int read_weights(ms_gguf_t *g, const ms_model_open_params_t *p, void **ret_mem, uint64_t *ret_bytes,
+                        ms_err_t *err)
 {
     uint64_t n_t = ms_gguf_n_tensors(g), total = 0, bytes = 0;
     size_t n = 0;
@@ -760,15 +763,13 @@ static int read_weights(ms_gguf_t *g, const ms_model_open_params_t *p, ms_err_t 
                        strerror(-rc));
         }
     }
-    if (!rc && mprotect(mem, (size_t)total, PROT_READ) != 0) {
-        rc = -errno;
-        ms_err_set(err, "%s: cannot make the weights read-only: %s", ms_gguf_path(g), strerror(errno));
-    }
     if (rc)
         goto out;
     for (size_t i = 0; i < n; i++)
         ms_gguf_set_tensor_data(g, index[i], ranges[i].dst);
     ms_gguf_own_mem(g, mem, total);
+    *ret_mem = mem;
+    *ret_bytes = total;
     mem = NULL;
     ms_log_debug("%s: %zu tensors, %.1f MiB read into memory in %.2f s (%s)", ms_gguf_path(g), n,
                  (double)st.bytes / 1048576.0, st.seconds, st.used_direct ? "O_DIRECT" : "buffered");
@@ -793,14 +794,44 @@ static int prefault(const ms_gguf_t *g, const ms_model_open_params_t *p)
     return 0;
 }
 
+/* Q8_0 matrices that only the product kernels read go into the layout of
+ * 16 rows at a time (kernels.h); not the embedding, whose rows are looked up
+ * one by one (nor the output head when it is the embedding), nor
+ * deepseek2's attention matrices taken head by head. */
+static int pack_weight(ms_weight_t *w)
+{
+    if (w->type == MS_TYPE_Q8_0 && w->data && w->n_mat > 0 && !w->r16)
+        w->r16 = ms_q8_r16_pack((void *)w->data, w->n_mat, w->n_out, w->n_in);
+    return w->r16 ? (int)w->n_mat : 0;
+}
+
+/* Returns the number of matrices laid out. */
+static int pack_weights(ms_model_t *m)
+{
+    int n = 0;
+    for (int32_t l = 0; l < m->hp.n_layer; l++) {
+        ms_layer_t *L = &m->layers[l];
+        ms_weight_t *ws[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->router, &L->gate_exps, &L->up_exps,
+                              &L->down_exps, &L->shexp_gate, &L->gate_shexp, &L->up_shexp, &L->down_shexp,
+                              &L->wq_a, &L->wq_b, &L->wkv_a, &L->ffn_gate, &L->ffn_up, &L->ffn_down };
+        for (size_t i = 0; i < sizeof(ws) / sizeof(ws[0]); i++)
+            n += pack_weight(ws[i]);
+    }
+    if (m->output.data != m->tok_embd.data)
+        n += pack_weight(&m->output);
+    return n;
+}
+
 int ms_model_open(const char *path, const ms_model_open_params_t *p, ms_model_t **ret_model, ms_err_t *err)
 {
     ms_gguf_t *g = NULL;
     int rc = ms_gguf_open(path, &g, err);
     if (rc)
         return rc;
+    void *mem = NULL;
+    uint64_t mem_bytes = 0;
     if (!p->mmap) {
-        rc = read_weights(g, p, err);
+        rc = read_weights(g, p, &mem, &mem_bytes, err);
         if (rc) {
             ms_gguf_close(&g);
             return rc;
@@ -811,7 +842,27 @@ int ms_model_open(const char *path, const ms_model_open_params_t *p, ms_model_t 
             ms_log_warn("%s: could not map the weights in ahead (%s); the first tokens will be slower", path,
                         strerror(-rc));
     }
-    return model_from_gguf(&g, p->dense, ret_model, err);
+    ms_model_t *m = NULL;
+    rc = model_from_gguf(&g, p->dense, &m, err);
+    if (rc)
+        return rc;
+    if (mem) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        int n = pack_weights(m);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (n)
+            ms_log_debug("%s: %d Q8_0 matrices laid out 16 rows at a time in %.2f s", path, n,
+                         (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+        if (mprotect(mem, (size_t)mem_bytes, PROT_READ) != 0) {
+            rc = -errno;
+            ms_err_set(err, "%s: cannot make the weights read-only: %s", path, strerror(errno));
+            ms_model_destroy(&m);
+            return rc;
+        }
+    }
+    *ret_model = m;
+    return 0;
 }
 
 int ms_model_load(const char *path, ms_model_t **ret_model, ms_err_t *err)

@@ -82,6 +82,7 @@ typedef struct {
     uint64_t row_bytes;   /* ms_type_row_bytes(type, n_in) */
     uint64_t mat_bytes;   /* row_bytes * n_out: the stride between experts */
     const ms_gguf_tensor_t *tensor; /* where it lives in the file, for messages */
+    bool r16;             /* Q8_0 laid out 16 rows at a time in memory (kernels.h) */
 } ms_weight_t;
 
 typedef struct {

@@ -461,7 +461,7 @@ static void matmul(ms_forward_t *f, const ms_weight_t *w, const float *x, int64_
     if (qb)
         ms_act_quantize_rows(f->pool, f->k, w->type, x, ldx, n, w->n_in, f->xq[slot]);
     ms_mm_t job = { .type = w->type, .w = w->data, .n_out = w->n_out, .n_in = w->n_in, .x = x, .ldx = ldx,
-                    .xq = qb ? f->xq[slot] : NULL, .n_tok = n, .y = y, .ldy = ldy };
+                    .xq = qb ? f->xq[slot] : NULL, .n_tok = n, .y = y, .ldy = ldy, .w_r16 = w->r16 };
     ms_matmul_multi(f->pool, f->k, &job, 1);
 }
 
@@ -482,7 +482,7 @@ static void qkv(ms_forward_t *f, const ms_layer_t *L, int n)
             ms_act_quantize_rows(f->pool, f->k, ws[i]->type, f->h, d, n, d, f->xq[i]);
         jobs[i] = (ms_mm_t){ .type = ws[i]->type, .w = ws[i]->data, .n_out = ws[i]->n_out, .n_in = d, .x = f->h,
                              .ldx = d, .xq = qb ? f->xq[same < 0 ? i : same] : NULL, .n_tok = n, .y = ys[i],
-                             .ldy = ws[i]->n_out };
+                             .ldy = ws[i]->n_out, .w_r16 = ws[i]->r16 };
     }
     ms_matmul_multi(f->pool, f->k, jobs, 3);
 }

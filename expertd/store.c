@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "gguf.h"
+#include "kernels.h"
 #include "limits.h"
 #include "log.h"
 #include "mem.h"
@@ -44,6 +45,8 @@ struct expertd_store {
     ms_wire_slice_t *served, *failed;
     uint32_t n_served, n_failed;
     uint64_t bytes;
+    uint32_t n_laid_out;            /* Q8_0 matrices laid out 16 rows at a time so far */
+    double lay_out_s;               /* and the time it took */
 };
 
 static const char *const proj_names[MS_PROJ_COUNT] = { "gate", "up", "down" };
@@ -114,8 +117,12 @@ static int layer_views(expertd_store_t *s, int32_t l, ms_err_t *err)
                        (long long)sh->n_in[p], (long long)want_out[p], (long long)want_in[p]);
             return -EINVAL;
         }
+        /* Q8_0 matrices are served laid out 16 rows at a time (kernels.h), as
+         * moeshard run holds those it reads into memory: the same kernels
+         * on both sides, so a host's products are the process's bits. */
         L->w[p] = (ms_weight_t){ .type = sh->type[p], .n_in = sh->n_in[p], .n_out = sh->n_out[p],
-                                 .row_bytes = rb, .mat_bytes = rb * (uint64_t)sh->n_out[p] };
+                                 .row_bytes = rb, .mat_bytes = rb * (uint64_t)sh->n_out[p],
+                                 .r16 = sh->type[p] == MS_TYPE_Q8_0 && ms_q8_r16_fits(sh->n_out[p], sh->n_in[p]) };
         for (int32_t i = 0; i < L->n_held; i++) {
             if (L->slice[i]->nbytes[p] != L->w[p].mat_bytes) {
                 ms_err_set(err, "%s: (layer %d, expert %d) %s slab is %llu bytes, its shape needs %llu", s->path, l,
@@ -294,7 +301,26 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
     ms_notify_status("loading expert slices: %.0f%% of %.1f GiB, %.2f GB/s", pct, (double)total / 1073741824.0, gbs);
 }
 
-/* Marks what loaded, logs what did not, and builds the lookup tables. */
+/* A matrix just read (and its digest checked) into the layout its view
+ * says: 16 rows at a time for Q8_0, in place. */
+static int lay_out(expertd_store_t *s, const ms_weight_t *w, void *dst, int32_t l, int32_t e, int p)
+{
+    if (!w->r16)
+        return 0;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    bool ok = ms_q8_r16_pack(dst, 1, w->n_out, w->n_in);
+    s->lay_out_s += since(&t0);
+    if (ok) {
+        s->n_laid_out++;
+        return 0;
+    }
+    ms_log_error("%s: (layer %d, expert %d) %s: out of memory laying out the matrix", s->path, l, e, proj_names[p]);
+    return -ENOMEM;
+}
+
+/* Marks what loaded (laid out for the kernels), logs what did not, and
+ * builds the lookup tables. */
 static int settle(expertd_store_t *s, const ms_load_range_t *r)
 {
     size_t i = 0, n_total = (size_t)s->hp.n_layer * (size_t)s->hp.n_expert; /* room for any later Load */
@@ -307,8 +333,12 @@ static int settle(expertd_store_t *s, const ms_load_range_t *r)
         for (int32_t h = 0; h < L->n_held; h++) {
             L->ok[h] = true;
             for (int p = 0; p < MS_PROJ_COUNT; p++, i++) {
-                if (r[i].status == 0)
+                if (r[i].status == 0) {
+                    int rc = lay_out(s, &L->w[p], r[i].dst, l, L->global[h], p);
+                    if (rc)
+                        return rc;
                     continue;
+                }
                 L->ok[h] = false;
                 ms_log_error("%s: (layer %d, expert %d) %s: %s; this slice is not served", s->path, l,
                              L->global[h], proj_names[p],
@@ -352,6 +382,9 @@ static void log_load(const expertd_store_t *s, const ms_load_stats_t *st, double
                 st->seconds > 0 ? (double)st->bytes / st->seconds / 1e9 : 0.0,
                 st->used_direct ? " (O_DIRECT)" : " (buffered)", alloc_s,
                 total > 0 ? (double)st->bytes / total / 1e9 : 0.0);
+    if (s->n_laid_out)
+        ms_log_info("laid out %u Q8_0 matrices 16 rows at a time for the kernels in %.2f s", s->n_laid_out,
+                    s->lay_out_s);
     if (s->n_failed)
         ms_log_error("%u slices failed their SHA-256 check and are not served", s->n_failed);
 }
@@ -375,8 +408,11 @@ int expertd_store_load(expertd_store_t *s, ms_err_t *err)
     ms_load_stats_t st = { .used_direct = true };
     if (n) /* --experts none: nothing to read until a Load */
         rc = ms_shard_load_ranges(s->gguf, r, part, n, &params, on_progress, &prog, &st, err);
-    if (!rc)
+    if (!rc) {
         rc = settle(s, r);
+        if (rc)
+            ms_err_set(err, "%s: out of memory for the expert slices' tables or their layout", s->path);
+    }
     free(r);
     free(part);
     if (rc)
@@ -540,8 +576,14 @@ static int fill_layer(expertd_store_t *s, int32_t l, const bool *want, store_lay
             if (expertd_store_local(s, l, nl->global[h]) >= 0)
                 continue;
             for (int p = 0; p < MS_PROJ_COUNT; p++, i++) {
-                if (r[i].status == 0)
+                if (r[i].status == 0) {
+                    rc = lay_out(s, &nl->w[p], r[i].dst, l, nl->global[h], p);
+                    if (rc) {
+                        ms_err_set(err, "%s: layer %d: out of memory laying out the expert slices", s->path, l);
+                        break;
+                    }
                     continue;
+                }
                 nl->ok[h] = false;
                 ms_log_error("%s: (layer %d, expert %d) %s: %s; this slice is not served", s->path, l,
                              nl->global[h], proj_names[p], r[i].status == -EBADMSG ? "SHA-256 mismatch" : "read failed");

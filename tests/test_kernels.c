@@ -580,6 +580,210 @@ static void test_matmul_multi(void)
         case_free(&c[j]);
 }
 
+/* ---- Q8_0 laid out 16 rows at a time ------------------------------------- */
+
+/* Memory for packed Q8_0 weights: a packed matrix starts on a cache line
+ * (kernels.h). */
+static void *q8_r16_alloc(size_t bytes)
+{
+    return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+}
+
+/* A copy of the case's Q8_0 weights laid out 16 rows at a time. */
+static void *case_pack(const mm_case_t *c)
+{
+    size_t bytes = ms_type_row_bytes(MS_TYPE_Q8_0, (uint64_t)c->n_in) * (size_t)c->n_out;
+    void *p = q8_r16_alloc(bytes);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    memcpy(p, c->w, bytes);
+    CU_ASSERT_FATAL(ms_q8_r16_pack(p, 1, c->n_out, c->n_in));
+    return p;
+}
+
+/* ms_q8_r16_pack puts every row's scale and quants (q + 128) where
+ * ms_q8_r16_at says, touches nothing past the matrices, and refuses shapes
+ * that are not whole groups of 16 rows of whole blocks, leaving them as
+ * they were. */
+static void test_q8_r16_pack(void)
+{
+    /* the layout by hand: blocks in pairs (their scales, then their
+     * quants), an odd last block alone (its scales, then its quants) */
+    static const struct {
+        int64_t nb, b;
+        size_t so, qo;
+    } at[] = {
+        { 3, 0, 0, 64 },           { 3, 1, 32, 64 + 512 },           { 3, 2, 1088, 1088 + 32 },
+        { 4, 2, 1088, 1088 + 64 }, { 4, 3, 1088 + 32, 1088 + 576 }, { 1, 0, 0, 32 },
+    };
+    for (size_t i = 0; i < COUNT(at); i++) {
+        size_t so, qo;
+        ms_q8_r16_at(at[i].nb, at[i].b, &so, &qo);
+        CU_ASSERT(so == at[i].so && qo == at[i].qo);
+    }
+    static const int64_t n_ins[] = { 1024, 96 }; /* 32 blocks; 3 blocks, the last alone */
+    static const int64_t n_outs[] = { 16, 48 };
+    static const int64_t n_mats[] = { 1, 3 };
+    for (size_t a = 0; a < COUNT(n_ins); a++)
+        for (size_t o = 0; o < COUNT(n_outs); o++)
+            for (size_t m = 0; m < COUNT(n_mats); m++) {
+                int64_t n_in = n_ins[a], n_out = n_outs[o], n_mat = n_mats[m], nb = n_in / MS_QK8_0;
+                size_t rb = ms_type_row_bytes(MS_TYPE_Q8_0, (uint64_t)n_in), mb = rb * (size_t)n_out;
+                size_t bytes = mb * (size_t)n_mat;
+                uint8_t *w = q8_r16_alloc(bytes + 64), *orig = malloc(bytes + 64);
+                CU_ASSERT_FATAL(w && orig);
+                for (size_t i = 0; i < bytes + 64; i++)
+                    w[i] = (uint8_t)rnd_u32();
+                memcpy(orig, w, bytes + 64);
+                CU_ASSERT_FATAL(ms_q8_r16_pack(w, n_mat, n_out, n_in));
+                CU_ASSERT(memcmp(w + bytes, orig + bytes, 64) == 0); /* nothing past the matrices */
+                int bad = 0;
+                for (int64_t mat = 0; mat < n_mat; mat++)
+                    for (int64_t r = 0; r < n_out; r++) {
+                        const ms_block_q8_0_t *src = (const void *)(orig + (size_t)mat * mb + (size_t)r * rb);
+                        const uint8_t *g = w + (size_t)mat * mb + (size_t)(r / MS_Q8_R16_ROWS) * MS_Q8_R16_ROWS * rb;
+                        int i = (int)(r % MS_Q8_R16_ROWS);
+                        for (int64_t b = 0; b < nb; b++) {
+                            size_t so, qo;
+                            ms_q8_r16_at(nb, b, &so, &qo);
+                            bad += memcmp(g + so + 2 * i, &src[b].d, 2) != 0;
+                            for (int k = 0; k < MS_QK8_0; k++)
+                                bad += g[qo + (size_t)(k / 4) * 64 + 4 * (size_t)i + k % 4] != (uint8_t)(src[b].qs[k] + 128);
+                        }
+                    }
+                if (bad)
+                    fprintf(stderr, "r16 pack: n_in %lld n_out %lld n_mat %lld: %d values misplaced\n",
+                            (long long)n_in, (long long)n_out, (long long)n_mat, bad);
+                CU_ASSERT_EQUAL(bad, 0);
+                free(w);
+                free(orig);
+            }
+    CU_ASSERT(ms_q8_r16_fits(16, 32) && ms_q8_r16_fits(1024, 1024) && ms_q8_r16_fits(48, 96));
+    static const int64_t refused[][2] = { { 15, 1024 }, { 17, 1024 }, { 8, 64 }, { 0, 64 }, { -16, 64 },
+                                          { 16, 48 },   { 16, 16 },   { 16, 0 }, { 16, -32 } };
+    enum { BUF = 17 * 34 * 32 + 64 };
+    uint8_t *buf = q8_r16_alloc(BUF), *orig = malloc(BUF);
+    CU_ASSERT_FATAL(buf && orig);
+    for (size_t i = 0; i < BUF; i++)
+        buf[i] = (uint8_t)rnd_u32();
+    memcpy(orig, buf, BUF);
+    for (size_t i = 0; i < COUNT(refused); i++) {
+        CU_ASSERT(!ms_q8_r16_fits(refused[i][0], refused[i][1]));
+        CU_ASSERT(!ms_q8_r16_pack(buf, 1, refused[i][0], refused[i][1]));
+    }
+    CU_ASSERT(!ms_q8_r16_pack(buf, 0, 16, 64)); /* no matrices */
+    CU_ASSERT(!ms_q8_r16_pack(buf, -1, 16, 64));
+    CU_ASSERT(memcmp(buf, orig, BUF) == 0);
+    free(buf);
+    free(orig);
+}
+
+/* Products of packed matrices are the same bits on every table (the R16
+ * kernels add a row's blocks in one order), for any number of tokens and
+ * any rows [r0, r1) at whole groups, and on a pool of 2. */
+static void test_q8_r16_isas(void)
+{
+    static const int64_t n_outs[] = { 16, 48, 1024 };
+    static const int64_t n_ins[] = { 64, 96, 1024, 16384 + 96 }; /* the last in two passes of blocks */
+    static const int64_t n_toks[] = { 1, 2, 3, 4, 5, 17 };
+    ms_pool_t *pool = NULL;
+    CU_ASSERT_EQUAL_FATAL(ms_pool_new(2, &pool), 0);
+    for (size_t o = 0; o < COUNT(n_outs); o++)
+        for (size_t a = 0; a < COUNT(n_ins); a++)
+            for (size_t tt = 0; tt < COUNT(n_toks); tt++) {
+                if (n_outs[o] > 48 && n_ins[a] > 1024)
+                    continue;
+                mm_case_t c;
+                case_new(&c, MS_TYPE_Q8_0, n_outs[o], n_ins[a], n_toks[tt]);
+                void *wp = case_pack(&c);
+                size_t ybytes = sizeof(float) * (size_t)(c.ldy * c.n_tok);
+                float *ref = malloc(ybytes), *y = malloc(ybytes);
+                ms_mm_t job = case_job(&c, ref);
+                job.w = wp;
+                job.w_r16 = true;
+                tables[0]->matmul(&job, 0, c.n_out); /* scalar */
+                int64_t ranges[][2] = { { 0, c.n_out }, { 0, 16 }, { c.n_out - 16, c.n_out }, { 16, c.n_out },
+                                        { 16, c.n_out - 16 } };
+                int bad = 0;
+                for (int ti = 0; ti < n_tables; ti++)
+                    for (size_t ri = 0; ri < COUNT(ranges); ri++) {
+                        int64_t r0 = ranges[ri][0], r1 = ranges[ri][1];
+                        if (r0 >= r1)
+                            continue;
+                        for (int64_t i = 0; i < c.ldy * c.n_tok; i++)
+                            y[i] = -12345.0f;
+                        job.y = y;
+                        if (ri == 0 && ti > 0) /* the whole matrix on the pool as well */
+                            ms_matmul_multi(pool, tables[ti], &job, 1);
+                        else
+                            tables[ti]->matmul(&job, r0, r1);
+                        for (int64_t t = 0; t < c.n_tok; t++)
+                            for (int64_t r = 0; r < c.ldy; r++) {
+                                float v = y[t * c.ldy + r];
+                                if (r >= r0 && r < r1)
+                                    bad += memcmp(&v, &ref[t * c.ldy + r], sizeof(v)) != 0;
+                                else
+                                    bad += v != -12345.0f; /* outside [r0, r1): not written */
+                            }
+                        if (bad) {
+                            fprintf(stderr, "r16 %s: n_out %lld n_in %lld n_tok %lld rows [%lld, %lld): %d differ from scalar\n",
+                                    tables[ti]->name, (long long)c.n_out, (long long)c.n_in, (long long)c.n_tok,
+                                    (long long)r0, (long long)r1, bad);
+                            ti = n_tables;
+                            break;
+                        }
+                    }
+                CU_ASSERT_EQUAL(bad, 0);
+                free(ref);
+                free(y);
+                free(wp);
+                case_free(&c);
+            }
+    ms_pool_destroy(&pool);
+}
+
+/* A packed matrix's product against the same matrix's in the file's row
+ * layout (the row kernels): equal within the tolerance the tables keep to
+ * one another, and within the scalar's tolerance of the exact value. */
+static void test_q8_r16_vs_rows(void)
+{
+    static const int64_t n_outs[] = { 16, 48, 1024 };
+    static const int64_t n_ins[] = { 64, 96, 1024, 4096 + 32 };
+    static const int64_t n_toks[] = { 1, 5 };
+    for (size_t o = 0; o < COUNT(n_outs); o++)
+        for (size_t a = 0; a < COUNT(n_ins); a++)
+            for (size_t tt = 0; tt < COUNT(n_toks); tt++) {
+                mm_case_t c;
+                case_new(&c, MS_TYPE_Q8_0, n_outs[o], n_ins[a], n_toks[tt]);
+                void *wp = case_pack(&c);
+                float *yp = malloc(sizeof(float) * (size_t)(c.ldy * c.n_tok));
+                int bad = 0;
+                for (int ti = 0; ti < n_tables; ti++) {
+                    case_run(tables[ti], &c); /* the row layout, into c.y */
+                    ms_mm_t job = case_job(&c, yp);
+                    job.w = wp;
+                    job.w_r16 = true;
+                    tables[ti]->matmul(&job, 0, c.n_out);
+                    for (int64_t t = 0; t < c.n_tok; t++)
+                        for (int64_t r = 0; r < c.n_out; r++) {
+                            double v, mag;
+                            case_ref(&c, t, r, &v, &mag);
+                            double p = yp[t * c.ldy + r];
+                            bad += !(fabs(p - c.y[t * c.ldy + r]) <= 1e-5 * mag + 1e-30);
+                            bad += !(fabs(p - v) <= 1e-4 * mag + 1e-30);
+                        }
+                    if (bad) {
+                        fprintf(stderr, "r16 %s: n_out %lld n_in %lld n_tok %lld: %d packed values off the row layout's\n",
+                                tables[ti]->name, (long long)c.n_out, (long long)c.n_in, (long long)c.n_tok, bad);
+                        break;
+                    }
+                }
+                CU_ASSERT_EQUAL(bad, 0);
+                free(yp);
+                free(wp);
+                case_free(&c);
+            }
+}
+
 /* ---- f32 helpers ------------------------------------------------------- */
 
 static const int64_t vec_n[] = { 1, 7, 8, 15, 16, 17, 33, 100, 4096 + 5 };
@@ -1269,7 +1473,7 @@ static double now_s(void)
 
 /* Q8_0 matmul on a pool of 2 with ms_kernels_best(); GB/s counts weight
  * bytes once per call (decode), GFLOP/s counts 2 n_out n_in n_tok. */
-static void bench_q8(ms_pool_t *pool, int64_t n_out, int64_t n_in, int64_t n_tok)
+static void bench_q8(ms_pool_t *pool, int64_t n_out, int64_t n_in, int64_t n_tok, bool r16)
 {
     const ms_kernels_t *k = ms_kernels_best();
     /* several matrices so decode reads from DRAM, not the 32 MB L3 */
@@ -1277,9 +1481,11 @@ static void bench_q8(ms_pool_t *pool, int64_t n_out, int64_t n_in, int64_t n_tok
     size_t rb = ms_type_row_bytes(MS_TYPE_Q8_0, (uint64_t)n_in), wb = rb * (size_t)n_out;
     int nmat = (int)(NMAT * 1024 * 1024 / n_out / n_in);
     nmat = nmat < 2 ? 2 : nmat;
-    char *w = malloc(wb * (size_t)nmat);
+    char *w = q8_r16_alloc(wb * (size_t)nmat); /* a packed matrix starts on a cache line */
     for (size_t i = 0; i < wb * (size_t)nmat; i++)
         w[i] = (char)(rnd_u32() & 0x3f); /* scales stay small, finite */
+    if (r16)
+        CU_ASSERT_FATAL(ms_q8_r16_pack(w, nmat, n_out, n_in));
     float *x = malloc(sizeof(float) * (size_t)(n_in * n_tok)), *y = malloc(sizeof(float) * (size_t)(n_out * n_tok));
     for (int64_t i = 0; i < n_in * n_tok; i++)
         x[i] = rnd_f(-1, 1);
@@ -1289,11 +1495,11 @@ static void bench_q8(ms_pool_t *pool, int64_t n_out, int64_t n_in, int64_t n_tok
     double t0 = now_s();
     for (int it = 0; it < iters; it++) {
         ms_mm_t job = { .type = MS_TYPE_Q8_0, .w = w + (size_t)(it % nmat) * wb, .n_out = n_out, .n_in = n_in,
-                        .x = x, .ldx = n_in, .xq = xq, .n_tok = n_tok, .y = y, .ldy = n_out };
+                        .x = x, .ldx = n_in, .xq = xq, .n_tok = n_tok, .y = y, .ldy = n_out, .w_r16 = r16 };
         ms_matmul_multi(pool, k, &job, 1);
     }
     double dt = (now_s() - t0) / iters;
-    printf("  q8_0 %s %5lldx%lld n_tok %3lld: %7.1f us  %6.1f GB/s weights  %7.1f GFLOP/s\n", k->name,
+    printf("  q8_0%s %s %5lldx%lld n_tok %3lld: %7.1f us  %6.1f GB/s weights  %7.1f GFLOP/s\n", r16 ? " r16" : "    ", k->name,
            (long long)n_out, (long long)n_in, (long long)n_tok, dt * 1e6, (double)wb / dt * 1e-9,
            2.0 * n_out * n_in * n_tok / dt * 1e-9);
     free(w);
@@ -1308,9 +1514,10 @@ static void test_throughput_report(void)
     CU_ASSERT_EQUAL_FATAL(ms_pool_new(2, &pool), 0);
     printf("\n");
     const int64_t toks[] = { 1, 4, 32, 128 };
-    for (int m = 0; m < 2; m++)
-        for (size_t i = 0; i < COUNT(toks); i++)
-            bench_q8(pool, m ? 4096 : 1024, 1024, toks[i]);
+    for (int r16 = 0; r16 < 2; r16++)
+        for (int m = 0; m < 2; m++)
+            for (size_t i = 0; i < COUNT(toks); i++)
+                bench_q8(pool, m ? 4096 : 1024, 1024, toks[i], r16);
     ms_pool_destroy(&pool);
 }
 
@@ -1331,6 +1538,9 @@ static int ms_test_register(void)
         !CU_add_test(s, "matmul: a token's result independent of its batch", test_matmul_batch_invariant) ||
         !CU_add_test(s, "matmul invalid jobs", test_matmul_invalid) ||
         !CU_add_test(s, "matmul multi on pools", test_matmul_multi) ||
+        !CU_add_test(s, "q8_0 16-row layout: pack puts every value where the layout says", test_q8_r16_pack) ||
+        !CU_add_test(s, "q8_0 16-row layout: the same bits on every table", test_q8_r16_isas) ||
+        !CU_add_test(s, "q8_0 16-row layout against the row layout", test_q8_r16_vs_rows) ||
         !CU_add_test(s, "dot and axpy", test_dot_axpy) ||
         !CU_add_test(s, "dot_rows against double", test_dot_rows) ||
         !CU_add_test(s, "axpy_rows against double", test_axpy_rows) ||

@@ -27,11 +27,19 @@ grep -q '^mmbench_jobs=1$' "$tmp/mmb.out" && grep -q '^mmbench_products=1$' "$tm
     || fail "--rows 0 is one product over the buffer: $(cat "$tmp/mmb.out")"
 "$BIN/mmbench" --help | grep -q "usage: mmbench" || fail "mmbench --help"
 # the CPU-speed probe: one product over rows that stay in L1, gone over many times a pass
-timeout 60 "$BIN/mmbench" --in-cache --passes 2 --threads 1 >"$tmp/mmb.out" || fail "mmbench --in-cache failed"
-g=$(sed -n 's/^mmbench_gbps=//p' "$tmp/mmb.out")
-grep -q '^mmbench_in_cache=1$' "$tmp/mmb.out" && grep -q '^mmbench_products=1$' "$tmp/mmb.out" &&
-    grep -q '^mmbench_rows=30$' "$tmp/mmb.out" && [ -n "$g" ] && positive "$g" ||
-    fail "mmbench --in-cache: one product of the 30 rows (1088 B each) in 32 KiB: $(cat "$tmp/mmb.out")"
+in_cache() { # expected rows, expected layout, then mmbench's options
+    local rows=$1 layout=$2
+    shift 2
+    timeout 60 "$BIN/mmbench" --in-cache "$@" --passes 2 --threads 1 >"$tmp/mmb.out" \
+        || fail "mmbench --in-cache $* failed"
+    g=$(sed -n 's/^mmbench_gbps=//p' "$tmp/mmb.out")
+    grep -q '^mmbench_in_cache=1$' "$tmp/mmb.out" && grep -q '^mmbench_products=1$' "$tmp/mmb.out" &&
+        grep -q "^mmbench_rows=$rows\$" "$tmp/mmb.out" && grep -q "^mmbench_layout=$layout\$" "$tmp/mmb.out" &&
+        [ -n "$g" ] && positive "$g" ||
+        fail "mmbench --in-cache $*: one product of $rows rows in 32 KiB: $(cat "$tmp/mmb.out")"
+}
+in_cache 30 rows --layout rows # the 30 rows (1088 B each) in 32 KiB
+in_cache 16 r16                # the default 16-row layout: the one whole group of 16 rows
 
 set +e
 "$BIN/membw" --touch-ahead -1 >/dev/null 2>"$tmp/err"; rc=$?
@@ -44,6 +52,8 @@ set +e
 [ $rc -eq 2 ] && grep -q "need more than --size-mib" "$tmp/err" || fail "oversized shape: rc $rc: $(cat "$tmp/err")"
 "$BIN/mmbench" --in-cache --rows 16 >/dev/null 2>"$tmp/err"; rc=$?
 [ $rc -eq 2 ] && grep -q -- "--in-cache sets the weights itself" "$tmp/err" || fail "--in-cache with --rows: rc $rc: $(cat "$tmp/err")"
+"$BIN/mmbench" --in-cache --n-in 4096 >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -q "16 rows of --n-in 4096 must fit in 32 KiB" "$tmp/err" || fail "--in-cache, 16 rows too long: rc $rc: $(cat "$tmp/err")"
 "$BIN/mmbench" --bogus >/dev/null 2>"$tmp/err"; rc=$?
 [ $rc -eq 2 ] && grep -q "unknown option '--bogus'" "$tmp/err" || fail "unknown option: rc $rc: $(cat "$tmp/err")"
 set -e

@@ -110,6 +110,22 @@ for arch in llama qwen2moe; do
     stop_pids
 done
 
+# ---- Q8_0: hosts lay out their slices 16 rows at a time after the digest check, as
+# the process does with what it reads into memory, and give the process's products ----
+"$BIN/genmodel" --arch llama --type q8_0 --out "$tmp/q8.gguf" >/dev/null 2>&1 || fail "genmodel llama q8_0"
+"$BIN/moeshard" pack "$tmp/q8.gguf" --hosts 2 --replicas 1 --out "$tmp/q8-p1" >/dev/null || fail "pack q8_0"
+run_model "$tmp/q8-embedded" "$tmp/q8.gguf"
+read -r -a ports < <(free_ports 2)
+for k in 0 1; do start_host "q8-h$k" "$tmp/q8-p1/host-$k.gguf" "tcp://127.0.0.1:${ports[$k]}"; done
+wait_hosts q8-h0 q8-h1
+for k in 0 1; do
+    grep -q "laid out [1-9][0-9]* Q8_0 matrices 16 rows at a time" "$tmp/q8-h$k.log" ||
+        fail "host $k did not lay out its Q8_0 slices: $(cat "$tmp/q8-h$k.log")"
+done
+run_model "$tmp/q8-pack" "$tmp/q8-p1" --hosts "$(hosts_of 127.0.0.1 "${ports[@]}")" --plaintext
+same_as_embedded q8-pack q8-embedded
+stop_pids
+
 # ---- replicas 2 over 3 hosts: all three, then any two cover every slice ----
 "$BIN/moeshard" pack "$tmp/qwen2moe.gguf" --hosts 3 --replicas 2 --out "$tmp/q-p2" >/dev/null || fail "pack R=2"
 read -r -a ports < <(free_ports 3)

@@ -196,6 +196,12 @@ int main(int argc, char **argv)
                 o.rows, o.mib);
         return 2;
     }
+    bool r16 = !o.rows_layout;
+    if (r16 && (per_product % MS_Q8_R16_ROWS || (o.rows && o.rows % MS_Q8_R16_ROWS))) {
+        fprintf(stderr, "mmbench: --layout r16 needs rows per job in multiples of %d (or --layout rows)\n",
+                MS_Q8_R16_ROWS);
+        return 2;
+    }
     int64_t n_products = total_rows / per_product;
     int64_t used_rows = n_products * per_product;
     uint8_t *w = ms_mem_alloc((size_t)((uint64_t)used_rows * row_bytes));
@@ -207,12 +213,6 @@ int main(int argc, char **argv)
         return 1;
     }
     fill_q8(w, used_rows, o.n_in);
-    bool r16 = !o.rows_layout;
-    if (r16 && (per_product % MS_Q8_R16_ROWS || (o.rows && o.rows % MS_Q8_R16_ROWS))) {
-        fprintf(stderr, "mmbench: --layout r16 needs rows per job in multiples of %d (or --layout rows)\n",
-                MS_Q8_R16_ROWS);
-        return 2;
-    }
     if (r16 && !ms_q8_r16_pack(w, used_rows / MS_Q8_R16_ROWS, MS_Q8_R16_ROWS, o.n_in)) {
         fprintf(stderr, "mmbench: out of memory laying out the weights\n");
         return 1;

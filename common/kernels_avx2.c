@@ -196,6 +196,69 @@ FORCE_INLINE void q8r16_pass(const ms_mm_t *mm, int64_t r0, int64_t r1, int64_t 
     }
 }
 
+/* One token: both halves of a group in one pass over its blocks, so each
+ * 64-byte chunk is read once, in order, and the token's 4 quants are
+ * broadcast once for 16 rows (the halves-outer pass reads a group twice and
+ * broadcasts twice: from memory 15.5-16.5 against 18.3-19.5 GB/s on 2
+ * threads, docs/performance.md). The same sums and steps, so the same bits. */
+static void q8r16_pass_one(const ms_mm_t *mm, int64_t r0, int64_t r1, int64_t t, int64_t b0, int64_t b1,
+                           const ms_block_q8_0_t *const *xtp, const float *const *xdp)
+{
+    const ms_block_q8_0_t *xt = xtp[0];
+    const float *xd = xdp[0];
+    float *y = mm->y + t * mm->ldy;
+    const bool stream = mm->n_tok == 1;
+    const __m256i ones = _mm256_set1_epi16(1), bias = _mm256_set1_epi8((char)0x80);
+    int64_t nb = mm->n_in / MS_QK8_0;
+    size_t row = (size_t)nb * sizeof(ms_block_q8_0_t);
+    const char *w_end = (const char *)mm->w + (size_t)mm->n_out * row;
+    for (int64_t g = r0 / MS_Q8_R16_ROWS * MS_Q8_R16_ROWS; g < r1; g += MS_Q8_R16_ROWS) {
+        const char *gp = (const char *)mm->w + (size_t)g * row;
+        bool whole = g >= r0 && g + MS_Q8_R16_ROWS <= r1;
+        float out[MS_Q8_R16_ROWS];
+        if (b0) /* lanes outside [r0, r1) are computed and not stored */
+            for (int i = 0; i < MS_Q8_R16_ROWS; i++)
+                out[i] = g + i >= r0 && g + i < r1 ? y[g + i] : 0.0f;
+        __m256 acc0 = b0 ? _mm256_loadu_ps(out) : _mm256_setzero_ps();
+        __m256 acc1 = b0 ? _mm256_loadu_ps(out + 8) : _mm256_setzero_ps();
+        for (int64_t b = b0; b < b1; b++) {
+            if (stream)
+                ms_kern_stream_ahead(gp + (size_t)b * MS_Q8_R16_BLOCK_BYTES, MS_Q8_R16_BLOCK_BYTES, w_end);
+            size_t so, qo;
+            ms_q8_r16_at(nb, b, &so, &qo);
+            __m256 dx = _mm256_set1_ps(xd[b - b0]);
+            __m256 dw0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gp + so)));
+            __m256 dw1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gp + so + 16)));
+            const uint8_t *c = (const uint8_t *)gp + qo;
+            __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) {
+                __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(c + 64 * k)), bias);
+                __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(c + 64 * k + 32)), bias);
+                int32_t v;
+                memcpy(&v, xt[b].qs + 4 * k, 4);
+                __m256i xv = _mm256_set1_epi32(v);
+                __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(xv, w0));
+                __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(w1), _mm256_sign_epi8(xv, w1));
+                s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
+                s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
+            }
+            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_mul_ps(dw0, dx), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_mul_ps(dw1, dx), acc1);
+        }
+        if (whole) {
+            _mm256_storeu_ps(y + g, acc0);
+            _mm256_storeu_ps(y + g + 8, acc1);
+            continue;
+        }
+        _mm256_storeu_ps(out, acc0);
+        _mm256_storeu_ps(out + 8, acc1);
+        for (int i = 0; i < MS_Q8_R16_ROWS; i++)
+            if (g + i >= r0 && g + i < r1)
+                y[g + i] = out[i];
+    }
+}
+
 typedef void (*q8r16_pass_fn)(const ms_mm_t *, int64_t, int64_t, int64_t, int64_t, int64_t,
                               const ms_block_q8_0_t *const *, const float *const *);
 
@@ -205,9 +268,9 @@ typedef void (*q8r16_pass_fn)(const ms_mm_t *, int64_t, int64_t, int64_t, int64_
     {                                                                                                         \
         q8r16_pass(mm, r0, r1, t, b0, b1, xt, xd, NT);                                                        \
     }
-Q8R16_PASS(1) Q8R16_PASS(2) Q8R16_PASS(3) Q8R16_PASS(4)
+Q8R16_PASS(2) Q8R16_PASS(3) Q8R16_PASS(4)
 
-static const q8r16_pass_fn q8r16_passes[Q8R16_NT] = { q8r16_pass_1, q8r16_pass_2, q8r16_pass_3, q8r16_pass_4 };
+static const q8r16_pass_fn q8r16_passes[Q8R16_NT] = { q8r16_pass_one, q8r16_pass_2, q8r16_pass_3, q8r16_pass_4 };
 
 /* Token tiles outer, rows inner: a thread's rows of one call stay in L2
  * while the token tiles go over them. */

@@ -24,6 +24,15 @@ FORCE_INLINE float hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
+/* v as it is, opaque to the optimiser: keeps a chain of integer sums in the
+ * order written. Left to itself the compiler reassociates a block's 8 (or 32)
+ * additions into a tree and spills the partial sums to the stack. */
+FORCE_INLINE __m256i q8_chain(__m256i v)
+{
+    __asm__("" : "+x"(v));
+    return v;
+}
+
 /* ---- Q8_0 x Q8_0 ---------------------------------------------------------
  * maddubs multiplies unsigned by signed bytes: |w| as unsigned and x with
  * w's sign applied. |w| <= 128 and |x| <= 127 keep each pair sum within
@@ -145,7 +154,7 @@ FORCE_INLINE void q8r16_half(__m256 *acc, const uint8_t *c, __m256 dw, const ms_
             int32_t v;
             memcpy(&v, xt[j][b].qs + 4 * k, 4);
             __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(v), w));
-            s[j] = _mm256_add_epi32(s[j], _mm256_madd_epi16(p, ones));
+            s[j] = q8_chain(_mm256_add_epi32(s[j], _mm256_madd_epi16(p, ones)));
         }
     }
 #pragma GCC unroll 4
@@ -240,8 +249,8 @@ static void q8r16_pass_one(const ms_mm_t *mm, int64_t r0, int64_t r1, int64_t t,
                 __m256i xv = _mm256_set1_epi32(v);
                 __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(xv, w0));
                 __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(w1), _mm256_sign_epi8(xv, w1));
-                s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
-                s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
+                s0 = q8_chain(_mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones)));
+                s1 = q8_chain(_mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones)));
             }
             acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_mul_ps(dw0, dx), acc0);
             acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_mul_ps(dw1, dx), acc1);

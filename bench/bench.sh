@@ -127,15 +127,18 @@ max2() {
 run_membw() {
     local when=$1 m1 mn mm touch out mn_touch=0 mn_plain=0
     say "measuring memory read bandwidth (1 and $THREADS threads), $when the decode runs ..."
-    for touch in 64 0; do
+    for touch in default 0; do
+        # default: membw's own distance, the kernels' MS_PAGE_AHEAD
+        local args=(--threads "$THREADS")
+        [ "$touch" = default ] || args+=(--touch-ahead "$touch")
         out="$WORK/membw-$touch.out"
-        "$BIN/membw" --threads "$THREADS" --touch-ahead "$touch" >"$out" 2>"$WORK/membw.err" ||
-            { cat "$WORK/membw.err" >&2; die "membw --touch-ahead $touch failed"; }
+        "$BIN/membw" "${args[@]}" >"$out" 2>"$WORK/membw.err" ||
+            { cat "$WORK/membw.err" >&2; die "membw ${args[*]} failed"; }
         m1=$(sed -n 's/^membw_threads=1 gbps=\([0-9.]*\) .*/\1/p' "$out")
         mn=$(sed -n "s/^membw_threads=$THREADS gbps=\\([0-9.]*\\) .*/\\1/p" "$out")
         mm=$(sed -n "s/^membw_threads=$THREADS gbps=.* median_gbps=//p" "$out")
         if [ -z "$m1" ] || [ -z "$mn" ] || [ -z "$mm" ]; then
-            die "membw --touch-ahead $touch printed no bandwidth lines: $(cat "$out")"
+            die "membw ${args[*]} printed no bandwidth lines: $(cat "$out")"
         fi
         MEMBW_ISA=$(sed -n 's/^membw_isa=//p' "$out")
         if [ "$touch" = 0 ]; then mn_plain=$mn; else mn_touch=$mn; fi

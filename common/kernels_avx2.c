@@ -114,7 +114,7 @@ static void q8_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
         for (int i = 0; i < nr; i++)
             wr[i] = w0 + (r + i) * nb;
         if (mm->n_tok == 1) /* decode: the rows stream once from memory */
-            ms_kern_stream_ahead(wr[0], (size_t)nr * xrow, w_end);
+            ms_kern_stream_lines(wr[0], (size_t)nr * xrow, w_end);
         for (int64_t t = 0; t < mm->n_tok; t += Q8_MT) {
             int nt = mm->n_tok - t < Q8_MT ? (int)(mm->n_tok - t) : Q8_MT;
             for (int j = 0; j < nt; j++)
@@ -188,7 +188,7 @@ FORCE_INLINE void q8r16_pass(const ms_mm_t *mm, int64_t r0, int64_t r1, int64_t 
             }
             for (int64_t b = b0; b < b1; b++) {
                 if (stream && h == 0)
-                    ms_kern_stream_ahead(gp + (size_t)b * MS_Q8_R16_BLOCK_BYTES, MS_Q8_R16_BLOCK_BYTES, w_end);
+                    ms_kern_stream_lines(gp + (size_t)b * MS_Q8_R16_BLOCK_BYTES, MS_Q8_R16_BLOCK_BYTES, w_end);
                 size_t so, qo;
                 ms_q8_r16_at(nb, b, &so, &qo);
                 __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gp + so + 16 * h)));
@@ -232,7 +232,7 @@ static void q8r16_pass_one(const ms_mm_t *mm, int64_t r0, int64_t r1, int64_t t,
         __m256 acc1 = b0 ? _mm256_loadu_ps(out + 8) : _mm256_setzero_ps();
         for (int64_t b = b0; b < b1; b++) {
             if (stream)
-                ms_kern_stream_ahead(gp + (size_t)b * MS_Q8_R16_BLOCK_BYTES, MS_Q8_R16_BLOCK_BYTES, w_end);
+                ms_kern_stream_lines(gp + (size_t)b * MS_Q8_R16_BLOCK_BYTES, MS_Q8_R16_BLOCK_BYTES, w_end);
             size_t so, qo;
             ms_q8_r16_at(nb, b, &so, &qo);
             __m256 dx = _mm256_set1_ps(xd[b - b0]);
@@ -395,7 +395,7 @@ static void pl_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
         for (int i = 0; i < nr; i++)
             wr[i] = (const char *)mm->w + (size_t)(r + i) * wrow;
         if (mm->n_tok == 1) /* decode: the rows stream once from memory */
-            ms_kern_stream_ahead(wr[0], (size_t)nr * wrow, w_end);
+            ms_kern_stream_lines(wr[0], (size_t)nr * wrow, w_end);
         for (int64_t t = 0; t < mm->n_tok;) {
             int nt = mm->n_tok - t >= PL_MT ? PL_MT : 1;
             for (int j = 0; j < nt; j++)

@@ -246,7 +246,7 @@ void ms_kq_matmul_avx2(const ms_mm_t *mm, int64_t r0, int64_t r1)
     for (int64_t r = r0; r < r1; r++) {
         const char *w = (const char *)mm->w + (size_t)r * wrow;
         if (mm->n_tok == 1) /* decode: the rows stream once from memory */
-            ms_kern_stream_ahead(w, wrow, w_end);
+            ms_kern_stream_lines(w, wrow, w_end);
         for (int64_t t = 0; t < mm->n_tok; t++)
             mm->y[t * mm->ldy + r] = dot(w, (const char *)mm->xq + (size_t)t * xrow, mm->n_in);
     }

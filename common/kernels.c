@@ -29,13 +29,18 @@ static bool cpu_has_avx512(void)
            __builtin_cpu_supports("avx512vnni");
 }
 
+_Atomic bool ms_kern_avx2_pages;
+
 const ms_kernels_t *ms_kernels_for(ms_isa_t isa)
 {
     switch (isa) {
     case MS_ISA_SCALAR:
         return &ms_kernels_scalar;
     case MS_ISA_AVX2:
-        return cpu_has_avx2() ? &ms_kernels_avx2 : NULL;
+        if (!cpu_has_avx2())
+            return NULL;
+        atomic_store_explicit(&ms_kern_avx2_pages, __builtin_cpu_supports("avx512f"), memory_order_relaxed);
+        return &ms_kernels_avx2;
     case MS_ISA_AVX512:
         return cpu_has_avx512() ? &ms_kernels_avx512 : NULL;
     default:

@@ -3,6 +3,9 @@
 #ifndef MS_KERNELS_IMPL_H
 #define MS_KERNELS_IMPL_H
 
+#include <stdatomic.h>
+#include <stdbool.h>
+
 #include "kernels.h"
 #include "kquant.h"
 
@@ -62,16 +65,30 @@ static inline void ms_kern_stream_lines(const void *from, size_t len, const void
         __builtin_prefetch((const void *)p, 0, 0);
 }
 
-/* The lines and the pages MS_PAGE_AHEAD on (kernels.h, ms_touch_pages): the
- * AVX-512 kernels' stream. The AVX2 kernels ask for the lines only: on the
- * AVX2-only machine measured (a Zen 3 EPYC, virtual), touching the pages
- * ahead made the one-token products about 10 % slower and decode with them
- * (docs/performance.md, "Pages"). */
+/* The lines and the pages MS_PAGE_AHEAD on (kernels.h, ms_touch_pages). */
 static inline void ms_kern_stream_ahead(const void *from, size_t len, const void *end)
 {
     ms_kern_stream_lines(from, len, end);
     uintptr_t p = (uintptr_t)from + MS_PAGE_AHEAD, e = p + len;
     ms_touch_pages((const void *)p, (const void *)(e < (uintptr_t)end ? e : (uintptr_t)end));
+}
+
+/* Whether the AVX2 kernels' stream touches the pages as well as the lines;
+ * ms_kernels_for sets it from the CPU before it hands out their table. The
+ * touch paid on the AVX-512 machine measured, for its own kernels and for
+ * the AVX2 ones run there (MS_KERNELS=avx2); on the AVX2-only machine
+ * measured (a Zen 3 EPYC, virtual) it made the one-token products about
+ * 10 % slower, and decode with them (docs/performance.md, "Pages"). So the
+ * AVX2 kernels touch pages on a CPU with AVX-512 only. The AVX-512 kernels
+ * always do. */
+extern _Atomic bool ms_kern_avx2_pages;
+
+static inline void ms_kern_stream(const void *from, size_t len, const void *end, bool pages)
+{
+    if (pages)
+        ms_kern_stream_ahead(from, len, end);
+    else
+        ms_kern_stream_lines(from, len, end);
 }
 
 /* Where a thread's stream through a matrix starts rather than goes on (its

@@ -164,15 +164,13 @@ FORCE_INLINE void q8r16_half(__m256 *acc, const uint8_t *c, __m256 dw, const ms_
 }
 
 /* Tokens [t, t + nt) x rows [r0, r1) over blocks [b0, b1), the sums
- * carried in y when b0 > 0. */
+ * carried in y when b0 > 0; 2 tokens or more (one token is
+ * q8r16_pass_one's, which streams the weights). */
 FORCE_INLINE void q8r16_pass(const ms_mm_t *mm, int64_t r0, int64_t r1, int64_t t, int64_t b0, int64_t b1,
                              const ms_block_q8_0_t *const *xt, const float *const *xd, const int nt)
 {
     int64_t nb = mm->n_in / MS_QK8_0;
     size_t row = (size_t)nb * sizeof(ms_block_q8_0_t);
-    const bool stream = mm->n_tok == 1;
-    const bool pages = atomic_load_explicit(&ms_kern_avx2_pages, memory_order_relaxed);
-    const char *w_end = (const char *)mm->w + (size_t)mm->n_out * row;
     for (int64_t g = r0 / MS_Q8_R16_ROWS * MS_Q8_R16_ROWS; g < r1; g += MS_Q8_R16_ROWS) {
         const char *gp = (const char *)mm->w + (size_t)g * row;
         for (int h = 0; h < 2; h++) {
@@ -189,8 +187,6 @@ FORCE_INLINE void q8r16_pass(const ms_mm_t *mm, int64_t r0, int64_t r1, int64_t 
                 acc[j] = b0 ? _mm256_loadu_ps(out[j]) : _mm256_setzero_ps();
             }
             for (int64_t b = b0; b < b1; b++) {
-                if (stream && h == 0)
-                    ms_kern_stream(gp + (size_t)b * MS_Q8_R16_BLOCK_BYTES, MS_Q8_R16_BLOCK_BYTES, w_end, pages);
                 size_t so, qo;
                 ms_q8_r16_at(nb, b, &so, &qo);
                 __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gp + so + 16 * h)));

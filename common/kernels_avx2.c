@@ -109,13 +109,12 @@ static void q8_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
     const char *xq = mm->xq;
     const ms_block_q8_0_t *wr[Q8_MR], *xt[Q8_MT];
     const char *w_end = (const char *)mm->w + (size_t)mm->n_out * xrow;
-    const bool pages = atomic_load_explicit(&ms_kern_avx2_pages, memory_order_relaxed);
     for (int64_t r = r0; r < r1; r += Q8_MR) {
         int nr = r1 - r < Q8_MR ? (int)(r1 - r) : Q8_MR;
         for (int i = 0; i < nr; i++)
             wr[i] = w0 + (r + i) * nb;
         if (mm->n_tok == 1) /* decode: the rows stream once from memory */
-            ms_kern_stream(wr[0], (size_t)nr * xrow, w_end, pages);
+            ms_kern_stream_avx2(wr[0], (size_t)nr * xrow, w_end);
         for (int64_t t = 0; t < mm->n_tok; t += Q8_MT) {
             int nt = mm->n_tok - t < Q8_MT ? (int)(mm->n_tok - t) : Q8_MT;
             for (int j = 0; j < nt; j++)
@@ -215,7 +214,6 @@ static void q8r16_pass_one(const ms_mm_t *mm, int64_t r0, int64_t r1, int64_t t,
     const float *xd = xdp[0];
     float *y = mm->y + t * mm->ldy;
     const bool stream = mm->n_tok == 1;
-    const bool pages = atomic_load_explicit(&ms_kern_avx2_pages, memory_order_relaxed);
     const __m256i ones = _mm256_set1_epi16(1), bias = _mm256_set1_epi8((char)0x80);
     int64_t nb = mm->n_in / MS_QK8_0;
     size_t row = (size_t)nb * sizeof(ms_block_q8_0_t);
@@ -231,7 +229,7 @@ static void q8r16_pass_one(const ms_mm_t *mm, int64_t r0, int64_t r1, int64_t t,
         __m256 acc1 = b0 ? _mm256_loadu_ps(out + 8) : _mm256_setzero_ps();
         for (int64_t b = b0; b < b1; b++) {
             if (stream)
-                ms_kern_stream(gp + (size_t)b * MS_Q8_R16_BLOCK_BYTES, MS_Q8_R16_BLOCK_BYTES, w_end, pages);
+                ms_kern_stream_avx2(gp + (size_t)b * MS_Q8_R16_BLOCK_BYTES, MS_Q8_R16_BLOCK_BYTES, w_end);
             size_t so, qo;
             ms_q8_r16_at(nb, b, &so, &qo);
             __m256 dx = _mm256_set1_ps(xd[b - b0]);
@@ -389,13 +387,12 @@ static void pl_matmul(const ms_mm_t *mm, int64_t r0, int64_t r1)
     const char *wr[PL_MR];
     const float *xt[PL_MT];
     const char *w_end = (const char *)mm->w + (size_t)mm->n_out * wrow;
-    const bool pages = atomic_load_explicit(&ms_kern_avx2_pages, memory_order_relaxed);
     for (int64_t r = r0; r < r1;) {
         int nr = r1 - r >= PL_MR ? PL_MR : 1;
         for (int i = 0; i < nr; i++)
             wr[i] = (const char *)mm->w + (size_t)(r + i) * wrow;
         if (mm->n_tok == 1) /* decode: the rows stream once from memory */
-            ms_kern_stream(wr[0], (size_t)nr * wrow, w_end, pages);
+            ms_kern_stream_avx2(wr[0], (size_t)nr * wrow, w_end);
         for (int64_t t = 0; t < mm->n_tok;) {
             int nt = mm->n_tok - t >= PL_MT ? PL_MT : 1;
             for (int j = 0; j < nt; j++)

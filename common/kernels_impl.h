@@ -83,9 +83,11 @@ static inline void ms_kern_stream_ahead(const void *from, size_t len, const void
  * always do. */
 extern _Atomic bool ms_kern_avx2_pages;
 
-static inline void ms_kern_stream(const void *from, size_t len, const void *end, bool pages)
+/* The AVX2 kernels' stream: ms_kern_stream_ahead or ms_kern_stream_lines,
+ * as ms_kern_avx2_pages says. */
+static inline void ms_kern_stream_avx2(const void *from, size_t len, const void *end)
 {
-    if (pages)
+    if (atomic_load_explicit(&ms_kern_avx2_pages, memory_order_relaxed))
         ms_kern_stream_ahead(from, len, end);
     else
         ms_kern_stream_lines(from, len, end);

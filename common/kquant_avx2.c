@@ -243,11 +243,10 @@ void ms_kq_matmul_avx2(const ms_mm_t *mm, int64_t r0, int64_t r1)
     size_t wrow = (size_t)ms_type_row_bytes(mm->type, (uint64_t)mm->n_in);
     size_t xrow = ms_act_row_bytes(mm->type, mm->n_in);
     const char *w_end = (const char *)mm->w + (size_t)mm->n_out * wrow;
-    const bool pages = atomic_load_explicit(&ms_kern_avx2_pages, memory_order_relaxed);
     for (int64_t r = r0; r < r1; r++) {
         const char *w = (const char *)mm->w + (size_t)r * wrow;
         if (mm->n_tok == 1) /* decode: the rows stream once from memory */
-            ms_kern_stream(w, wrow, w_end, pages);
+            ms_kern_stream_avx2(w, wrow, w_end);
         for (int64_t t = 0; t < mm->n_tok; t++)
             mm->y[t * mm->ldy + r] = dot(w, (const char *)mm->xq + (size_t)t * xrow, mm->n_in);
     }

@@ -538,6 +538,25 @@ FORCE_INLINE __m256i tail_mask(int64_t rem)
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+/* The first min(rem, 8) floats at p, the other lanes 0, and the store of
+ * as many. A whole vector goes through a plain load or store and only a
+ * tail is masked: on AMD's Zen a masked store (VMASKMOVPS to memory) takes
+ * some 9 ns a vector against 1.5 for a plain one (measured on the Zen 3
+ * machine, docs/performance.md), which made the f32 helpers below (RMSNorm,
+ * SwiGLU, softmax) several times slower there than their arithmetic. */
+FORCE_INLINE __m256 load_n(const float *p, int64_t rem)
+{
+    return rem >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail_mask(rem));
+}
+
+FORCE_INLINE void store_n(float *p, int64_t rem, __m256 v)
+{
+    if (rem >= 8)
+        _mm256_storeu_ps(p, v);
+    else
+        _mm256_maskstore_ps(p, tail_mask(rem), v);
+}
+
 static float v8_dot_f32(const float *a, const float *b, int64_t n)
 {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
@@ -570,17 +589,16 @@ static void v8_rmsnorm(float *out, const float *x, const float *w, int64_t n, fl
 {
     __m256 ss = _mm256_setzero_ps();
     for (int64_t i = 0; i < n; i += 8) {
-        __m256 v = _mm256_maskload_ps(x + i, tail_mask(n - i));
+        __m256 v = load_n(x + i, n - i);
         ss = _mm256_fmadd_ps(v, v, ss);
     }
     double mean = (double)hsum8(ss) / (double)(n > 0 ? n : 1);
     __m256 scale = _mm256_set1_ps((float)(1.0 / sqrt(mean + eps)));
     for (int64_t i = 0; i < n; i += 8) {
-        __m256i m = tail_mask(n - i);
-        __m256 v = _mm256_mul_ps(_mm256_maskload_ps(x + i, m), scale);
+        __m256 v = _mm256_mul_ps(load_n(x + i, n - i), scale);
         if (w)
-            v = _mm256_mul_ps(v, _mm256_maskload_ps(w + i, m));
-        _mm256_maskstore_ps(out + i, m, v);
+            v = _mm256_mul_ps(v, load_n(w + i, n - i));
+        store_n(out + i, n - i, v);
     }
 }
 
@@ -616,11 +634,10 @@ static void v8_swiglu(float *out, const float *gate, const float *up, int64_t n)
 {
     const __m256 one = _mm256_set1_ps(1.0f);
     for (int64_t i = 0; i < n; i += 8) {
-        __m256i m = tail_mask(n - i);
-        __m256 g = _mm256_maskload_ps(gate + i, m);
+        __m256 g = load_n(gate + i, n - i);
         __m256 e = v8_exp(_mm256_sub_ps(_mm256_setzero_ps(), g));
-        __m256 v = _mm256_div_ps(_mm256_mul_ps(g, _mm256_maskload_ps(up + i, m)), _mm256_add_ps(one, e));
-        _mm256_maskstore_ps(out + i, m, v);
+        __m256 v = _mm256_div_ps(_mm256_mul_ps(g, load_n(up + i, n - i)), _mm256_add_ps(one, e));
+        store_n(out + i, n - i, v);
     }
 }
 
@@ -629,8 +646,8 @@ static void v8_softmax(float *x, int64_t n)
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     __m256 vmax = ninf;
     for (int64_t i = 0; i < n; i += 8) {
-        __m256i m = tail_mask(n - i);
-        __m256 v = _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + i, m), _mm256_castsi256_ps(m));
+        __m256 v = n - i >= 8 ? _mm256_loadu_ps(x + i)
+                              : _mm256_blendv_ps(ninf, load_n(x + i, n - i), _mm256_castsi256_ps(tail_mask(n - i)));
         vmax = _mm256_max_ps(v, vmax);
     }
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
@@ -639,17 +656,15 @@ static void v8_softmax(float *x, int64_t n)
     __m256 mx = _mm256_set1_ps(_mm_cvtss_f32(m4));
     __m256 sum = _mm256_setzero_ps();
     for (int64_t i = 0; i < n; i += 8) {
-        __m256i m = tail_mask(n - i);
-        __m256 e = v8_exp(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), mx));
-        e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
+        __m256 e = v8_exp(_mm256_sub_ps(load_n(x + i, n - i), mx));
+        if (n - i < 8)
+            e = _mm256_and_ps(e, _mm256_castsi256_ps(tail_mask(n - i)));
         sum = _mm256_add_ps(sum, e);
-        _mm256_maskstore_ps(x + i, m, e);
+        store_n(x + i, n - i, e);
     }
     __m256 inv = _mm256_set1_ps(1.0f / hsum8(sum));
-    for (int64_t i = 0; i < n; i += 8) {
-        __m256i m = tail_mask(n - i);
-        _mm256_maskstore_ps(x + i, m, _mm256_mul_ps(_mm256_maskload_ps(x + i, m), inv));
-    }
+    for (int64_t i = 0; i < n; i += 8)
+        store_n(x + i, n - i, _mm256_mul_ps(load_n(x + i, n - i), inv));
 }
 
 /* ---- attention over cached rows ------------------------------------------
@@ -726,7 +741,10 @@ FORCE_INLINE void dot_tile(ms_type_t type, const float *q, const void *rows, int
     }
     __m128 s = hsum4x8(_mm256_add_ps(acc[0][0], acc[0][1]), _mm256_add_ps(acc[1][0], acc[1][1]),
                        _mm256_add_ps(acc[2][0], acc[2][1]), _mm256_add_ps(acc[3][0], acc[3][1]));
-    _mm_maskstore_ps(out, _mm_cmpgt_epi32(_mm_set1_epi32(nr), _mm_setr_epi32(0, 1, 2, 3)), s);
+    if (nr == DOT_ROWS)
+        _mm_storeu_ps(out, s);
+    else
+        _mm_maskstore_ps(out, _mm_cmpgt_epi32(_mm_set1_epi32(nr), _mm_setr_epi32(0, 1, 2, 3)), s);
 }
 
 /* A row's score depends on its values alone, not on the tile it lands in
@@ -793,7 +811,7 @@ FORCE_INLINE void axpy_slice(ms_type_t type, float *out, const float *w, const v
 #pragma GCC unroll 4
     for (int v = 0; v < nv - 1; v++)
         _mm256_storeu_ps(out + 8 * v, _mm256_add_ps(a[v], b[v]));
-    _mm256_maskstore_ps(out + 8 * (nv - 1), ml, _mm256_add_ps(a[nv - 1], b[nv - 1]));
+    store_n(out + 8 * (nv - 1), last, _mm256_add_ps(a[nv - 1], b[nv - 1]));
 }
 
 FORCE_INLINE void axpy_rows(ms_type_t type, float *out, const float *w, const void *rows, int64_t stride,
@@ -1038,7 +1056,7 @@ FORCE_INLINE void axpy_heads_tile(ms_type_t type, float *out, int64_t ldo, const
 #pragma GCC unroll 4
         for (int v = 0; v < nv - 1; v++)
             _mm256_storeu_ps(out + h * ldo + 8 * v, acc[h][v]);
-        _mm256_maskstore_ps(out + h * ldo + 8 * (nv - 1), ml, acc[h][nv - 1]);
+        store_n(out + h * ldo + 8 * (nv - 1), last, acc[h][nv - 1]);
     }
 }
 

@@ -12,7 +12,8 @@
 
 struct ms_expert_ws {
     int64_t max_rows, d, ff, n_mat;
-    float *xg;        /* [max_rows][d] gathered inputs */
+    float *xg;        /* [max_rows][d] gathered inputs, when a projection reads f32 rows */
+    void *xq_tok;     /* [max_rows] each token's row quantised once, before it is gathered */
     void *xq_gate;    /* [max_rows] quantised for gate's type (or NULL) */
     void *xq_up;      /* for up's type when its format differs, else == xq_gate */
     float *g, *u;     /* [max_rows][ff] */
@@ -47,6 +48,7 @@ void ms_expert_ws_destroy(ms_expert_ws_t **self_p)
     ms_expert_ws_t *ws = *self_p;
     free(ws->xq_up);
     free(ws->xq_gate);
+    free(ws->xq_tok);
     free(ws->xg);
     free(ws->g);
     free(ws->u);
@@ -86,6 +88,7 @@ int ms_expert_ws_new(const ms_weight_t *gate, const ms_weight_t *up, const ms_we
     ws->g = alloc_rows(max_rows, sizeof(float) * (size_t)ws->ff);
     ws->u = alloc_rows(max_rows, sizeof(float) * (size_t)ws->ff);
     ws->dn = alloc_rows(max_rows, sizeof(float) * (size_t)ws->d);
+    ws->xq_tok = alloc_rows(max_rows, ws->xq_d_max);
     ws->xq_gate = alloc_rows(max_rows, ws->xq_d_max);
     ws->xq_up = alloc_rows(max_rows, ws->xq_d_max);
     ws->hq = alloc_rows(max_rows, ws->xq_ff_max);
@@ -94,7 +97,7 @@ int ms_expert_ws_new(const ms_weight_t *gate, const ms_weight_t *up, const ms_we
     ws->offset = calloc((size_t)ws->n_mat, sizeof(int32_t));
     ws->jobs = calloc(2 * (size_t)ws->n_mat, sizeof(ms_mm_t));
     bool ok = ws->xg && ws->g && ws->u && ws->dn && ws->row_of && ws->count && ws->offset && ws->jobs &&
-              (!ws->xq_d_max || (ws->xq_gate && ws->xq_up)) && (!ws->xq_ff_max || ws->hq);
+              (!ws->xq_d_max || (ws->xq_tok && ws->xq_gate && ws->xq_up)) && (!ws->xq_ff_max || ws->hq);
     if (!ok) {
         ms_expert_ws_destroy(&ws);
         return -ENOMEM;
@@ -103,9 +106,10 @@ int ms_expert_ws_new(const ms_weight_t *gate, const ms_weight_t *up, const ms_we
     return 0;
 }
 
-/* Assigns each (token, slot) a row in the gathered buffer, grouped by expert. */
+/* Assigns each (token, slot) a row in the gathered buffer, grouped by expert,
+ * and copies the token's f32 row there when f32 is true. */
 static int group_rows(ms_expert_ws_t *ws, const float *x, int64_t ldx, int n_tok, const int32_t *ids, int k_used,
-                      int64_t *ret_rows)
+                      bool f32, int64_t *ret_rows)
 {
     memset(ws->count, 0, sizeof(int32_t) * (size_t)ws->n_mat);
     int64_t n_slots = (int64_t)n_tok * k_used;
@@ -130,10 +134,24 @@ static int group_rows(ms_expert_ws_t *ws, const float *x, int64_t ldx, int n_tok
         }
         int32_t row = ws->offset[e] + ws->count[e]++;
         ws->row_of[s] = row;
-        memcpy(ws->xg + (int64_t)row * ws->d, x + (s / k_used) * ldx, sizeof(float) * (size_t)ws->d);
+        if (f32)
+            memcpy(ws->xg + (int64_t)row * ws->d, x + (s / k_used) * ldx, sizeof(float) * (size_t)ws->d);
     }
     *ret_rows = rows;
     return 0;
+}
+
+/* The gathered rows quantised for type (row bytes xq_row) into xq: each
+ * token's row is quantised once and copied to the rows of its slots, so a
+ * token routed to k experts costs one quantisation, not k (the same bytes). */
+static void gather_quantized(ms_pool_t *pool, const ms_kernels_t *k, ms_expert_ws_t *ws, ms_type_t type,
+                             const float *x, int64_t ldx, int n_tok, int k_used, size_t xq_row, void *xq)
+{
+    ms_act_quantize_rows(pool, k, type, x, ldx, n_tok, ws->d, ws->xq_tok);
+    for (int64_t s = 0; s < (int64_t)n_tok * k_used; s++)
+        if (ws->row_of[s] >= 0)
+            memcpy((char *)xq + (size_t)ws->row_of[s] * xq_row, (const char *)ws->xq_tok + (size_t)(s / k_used) * xq_row,
+                   xq_row);
 }
 
 static int add_jobs(const ms_expert_ws_t *ws, const ms_weight_t *w, const float *x, int64_t n_in, const void *xq,
@@ -146,7 +164,7 @@ static int add_jobs(const ms_expert_ws_t *ws, const ms_weight_t *w, const float 
         int64_t r0 = ws->offset[e];
         jobs[n++] = (ms_mm_t){
             .type = w->type, .w = ms_weight_mat(w, e), .n_out = n_out, .n_in = n_in,
-            .x = x + r0 * n_in, .ldx = n_in,
+            .x = xq ? NULL : x + r0 * n_in, .ldx = n_in,
             .xq = xq ? (const char *)xq + (size_t)r0 * xq_row : NULL,
             .n_tok = ws->count[e], .y = y + r0 * n_out, .ldy = n_out, .w_r16 = w->r16,
         };
@@ -167,13 +185,14 @@ int ms_expert_ffn(ms_pool_t *pool, const ms_kernels_t *k, const ms_weight_t *gat
     size_t gq = ms_act_row_bytes(gate->type, d), uq = ms_act_row_bytes(up->type, d);
     size_t hq = ms_act_row_bytes(down->type, ff);
     bool up_shares = up->type == gate->type;
-    int rc = group_rows(ws, x, ldx, n_tok, ids, k_used, &rows);
+    int rc = group_rows(ws, x, ldx, n_tok, ids, k_used, !gq || !uq, &rows);
     if (rc)
         return rc;
     if (rows > 0) {
-        ms_act_quantize_rows(pool, k, gate->type, ws->xg, d, rows, d, ws->xq_gate);
-        if (!up_shares)
-            ms_act_quantize_rows(pool, k, up->type, ws->xg, d, rows, d, ws->xq_up);
+        if (gq)
+            gather_quantized(pool, k, ws, gate->type, x, ldx, n_tok, k_used, gq, ws->xq_gate);
+        if (uq && !up_shares)
+            gather_quantized(pool, k, ws, up->type, x, ldx, n_tok, k_used, uq, ws->xq_up);
         void *xq_up = up_shares ? ws->xq_gate : ws->xq_up;
         int nj = add_jobs(ws, gate, ws->xg, d, gq ? ws->xq_gate : NULL, gq, ws->g, ff, ws->jobs);
         nj += add_jobs(ws, up, ws->xg, d, uq ? xq_up : NULL, uq, ws->u, ff, ws->jobs + nj);

@@ -73,17 +73,20 @@ static ms_weight_t view(ms_type_t type, const void *data, int64_t n_in, int64_t 
                           .mat_bytes = rb * (uint64_t)n_out };
 }
 
-/* Dequantised value of weight (e, r, c) as the kernels see it. */
-static double wval(const weights_t *w, int which, bool q8, int e, int r, int c)
+/* Projections (bit 0 gate, 1 up, 2 down) whose weights are Q8_0; the others are F32. */
+#define Q8_ALL 7u
+
+/* Dequantised value of weight (e, r, c) of projection which as the kernels see it. */
+static double wval(const weights_t *w, int which, unsigned q8, int e, int r, int c)
 {
-    if (!q8)
+    if (!(q8 >> which & 1u))
         return which == 0 ? w->gate[e][r][c] : which == 1 ? w->up[e][r][c] : w->down[e][r][c];
     const ms_block_q8_0_t *b = which == 0 ? &w->qgate[e][r][c / 32] : which == 1 ? &w->qup[e][r][c / 32]
                                                                                   : &w->qdown[e][r][c / 32];
     return (double)ms_f16_to_f32(b->d) * b->qs[c % 32];
 }
 
-static void reference(const weights_t *w, bool q8, const float *x, int n_tok, const int32_t *ids, const float *gw,
+static void reference(const weights_t *w, unsigned q8, const float *x, int n_tok, const int32_t *ids, const float *gw,
                       int k, double *out)
 {
     for (int t = 0; t < n_tok; t++) {
@@ -112,15 +115,14 @@ static void reference(const weights_t *w, bool q8, const float *x, int n_tok, co
     }
 }
 
-static void run_case(bool q8, int n_tok, int k, int threads)
+static void run_case(unsigned q8, int n_tok, int k, int threads)
 {
     static weights_t *w;
     if (!w)
         w = make_weights();
-    ms_type_t ty = q8 ? MS_TYPE_Q8_0 : MS_TYPE_F32;
-    ms_weight_t gate = view(ty, q8 ? (void *)w->qgate : (void *)w->gate, D, F);
-    ms_weight_t up = view(ty, q8 ? (void *)w->qup : (void *)w->up, D, F);
-    ms_weight_t down = view(ty, q8 ? (void *)w->qdown : (void *)w->down, F, D);
+    ms_weight_t gate = q8 & 1u ? view(MS_TYPE_Q8_0, w->qgate, D, F) : view(MS_TYPE_F32, w->gate, D, F);
+    ms_weight_t up = q8 & 2u ? view(MS_TYPE_Q8_0, w->qup, D, F) : view(MS_TYPE_F32, w->up, D, F);
+    ms_weight_t down = q8 & 4u ? view(MS_TYPE_Q8_0, w->qdown, F, D) : view(MS_TYPE_F32, w->down, F, D);
     float *x = malloc(sizeof(float) * (size_t)n_tok * D), *out = malloc(sizeof(float) * (size_t)n_tok * D);
     double *ref = malloc(sizeof(double) * (size_t)n_tok * D);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)n_tok * (size_t)k);
@@ -150,7 +152,7 @@ static void run_case(bool q8, int n_tok, int k, int threads)
     double tol = q8 ? 0.02 * max_ref : 1e-4 * fmax(1.0, max_ref);
     CU_ASSERT(max_err <= tol);
     if (max_err > tol)
-        printf("\n  %s n_tok %d k %d: max error %g > %g\n", q8 ? "Q8_0" : "F32", n_tok, k, max_err, tol);
+        printf("\n  Q8_0 mask %u n_tok %d k %d: max error %g > %g\n", q8, n_tok, k, max_err, tol);
     /* the fastest kernels agree with the scalar ones */
     float *out2 = malloc(sizeof(float) * (size_t)n_tok * D);
     CU_ASSERT_EQUAL(ms_expert_ffn(pool, ms_kernels_best(), &gate, &up, &down, x, D, n_tok, ids, gw, k, out2, D, ws), 0);
@@ -167,11 +169,15 @@ static void run_case(bool q8, int n_tok, int k, int threads)
     free(x), free(out), free(out2), free(ref), free(ids), free(gw);
 }
 
-static void test_f32_decode(void) { run_case(false, 1, 2, 1); }
-static void test_f32_batch(void) { run_case(false, 13, 2, 2); }
-static void test_f32_top1(void) { run_case(false, 7, 1, 3); }
-static void test_q8_decode(void) { run_case(true, 1, 2, 2); }
-static void test_q8_batch(void) { run_case(true, 17, 2, 2); }
+static void test_f32_decode(void) { run_case(0, 1, 2, 1); }
+static void test_f32_batch(void) { run_case(0, 13, 2, 2); }
+static void test_f32_top1(void) { run_case(0, 7, 1, 3); }
+static void test_q8_decode(void) { run_case(Q8_ALL, 1, 2, 2); }
+static void test_q8_batch(void) { run_case(Q8_ALL, 17, 2, 2); }
+/* gate and up of different types: each quantises the tokens' rows for itself
+ * or reads them as f32 */
+static void test_mixed_gate_q8(void) { run_case(1u | 4u, 11, 2, 2); }
+static void test_mixed_up_q8(void) { run_case(2u, 9, 2, 1); }
 
 static void test_ws_rejects(void)
 {
@@ -195,6 +201,8 @@ static int ms_test_register(void)
     bool ok = CU_add_test(s, "F32, one token", test_f32_decode) && CU_add_test(s, "F32, 13 tokens", test_f32_batch) &&
               CU_add_test(s, "F32, top-1", test_f32_top1) && CU_add_test(s, "Q8_0, one token", test_q8_decode) &&
               CU_add_test(s, "Q8_0, 17 tokens", test_q8_batch) &&
+              CU_add_test(s, "gate and down Q8_0, up F32", test_mixed_gate_q8) &&
+              CU_add_test(s, "up Q8_0, gate and down F32", test_mixed_up_q8) &&
               CU_add_test(s, "workspace rejects bad shapes", test_ws_rejects);
     return ok ? 0 : -1;
 }

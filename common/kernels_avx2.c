@@ -465,32 +465,61 @@ FORCE_INLINE __m256i q8_round(__m256 v)
     return _mm256_cvtps_epi32(r);
 }
 
-static void v8_quantize_q8_0(const float *x, int64_t n, ms_block_q8_0_t *y)
+/* The largest |value| of the 32 at xb. max_ps returns its second operand
+ * when either is NaN: NaN inputs are skipped as the scalar's fmaxf chain
+ * skips them. */
+FORCE_INLINE float q8_block_amax(const float *xb)
 {
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    for (int64_t i = 0; i < n / MS_QK8_0; i++) {
-        const float *xb = x + i * MS_QK8_0;
-        __m256 v[4];
-        /* max_ps returns its second operand when either is NaN: NaN inputs
-         * are skipped as the scalar's fmaxf chain skips them */
-        __m256 m = _mm256_setzero_ps();
-        for (int k = 0; k < 4; k++) {
-            v[k] = _mm256_loadu_ps(xb + 8 * k);
-            m = _mm256_max_ps(_mm256_and_ps(v[k], abs_mask), m);
+    __m256 m = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++)
+        m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xb + 8 * k), abs_mask), m);
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    return _mm_cvtss_f32(m4);
+}
+
+/* The 32 values at xb times id, rounded, into qs. */
+FORCE_INLINE void q8_block_store(const float *xb, __m256 id, int8_t *qs)
+{
+    __m256i q[4];
+    for (int k = 0; k < 4; k++)
+        q[k] = q8_round(_mm256_mul_ps(_mm256_loadu_ps(xb + 8 * k), id));
+    /* packs work per 128-bit lane; the permute restores element order */
+    __m256i q16a = _mm256_packs_epi32(q[0], q[1]);
+    __m256i q16b = _mm256_packs_epi32(q[2], q[3]);
+    __m256i q8 = _mm256_packs_epi16(q16a, q16b);
+    q8 = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)qs, q8);
+}
+
+/* Eight blocks at a time, their scales in one vector: d = amax / 127 and
+ * 1 / d by vector divisions (the scalar's IEEE divisions, so the same
+ * values) and d to f16 by F16C, which rounds to nearest even, subnormals and
+ * overflow to inf included, as ms_f32_to_f16 does (amax is never NaN). The
+ * scalar steps per block (two divisions in a chain, a branchy f16
+ * conversion) had cost as much as the rest of the block. */
+static void v8_quantize_q8_0(const float *x, int64_t n, ms_block_q8_0_t *y)
+{
+    int64_t nb = n / MS_QK8_0, i = 0;
+    for (; i + 8 <= nb; i += 8) {
+        float amax[8], idv[8];
+        uint16_t dh[8];
+        for (int j = 0; j < 8; j++)
+            amax[j] = q8_block_amax(x + (i + j) * MS_QK8_0);
+        __m256 d = _mm256_div_ps(_mm256_loadu_ps(amax), _mm256_set1_ps(127.0f));
+        __m256 nz = _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_NEQ_OQ);
+        _mm256_storeu_ps(idv, _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), d), nz));
+        _mm_storeu_si128((__m128i *)dh, _mm256_cvtps_ph(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        for (int j = 0; j < 8; j++) {
+            y[i + j].d = dh[j];
+            q8_block_store(x + (i + j) * MS_QK8_0, _mm256_set1_ps(idv[j]), y[i + j].qs);
         }
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        __m256 id = _mm256_set1_ps(ms_kern_q8_inv_scale(_mm_cvtss_f32(m4), &y[i].d));
-        __m256i q[4];
-        for (int k = 0; k < 4; k++)
-            q[k] = q8_round(_mm256_mul_ps(v[k], id));
-        /* packs work per 128-bit lane; the permute restores element order */
-        __m256i q16a = _mm256_packs_epi32(q[0], q[1]);
-        __m256i q16b = _mm256_packs_epi32(q[2], q[3]);
-        __m256i q8 = _mm256_packs_epi16(q16a, q16b);
-        q8 = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256((__m256i *)y[i].qs, q8);
+    }
+    for (; i < nb; i++) {
+        const float *xb = x + i * MS_QK8_0;
+        q8_block_store(xb, _mm256_set1_ps(ms_kern_q8_inv_scale(q8_block_amax(xb), &y[i].d)), y[i].qs);
     }
 }
 

@@ -675,8 +675,13 @@ static void v8_softmax(float *x, int64_t n)
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     __m256 vmax = ninf;
     for (int64_t i = 0; i < n; i += 8) {
-        __m256 v = n - i >= 8 ? _mm256_loadu_ps(x + i)
-                              : _mm256_blendv_ps(ninf, load_n(x + i, n - i), _mm256_castsi256_ps(tail_mask(n - i)));
+        __m256 v;
+        if (n - i >= 8) {
+            v = _mm256_loadu_ps(x + i);
+        } else { /* the lanes past the end count as -inf */
+            __m256i m = tail_mask(n - i);
+            v = _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + i, m), _mm256_castsi256_ps(m));
+        }
         vmax = _mm256_max_ps(v, vmax);
     }
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));

@@ -70,7 +70,8 @@ static inline void ms_q8_r16_at(int64_t nb, int64_t b, size_t *scales, size_t *q
  * for r in [0, n_out), t in [0, n_tok).
  *   W  [n_out][n_in] of type; row r starts at w + r * ms_type_row_bytes(type, n_in)
  *      (for r a multiple of 16 when w_r16)
- *   x  [n_tok][n_in] f32, row t at x + t * ldx
+ *   x  [n_tok][n_in] f32, row t at x + t * ldx; may be NULL when xq is
+ *      given (the kernels then read only xq)
  *   xq the same rows quantised by ms_act_quantize for type, or NULL when
  *      ms_act_row_bytes(type, n_in) == 0 (the kernel then reads x)
  *   y  [n_tok][ldy] f32 */

@@ -29,7 +29,7 @@ static bool cpu_has_avx512(void)
            __builtin_cpu_supports("avx512vnni");
 }
 
-_Atomic bool ms_kern_avx2_pages;
+_Atomic bool ms_kern_touch_mid;
 
 const ms_kernels_t *ms_kernels_for(ms_isa_t isa)
 {
@@ -39,10 +39,13 @@ const ms_kernels_t *ms_kernels_for(ms_isa_t isa)
     case MS_ISA_AVX2:
         if (!cpu_has_avx2())
             return NULL;
-        atomic_store_explicit(&ms_kern_avx2_pages, __builtin_cpu_supports("avx512f"), memory_order_relaxed);
+        atomic_store_explicit(&ms_kern_touch_mid, !__builtin_cpu_supports("avx512f"), memory_order_relaxed);
         return &ms_kernels_avx2;
     case MS_ISA_AVX512:
-        return cpu_has_avx512() ? &ms_kernels_avx512 : NULL;
+        if (!cpu_has_avx512())
+            return NULL;
+        atomic_store_explicit(&ms_kern_touch_mid, false, memory_order_relaxed);
+        return &ms_kernels_avx512;
     default:
         return NULL;
     }

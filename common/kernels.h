@@ -175,7 +175,8 @@ void ms_act_quantize_rows(ms_pool_t *pool, const ms_kernels_t *k, ms_type_t type
  * 30-40 % faster for it over a 1.8 GB footprint, and a bare read loop up
  * to 40 % (in some spells of this shared machine; in others no faster).
  * MS_PAGE_AHEAD is how far ahead the one-token kernels touch (the AVX2 ones
- * on a CPU with AVX-512 only: kernels_impl.h, ms_kern_avx2_pages). */
+ * on a CPU without AVX-512 touch each page's middle line instead:
+ * kernels_impl.h, ms_kern_touch_mid). */
 #define MS_PAGE_BYTES 4096
 #define MS_PAGE_AHEAD (64 * 1024)
 

@@ -73,24 +73,42 @@ static inline void ms_kern_stream_ahead(const void *from, size_t len, const void
     ms_touch_pages((const void *)p, (const void *)(e < (uintptr_t)end ? e : (uintptr_t)end));
 }
 
-/* Whether the AVX2 kernels' stream touches the pages as well as the lines;
- * ms_kernels_for sets it from the CPU before it hands out their table. The
- * touch paid on the AVX-512 machine measured, for its own kernels and for
- * the AVX2 ones run there (MS_KERNELS=avx2); on the AVX2-only machine
- * measured (a Zen 3 EPYC, virtual) it made the one-token products about
- * 10 % slower, and decode with them (docs/performance.md, "Pages"). So the
- * AVX2 kernels touch pages on a CPU with AVX-512 only. The AVX-512 kernels
- * always do. */
-extern _Atomic bool ms_kern_avx2_pages;
+/* Which line of a page the one-token streams touch ahead; ms_kernels_for
+ * sets it from the CPU before it hands out a table. With false, the first
+ * line of each page MS_PAGE_AHEAD on (ms_touch_pages): what paid on the
+ * AVX-512 machine measured, for its own kernels and for the AVX2 ones run
+ * there (MS_KERNELS=avx2). On the AVX2-only machine measured (a Zen 3 EPYC,
+ * virtual) that touch made the one-token products about 10 % slower, most
+ * likely because a stream's miss on a page's first line is what starts the
+ * hardware prefetcher on that page there; touching each page's middle line
+ * MS_KERN_MID_AHEAD on instead, with the lines as before, made them 2-9 %
+ * faster and decode steps 4-8 % faster (passes and steps alternating in one
+ * process; docs/performance.md, "Pages"). So true (the AVX2 table on a CPU
+ * without AVX-512) means the middle lines. */
+extern _Atomic bool ms_kern_touch_mid;
 
-/* The AVX2 kernels' stream: ms_kern_stream_ahead or ms_kern_stream_lines,
- * as ms_kern_avx2_pages says. */
+#define MS_KERN_MID_AHEAD (32 * 1024)
+
+/* Touches the middle line of each page that starts in [from, to), none at
+ * or past end. */
+static inline void ms_touch_pages_mid(uintptr_t from, uintptr_t to, uintptr_t end)
+{
+    uintptr_t p = (from + MS_PAGE_BYTES - 1) & ~(uintptr_t)(MS_PAGE_BYTES - 1);
+    for (; p < to && p + MS_PAGE_BYTES / 2 < end; p += MS_PAGE_BYTES)
+        __builtin_prefetch((const void *)(p + MS_PAGE_BYTES / 2), 0, 3);
+}
+
+/* The AVX2 kernels' stream: the lines ahead, and the pages' first lines
+ * (ms_kern_stream_ahead) or their middle lines, as ms_kern_touch_mid says. */
 static inline void ms_kern_stream_avx2(const void *from, size_t len, const void *end)
 {
-    if (atomic_load_explicit(&ms_kern_avx2_pages, memory_order_relaxed))
+    if (!atomic_load_explicit(&ms_kern_touch_mid, memory_order_relaxed)) {
         ms_kern_stream_ahead(from, len, end);
-    else
-        ms_kern_stream_lines(from, len, end);
+        return;
+    }
+    ms_kern_stream_lines(from, len, end);
+    uintptr_t p = (uintptr_t)from + MS_KERN_MID_AHEAD;
+    ms_touch_pages_mid(p, p + len, (uintptr_t)end);
 }
 
 /* Where a thread's stream through a matrix starts rather than goes on (its
@@ -99,15 +117,22 @@ static inline void ms_kern_stream_avx2(const void *from, size_t len, const void 
  * only for what lies that far past the row they start. Without this, the
  * rows found their pages one after another (a 70 KB share's first claim took
  * twice the time of the next ones). So the pages of the first MS_PAGE_AHEAD
- * bytes are touched at once and their first MS_KERN_STREAM_AHEAD bytes of
- * lines asked for, up to the matrix's end. */
+ * bytes (their middle lines: the first MS_KERN_MID_AHEAD, ms_kern_touch_mid)
+ * are touched at once and their first MS_KERN_STREAM_AHEAD bytes of lines
+ * asked for, up to the matrix's end. */
 static inline void ms_kern_stream_start(const void *from, const void *end)
 {
     uintptr_t p = (uintptr_t)from, e = (uintptr_t)end;
-    uintptr_t pages = p + MS_PAGE_AHEAD < e ? p + MS_PAGE_AHEAD : e;
     uintptr_t lines = p + MS_KERN_STREAM_AHEAD < e ? p + MS_KERN_STREAM_AHEAD : e;
-    __builtin_prefetch(from, 0, 3); /* the page holding from: ms_touch_pages takes those starting after it */
-    ms_touch_pages(from, (const void *)pages);
+    __builtin_prefetch(from, 0, 3); /* the line holding from; the pages' touches take those after it */
+    if (atomic_load_explicit(&ms_kern_touch_mid, memory_order_relaxed)) {
+        /* the middle lines of the pages up to MS_KERN_MID_AHEAD on, the
+         * page holding from included */
+        ms_touch_pages_mid(p & ~(uintptr_t)(MS_PAGE_BYTES - 1), p + MS_KERN_MID_AHEAD, e);
+    } else {
+        uintptr_t pages = p + MS_PAGE_AHEAD < e ? p + MS_PAGE_AHEAD : e;
+        ms_touch_pages(from, (const void *)pages);
+    }
     for (p = (p | 63) + 1; p < lines; p += 64)
         __builtin_prefetch((const void *)p, 0, 0);
 }

@@ -670,15 +670,15 @@ static void zap_handle(ms_curve_zap_t *z, zap_req_t *r)
         zap_reply(z->rep, r, "500", "unsupported ZAP version", "");
         return;
     }
-    if (name) {
-        atomic_fetch_add(&z->admitted, 1);
-        zap_reply(z->rep, r, "200", "OK", key_z85); /* the User-Id of the peer's messages */
-    } else {
-        atomic_fetch_add(&z->refused, 1);
-        zap_reply(z->rep, r, "400", curve ? "key not on the allowlist" : "CURVE required", "");
-    }
+    /* counted and logged before the reply: once the peer learns the verdict,
+     * the log already holds it */
+    atomic_fetch_add(name ? &z->admitted : &z->refused, 1);
     if (z->log_fn)
         z->log_fn(z->log_ctx, name != NULL, address, key_z85, name ? name : "");
+    if (name)
+        zap_reply(z->rep, r, "200", "OK", key_z85); /* the User-Id of the peer's messages */
+    else
+        zap_reply(z->rep, r, "400", curve ? "key not on the allowlist" : "CURVE required", "");
 }
 
 static void *zap_main(void *arg)

@@ -99,8 +99,9 @@ int ms_curve_client_setup(void *sock, const ms_curve_keypair_t *kp, const char *
 
 typedef struct ms_curve_zap ms_curve_zap_t;
 
-/* Called on the handler's thread for every decision: the peer's IP address,
- * its public key in Z85 ("" when it offered none), and its allowlist name. */
+/* Called on the handler's thread for every decision, before the peer is
+ * answered: the peer's IP address, its public key in Z85 ("" when it
+ * offered none), and its allowlist name. */
 typedef void (*ms_curve_zap_log_fn)(void *ctx, bool admitted, const char *address, const char *key_z85,
                                     const char *name);
 

@@ -180,12 +180,19 @@ void ms_act_quantize_rows(ms_pool_t *pool, const ms_kernels_t *k, ms_type_t type
 #define MS_PAGE_BYTES 4096
 #define MS_PAGE_AHEAD (64 * 1024)
 
-/* Touches (prefetches the first line of) each page that starts in [from, end). */
-static inline void ms_touch_pages(const void *from, const void *end)
+/* Touches (prefetches) the line `at` bytes into each page that starts in
+ * [from, end). */
+static inline void ms_touch_pages_at(const void *from, const void *end, size_t at)
 {
     uintptr_t p = ((uintptr_t)from + MS_PAGE_BYTES - 1) & ~(uintptr_t)(MS_PAGE_BYTES - 1);
     for (; p < (uintptr_t)end; p += MS_PAGE_BYTES)
-        __builtin_prefetch((const void *)p, 0, 3);
+        __builtin_prefetch((const void *)(p + at), 0, 3);
+}
+
+/* Touches the first line of each page that starts in [from, end). */
+static inline void ms_touch_pages(const void *from, const void *end)
+{
+    ms_touch_pages_at(from, end, 0);
 }
 
 /* Rotary embedding of one token's heads in place.

@@ -93,9 +93,8 @@ extern _Atomic bool ms_kern_touch_mid;
  * or past end. */
 static inline void ms_touch_pages_mid(uintptr_t from, uintptr_t to, uintptr_t end)
 {
-    uintptr_t p = (from + MS_PAGE_BYTES - 1) & ~(uintptr_t)(MS_PAGE_BYTES - 1);
-    for (; p < to && p + MS_PAGE_BYTES / 2 < end; p += MS_PAGE_BYTES)
-        __builtin_prefetch((const void *)(p + MS_PAGE_BYTES / 2), 0, 3);
+    uintptr_t last = end - MS_PAGE_BYTES / 2; /* a page starting here or later has its middle past end */
+    ms_touch_pages_at((const void *)from, (const void *)(to < last ? to : last), MS_PAGE_BYTES / 2);
 }
 
 /* The AVX2 kernels' stream: the lines ahead, and the pages' first lines

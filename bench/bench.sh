@@ -164,7 +164,7 @@ run_membw() {
 # Paired with the bandwidth around it), so a decode run is also compared
 # with what the memory gave just before and just after it: the same reads
 # as the roofline's (membw touching pages and plain, the decode kernel's
-# long product), fewer passes. Sets BRACKET_GBPS and raises BRACKET_MAX.
+# long product), fewer passes. Sets BRACKET_GBPS.
 BRACKET_PASSES=4
 bracket_bw() {
     local out="$WORK/bracket.out" g best=0 args
@@ -182,7 +182,6 @@ bracket_bw() {
         best=$(max2 "$g" "$best")
     done
     BRACKET_GBPS=$best
-    BRACKET_MAX=$(max2 "$best" "${BRACKET_MAX:-0}")
 }
 
 # The CPUs this process may run on, one id per line ("0-3,6" -> 0 1 2 3 6).
@@ -516,9 +515,7 @@ run_model_q4k() {
     warm_model
     say "running $RUNS x: moeshard run --model $MODEL --prompt <$PROMPT_TOKENS tokens> -n $N_DECODE --temp 0 --threads $THREADS"
     # paired as the Q8_0 runs are; its reads stay out of the Q8_0 whole-run figure
-    local saved_bracket_max=${BRACKET_MAX:-0}
     PAIRED=yes run_best run_q4k "$BIN/moeshard" run --model "$MODEL" --prompt "$PROMPT" -n "$N_DECODE" --temp 0 --threads "$THREADS"
-    BRACKET_MAX=$saved_bracket_max
     Q4K_PAIRED=$PAIRED_MEDIAN
     Q4K_PAIRED_RUNS=$PAIRED_PCTS
     Q4K_DECODE=$(summary_field decode)
@@ -717,7 +714,9 @@ report() {
     decode_ok=$(awk "BEGIN { print ($ROOF_PAIRED >= 70) ? \"yes\" : \"no\" }")
     prefill_ok=$(awk "BEGIN { print ($PREFILL >= 200) ? \"yes\" : \"no\" }")
     local roof_gbps roof_median
-    roof_gbps=$(max2 "$(max2 "$MEMBW_N" "${MMB_GBPS[0]}")" "${BRACKET_MAX:-0}")
+    local next_max
+    next_max=$(tr ' ' '\n' <<<"$ROOF_BRACKETS" | sort -g | tail -n 1)
+    roof_gbps=$(max2 "$(max2 "$MEMBW_N" "${MMB_GBPS[0]}")" "$next_max")
     roof_median=$(max2 "$MEMBW_N_MEDIAN" "${MMB_LONG_MEAN:-0}")
     eff_gbps=$(calc "$DECODE * $W_MB / 1e3" 2)
     roofline=$(calc "100 * $eff_gbps / $roof_gbps")
